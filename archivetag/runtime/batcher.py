@@ -1,0 +1,219 @@
+"""The one dynamic batcher: concurrent requests → batched inference on one worker thread.
+
+A batch closes when it holds `max_batch_size` items or its oldest item has waited
+`max_queue_delay`. Items whose caller went away (cancelled) or whose deadline passed
+are dropped before inference. The queue is bounded: a full queue raises QueueFull
+(RESOURCE_EXHAUSTED). Inference runs on a dedicated thread, off the event loop, one
+batch at a time (a GPU runs one batch at a time anyway). If a batch raises, its items
+are retried one by one, so a poison item fails only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from archivetag.runtime import metrics
+from archivetag.runtime.errors import DeadlineExpired, QueueFull
+from archivetag.runtime.logs import fields
+
+log = logging.getLogger("archivetag.batcher")
+
+# infer(payloads, abandoned) -> one result or Exception per payload, in order.
+# abandoned() is True once every item of the batch was cancelled or expired, so a long
+# generation can stop early.
+InferFn = Callable[[list[Any], Callable[[], bool]], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """How one item was served, for the response's timings."""
+
+    queue_seconds: float
+    inference_seconds: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    payload: Any
+    future: asyncio.Future
+    deadline: float | None  # time.monotonic() value
+    enqueued: float
+
+    def gone(self, now: float) -> bool:
+        return self.future.done() or (self.deadline is not None and now >= self.deadline)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        name: str,
+        max_batch_size: int = 8,
+        max_queue_delay: float = 0.005,
+        max_queue_size: int = 64,
+    ):
+        if max_batch_size < 1 or max_queue_size < 1:
+            raise ValueError("max_batch_size and max_queue_size must be at least 1")
+        self.infer = infer
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self.max_queue_size = max_queue_size
+        self._queue: list[_Item] = []
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._task: asyncio.Task | None = None
+        # Read by the watchdog.
+        self.batch_running_since: float | None = None
+        self.last_progress = time.monotonic()
+        self.consecutive_failures = 0
+        self.last_failure = ""
+        self.batches_done = 0
+
+    # -- public -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(QueueFull("the server is shutting down"))
+        self._queue.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def has_pending_work(self) -> bool:
+        return bool(self._queue) or self.batch_running_since is not None
+
+    async def submit(self, payload: Any, timeout: float | None = None) -> tuple[Any, BatchInfo]:
+        """Queue one item and wait for its result. timeout: seconds the caller still has."""
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFull(
+                f"inference queue is full ({len(self._queue)} requests waiting for {self.name}); "
+                "retry later (limit: ARCHIVETAG_MAX_QUEUE_SIZE)"
+            )
+        now = time.monotonic()
+        if not self.has_pending_work:
+            self.last_progress = now  # the stall clock starts when work arrives at an idle batcher
+        item = _Item(payload, asyncio.get_running_loop().create_future(), None if timeout is None else now + timeout, now)
+        self._queue.append(item)
+        metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
+        self._arrived.set()
+        # Cancelling this coroutine (the client went away) cancels item.future, which
+        # the batch loop sees and skips.
+        return await item.future
+
+    # -- the loop -----------------------------------------------------------------
+    def _prune(self) -> None:
+        now = time.monotonic()
+        kept = []
+        for item in self._queue:
+            if item.future.done():
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                item.future.set_exception(DeadlineExpired("deadline passed while waiting in the inference queue"))
+                continue
+            kept.append(item)
+        self._queue = kept
+
+    async def _next_batch(self) -> list[_Item]:
+        while True:
+            self._prune()
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            remaining = self._queue[0].enqueued + self.max_queue_delay - time.monotonic()
+            if len(self._queue) >= self.max_batch_size or remaining <= 0:
+                batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size:]
+                metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
+                return batch
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            started = time.monotonic()
+            self.batch_running_since = started
+            for item in batch:
+                metrics.QUEUE_WAIT.labels(self.name).observe(started - item.enqueued)
+            metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+
+            def abandoned(batch: list[_Item] = batch) -> bool:
+                now = time.monotonic()
+                return all(item.gone(now) for item in batch)
+
+            try:
+                results, failed = await loop.run_in_executor(
+                    self._executor, self._infer_isolating_failures, [i.payload for i in batch], abandoned
+                )
+            except asyncio.CancelledError:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(QueueFull("the server is shutting down"))
+                raise
+            finished = time.monotonic()
+            self.batch_running_since = None
+            self.last_progress = finished
+            self.batches_done += 1
+            metrics.INFERENCE_SECONDS.labels(self.name).observe(finished - started)
+            if failed:
+                self.consecutive_failures += 1
+                self.last_failure = f"{type(results[0]).__name__}: {results[0]}"
+                log.warning(
+                    "inference batch failed",
+                    extra=fields(model=self.name, batch_size=len(batch), error=self.last_failure,
+                                 consecutive_failures=self.consecutive_failures),
+                )
+            else:
+                self.consecutive_failures = 0
+            for item, result in zip(batch, results):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    info = BatchInfo(started - item.enqueued, finished - started, len(batch))
+                    item.future.set_result((result, info))
+
+    def _infer_isolating_failures(
+        self, payloads: list[Any], abandoned: Callable[[], bool]
+    ) -> tuple[list[Any], bool]:
+        """Run a batch; if it raises, run its items one by one. Returns (results, batch_failed)."""
+        try:
+            results = list(self.infer(payloads, abandoned))
+            if len(results) != len(payloads):
+                raise RuntimeError(f"model returned {len(results)} results for {len(payloads)} inputs")
+            return results, False
+        except Exception as exc:  # noqa: BLE001 - any model error becomes the items' errors
+            if len(payloads) == 1:
+                return [exc], True
+            log.warning("batch raised; retrying its items one by one", extra=fields(model=self.name, error=str(exc)))
+        results = []
+        for payload in payloads:
+            try:
+                results.extend(self.infer([payload], abandoned))
+            except Exception as exc:  # noqa: BLE001
+                results.append(exc)
+        return results, all(isinstance(r, BaseException) for r in results)

@@ -1,0 +1,253 @@
+"""A model service: one ModelBackend on the shared runtime.
+
+A backend (services/florence, services/rampp, services/siglip) implements a few hooks:
+load the weights, give a warm-up input, prepare one decoded image, infer a batch, say
+who it is. The runtime owns everything else: gRPC, health, decoding, batching, the
+watchdog, metrics and errors. Adding a model means writing one backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import grpc
+from grpc_health.v1.health import aio as health_aio
+from PIL import Image
+
+from archivetag.runtime.batcher import DynamicBatcher
+from archivetag.runtime.errors import ModelLoadError, NotServing, abort_with
+from archivetag.runtime.images import ImageDecoder, ImageLimits
+from archivetag.runtime.lifecycle import (
+    DRAINING, FAILED, SERVING, WARMING_UP, InferenceWatchdog, ModelHealth,
+)
+from archivetag.runtime.logs import fields
+from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
+
+log = logging.getLogger("archivetag.model_service")
+
+TAGGER_SERVICE = tagger_pb2.DESCRIPTOR.services_by_name["TaggerService"].full_name
+VIEW_TYPE_SERVICE = view_type_pb2.DESCRIPTOR.services_by_name["ViewTypeService"].full_name
+
+
+@dataclass
+class TagResult:
+    """What a tagger infers for one image."""
+
+    tags: list[tuple[str, float]]  # (name, confidence), most confident first
+    caption: str = ""
+
+
+@dataclass
+class ViewTypeResult:
+    """What the view-type classifier infers for one image."""
+
+    view_type: str
+    confidence: float
+    scores: list[tuple[str, float, float]]  # (class, probability, logit), most probable first
+    embedding: list[float] = field(default_factory=list)
+
+
+class ModelBackend(abc.ABC):
+    """The hooks a model implements. Everything here runs off the event loop."""
+
+    family: str  # "florence", "rampp", "siglip": also the metrics label
+    service: str  # TAGGER_SERVICE or VIEW_TYPE_SERVICE
+    input_edge: int | None = None  # model input edge, for reduced-scale JPEG decoding
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load the weights; raise ModelLoadError with a reason a person can act on."""
+
+    @abc.abstractmethod
+    def warmup_input(self) -> tuple[Image.Image, Any]:
+        """A synthetic image and request that must infer without error before serving."""
+
+    @abc.abstractmethod
+    def prepare(self, image: Image.Image, request: Any) -> Any:
+        """Turn one decoded image and its request into a batch item; InvalidInput for bad options."""
+
+    @abc.abstractmethod
+    def infer_batch(self, items: list[Any], abandoned: Callable[[], bool]) -> Sequence[Any]:
+        """Infer a batch: one TagResult/ViewTypeResult (or Exception) per item, in order."""
+
+    @abc.abstractmethod
+    def identity(self) -> common_pb2.ModelIdentity:
+        """Who the model is (name, revision, weights checksum, device, dtype)."""
+
+    def describe(self) -> dict[str, str]:
+        """Settings in effect, for GetModelInfo."""
+        return {}
+
+    def vocabulary(self) -> list[str]:
+        """Tag or class names the model chooses from."""
+        return []
+
+
+class ModelServiceApp:
+    """The ServerApp that serves one backend."""
+
+    def __init__(self, backend: ModelBackend, settings):
+        self.backend = backend
+        self.settings = settings
+        self.name = backend.family
+        self.service_names = [backend.service]
+        self.decoder = ImageDecoder(
+            ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.jpeg_draft),
+            threads=settings.decode_threads,
+            min_edge=backend.input_edge,
+            allowed_roots=settings.allowed_roots,
+        )
+        self.batcher = DynamicBatcher(
+            backend.infer_batch,
+            name=backend.family,
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay=settings.max_queue_delay_ms / 1000,
+            max_queue_size=settings.max_queue_size,
+        )
+        self.health: ModelHealth | None = None
+        self.watchdog: InferenceWatchdog | None = None
+        self._identity: common_pb2.ModelIdentity | None = None
+
+    # -- ServerApp ------------------------------------------------------------------
+    def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None:
+        self.health = ModelHealth(health, self.backend.service, self.backend.family)
+        if self.backend.service == TAGGER_SERVICE:
+            tagger_pb2_grpc.add_TaggerServiceServicer_to_server(TaggerServicer(self), server)
+        elif self.backend.service == VIEW_TYPE_SERVICE:
+            view_type_pb2_grpc.add_ViewTypeServiceServicer_to_server(ViewTypeServicer(self), server)
+        else:
+            raise ValueError(f"unknown service {self.backend.service}")
+
+    async def start(self) -> None:
+        assert self.health is not None
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(self.backend.load)
+        except ModelLoadError as exc:
+            await self.health.set(FAILED, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever breaks, say so and stay NOT_SERVING
+            log.exception("model load crashed")
+            await self.health.set(FAILED, f"loading the model failed: {type(exc).__name__}: {exc}")
+            return
+        self._identity = self.backend.identity()
+        log.info("model loaded", extra=fields(model=self.backend.family, seconds=round(time.monotonic() - started, 2),
+                                               name=self._identity.name, device=self._identity.device))
+        await self.health.set(WARMING_UP, "running the warm-up inference")
+        self.batcher.start()
+        try:
+            await self.warmup()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("warm-up failed")
+            await self.health.set(FAILED, f"warm-up inference failed: {type(exc).__name__}: {exc}")
+            return
+        await self.health.set(SERVING)
+        s = self.settings
+        self.watchdog = InferenceWatchdog(
+            self.batcher, self.health, self.warmup, stall_seconds=s.stall_seconds,
+            max_failures=s.max_failed_batches, probe_interval=s.recovery_probe_seconds,
+        )
+        self.watchdog.start()
+
+    async def drain(self) -> None:
+        if self.health:
+            await self.health.set(DRAINING, "shutting down")
+
+    async def close(self) -> None:
+        if self.watchdog:
+            await self.watchdog.stop()
+        await self.batcher.stop()
+        self.decoder.close()
+
+    # -- inference ------------------------------------------------------------------
+    async def warmup(self) -> None:
+        image, request = self.backend.warmup_input()
+        item = await asyncio.to_thread(self.backend.prepare, image, request)
+        await self.batcher.submit(item)
+
+    async def infer(
+        self, image_proto: common_pb2.Image, request: Any, context: grpc.aio.ServicerContext
+    ) -> tuple[Any, common_pb2.ServiceTimings]:
+        """Decode, prepare and infer one request through the batcher."""
+        assert self.health is not None
+        if self.health.phase not in (SERVING, DRAINING):
+            raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}")
+        started = time.perf_counter()
+        item = await self.decoder.decode(image_proto, then=lambda image: self.backend.prepare(image, request))
+        decoded = time.perf_counter()
+        result, info = await self.batcher.submit(item, timeout=context.time_remaining())
+        timings = common_pb2.ServiceTimings(
+            decode_seconds=decoded - started,
+            queue_seconds=info.queue_seconds,
+            inference_seconds=info.inference_seconds,
+            batch_size=info.batch_size,
+        )
+        return result, timings
+
+    def identity(self) -> common_pb2.ModelIdentity:
+        return self._identity or common_pb2.ModelIdentity(family=self.backend.family)
+
+    def state(self) -> common_pb2.ServiceState:
+        assert self.health is not None
+        return common_pb2.ServiceState(
+            serving=self.health.serving, phase=self.health.phase, reason=self.health.reason
+        )
+
+
+class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
+    def __init__(self, app: ModelServiceApp):
+        self.app = app
+
+    async def Tag(self, request: tagger_pb2.TagRequest, context: grpc.aio.ServicerContext) -> tagger_pb2.TagResponse:
+        try:
+            result, timings = await self.app.infer(request.image, request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place (errors.py)
+            await abort_with(context, exc)
+        identity = self.app.identity()
+        return tagger_pb2.TagResponse(
+            tags=[common_pb2.Tag(name=n, confidence=c, source_model=identity.name) for n, c in result.tags],
+            caption=result.caption,
+            model=identity,
+            context=request.context,
+            timings=timings,
+        )
+
+    async def GetModelInfo(self, request, context) -> tagger_pb2.TaggerServiceGetModelInfoResponse:
+        return tagger_pb2.TaggerServiceGetModelInfoResponse(
+            model=self.app.identity(),
+            state=self.app.state(),
+            vocabulary_size=len(self.app.backend.vocabulary()),
+            settings=self.app.backend.describe(),
+        )
+
+
+class ViewTypeServicer(view_type_pb2_grpc.ViewTypeServiceServicer):
+    def __init__(self, app: ModelServiceApp):
+        self.app = app
+
+    async def Classify(self, request: view_type_pb2.ClassifyRequest, context) -> view_type_pb2.ClassifyResponse:
+        try:
+            result, timings = await self.app.infer(request.image, request, context)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc)
+        return view_type_pb2.ClassifyResponse(
+            view_type=result.view_type,
+            confidence=result.confidence,
+            scores=[view_type_pb2.ClassScore(name=n, probability=p, logit=l) for n, p, l in result.scores],
+            embedding=result.embedding if request.include_embedding else [],
+            model=self.app.identity(),
+            timings=timings,
+        )
+
+    async def GetModelInfo(self, request, context) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:
+        return view_type_pb2.ViewTypeServiceGetModelInfoResponse(
+            model=self.app.identity(),
+            state=self.app.state(),
+            classes=self.app.backend.vocabulary(),
+            settings=self.app.backend.describe(),
+        )

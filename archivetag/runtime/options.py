@@ -1,0 +1,93 @@
+"""The options every server shares, and those every model service shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
+
+DEFAULT_PORTS = {"orchestrator": 50051, "florence": 50052, "rampp": 50053, "siglip": 50054}
+DEFAULT_METRICS_PORTS = {"orchestrator": 9151, "florence": 9152, "rampp": 9153, "siglip": 9154}
+DEFAULT_MODELS_DIR = Path("~/.cache/archivetag/models").expanduser()
+
+MODELS_OPTION = Option(
+    "models", DEFAULT_MODELS_DIR, "Models directory (one folder per model).", parse_path, metavar="DIR"
+)
+
+SERVER_OPTIONS = OptionGroup(
+    "server",
+    (
+        Option("host", "127.0.0.1", "Address to listen on; 0.0.0.0 in containers."),
+        Option("port", 0, "gRPC port.", int),
+        Option("metrics_port", 0, "Prometheus metrics HTTP port; 0 turns metrics off.", int),
+        Option("max_message_mb", 32, "Largest gRPC message accepted or sent, in MiB.", int),
+        Option(
+            "max_concurrent_rpcs", 256,
+            "Calls handled at once; more are refused with RESOURCE_EXHAUSTED.", int,
+        ),
+        Option("grace_seconds", 30.0, "On SIGTERM, how long in-flight calls may take to finish.", float),
+        Option("keepalive_seconds", 30.0, "Ping idle client connections this often.", float),
+        Option("keepalive_timeout_seconds", 10.0, "Drop a connection whose ping is not answered in this time.", float),
+        Option(
+            "max_connection_age_seconds", 0.0,
+            "Close client connections after this age so clients re-resolve DNS and see new replicas; 0: never.",
+            float,
+        ),
+        Option("tls_cert", None, "PEM certificate chain; with --tls-key serves TLS.", parse_path, metavar="FILE"),
+        Option("tls_key", None, "PEM private key for --tls-cert.", parse_path, metavar="FILE"),
+        Option(
+            "tls_client_ca", None, "PEM CA bundle; when set, clients must present a certificate it signed.",
+            parse_path, metavar="FILE",
+        ),
+        Option(
+            "allowed_roots", [],
+            "Comma-separated folders the server may read images from when a request names a path "
+            "(Image.uri); empty: only image bytes are accepted.",
+            parse_list,
+        ),
+        Option("log_level", "info", "Log level.", choices=("debug", "info", "warning", "error")),
+        Option("log_format", "json", "Log line format: one JSON object per line, or plain text.", choices=("json", "text")),
+    ),
+)
+
+MODEL_SERVICE_OPTIONS = OptionGroup(
+    "model service",
+    (
+        MODELS_OPTION,
+        Option("device", "auto", "Device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
+        Option(
+            "dtype", "auto", "Compute type: auto (float16/bfloat16 on GPU, float32 on CPU) or one of the choices.",
+            choices=("auto", "float32", "float16", "bfloat16"),
+        ),
+        Option("torch_threads", 0, "CPU threads for inference; 0: the library's default.", int),
+        Option("max_batch_size", 8, "Largest batch formed from concurrent requests.", int),
+        Option("max_queue_delay_ms", 5.0, "How long the first request of a batch waits for others.", float),
+        Option(
+            "max_queue_size", 64,
+            "Requests waiting for inference; more are refused with RESOURCE_EXHAUSTED.", int,
+        ),
+        Option(
+            "stall_seconds", 300.0,
+            "Turn NOT_SERVING when work is queued and no batch finished for this long.", float,
+        ),
+        Option("max_failed_batches", 3, "Turn NOT_SERVING after this many batches failed in a row.", int),
+        Option(
+            "recovery_probe_seconds", 15.0,
+            "While NOT_SERVING after failures, retry the warm-up inference this often.", float,
+        ),
+        Option("decode_threads", 2, "Threads decoding images (off the event loop).", int),
+        Option("max_image_bytes", 32 * 1024 * 1024, "Largest encoded image accepted, in bytes.", int),
+        Option("max_image_pixels", 100_000_000, "Largest image accepted, in pixels (decompression bombs).", int),
+        Option(
+            "jpeg_draft", True,
+            "Decode large JPEGs at a reduced scale (still at least the model's input size): much faster.",
+            parse_bool,
+        ),
+    ),
+)
+
+
+def server_options(service: str) -> OptionGroup:
+    return SERVER_OPTIONS.with_defaults(
+        port=DEFAULT_PORTS[service], metrics_port=DEFAULT_METRICS_PORTS[service]
+    )

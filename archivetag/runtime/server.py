@@ -1,0 +1,158 @@
+"""The one server bootstrap: every archivetag process serves through `serve(app, settings)`.
+
+It registers grpc.health.v1 ("" = the process is alive; each service's full name = its
+model is ready) and server reflection, applies message-size, concurrency and keepalive
+limits, serves Prometheus metrics, and on SIGTERM/SIGINT turns everything NOT_SERVING,
+refuses new calls, lets in-flight calls finish within the grace period and returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from archivetag.runtime.logs import configure_logging, fields
+from archivetag.runtime.metrics import RequestMetricsInterceptor, start_metrics_server
+
+log = logging.getLogger("archivetag.server")
+
+
+class ServerApp(Protocol):
+    """What a server plugs into the bootstrap."""
+
+    name: str
+    service_names: list[str]  # full gRPC service names, for reflection and health
+
+    def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None: ...
+    async def start(self) -> None: ...  # runs while serving (e.g. loads the model); sets health
+    async def drain(self) -> None: ...  # SIGTERM received; the server still finishes in-flight calls
+    async def close(self) -> None: ...  # the server has stopped
+
+
+class DrainingHealthServicer(health_aio.HealthServicer):
+    """The standard health service, whose Watch streams end once shutdown began.
+
+    The stock Watch never returns, so a watching client (the orchestrator) would hold
+    every shutdown for the whole grace period. Here a watcher gets NOT_SERVING, then
+    its stream completes.
+    """
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        condition = self._server_watchers[request.service]
+        self._watcher_count_by_service[request.service] += 1
+        try:
+            async with condition:
+                last_status = None
+                while True:
+                    status = self._server_status.get(
+                        request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                    )
+                    if status != last_status:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                        last_status = status
+                    if self._gracefully_shutting_down:
+                        return
+                    await condition.wait()
+        finally:
+            self._watcher_count_by_service[request.service] -= 1
+            if self._watcher_count_by_service[request.service] == 0:
+                del self._server_watchers[request.service]
+                del self._watcher_count_by_service[request.service]
+
+
+def channel_options(settings) -> list[tuple[str, int]]:
+    mib = settings.max_message_mb * 1024 * 1024
+    options = [
+        ("grpc.max_receive_message_length", mib),
+        ("grpc.max_send_message_length", mib),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Accept clients' keepalive pings as often as every 10 s.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Without this a second server on the same port starts silently and steals calls.
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
+        ]
+    return options
+
+
+def _server_credentials(settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert and not settings.tls_key:
+        if settings.tls_client_ca:
+            raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise SystemExit("TLS needs both --tls-cert and --tls-key")
+    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+async def serve(app: ServerApp, settings) -> int:
+    """Run the server until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    configure_logging(settings.log_level, settings.log_format)
+    start_metrics_server(settings.host, settings.metrics_port)
+    server = grpc.aio.server(
+        options=channel_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+        interceptors=[RequestMetricsInterceptor()],
+    )
+    health = DrainingHealthServicer()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    for name in app.service_names:
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    app.register(server, health)
+    reflection.enable_server_reflection(
+        [*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
+    try:
+        if credentials:
+            server.add_secure_port(address, credentials)
+        else:
+            server.add_insecure_port(address)
+    except RuntimeError as exc:
+        log.error("cannot listen", extra=fields(address=address, error=str(exc)))
+        return 2
+    await server.start()
+    log.info("listening", extra=fields(server=app.name, address=address, tls=bool(credentials)))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    startup = loop.create_task(app.start(), name=f"{app.name}-start")
+    await stop.wait()
+
+    log.info("draining", extra=fields(server=app.name, grace_seconds=settings.grace_seconds))
+    await health.enter_graceful_shutdown()
+    await app.drain()
+    await server.stop(settings.grace_seconds)
+    startup.cancel()
+    await asyncio.gather(startup, return_exceptions=True)
+    await app.close()
+    log.info("stopped", extra=fields(server=app.name))
+    return 0
+
+
+def run(app: ServerApp, settings) -> int:
+    return asyncio.run(serve(app, settings))

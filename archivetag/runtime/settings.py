@@ -1,0 +1,145 @@
+"""One settings layer for every server and command: flags and environment variables.
+
+Each option is declared once (name, default, help). Its flag is `--name-with-dashes`
+and its environment variable `ARCHIVETAG_NAME`. Precedence: flag, then environment,
+then default. `--help` of every command lists the variable beside each flag, and
+docs/configuration.md is generated from the same declarations
+(`python -m archivetag.runtime.settings > docs/configuration.md`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+ENV_PREFIX = "ARCHIVETAG_"
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def parse_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+@dataclass(frozen=True)
+class Option:
+    """A setting: one flag, one environment variable, one default."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def env_value(self, environ: dict[str, str]) -> Any:
+        raw = environ.get(self.env)
+        if raw is None:
+            return self.default
+        try:
+            value = self.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{self.env}={raw!r} is not valid: {exc}") from None
+        if self.choices and value not in self.choices:
+            raise SettingsError(f"{self.env}={raw!r} must be one of {', '.join(self.choices)}")
+        return value
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    title: str
+    options: tuple[Option, ...] = field(default_factory=tuple)
+
+    def with_defaults(self, **defaults: Any) -> "OptionGroup":
+        """The same options with other defaults (e.g. each service's own port)."""
+        unknown = set(defaults) - {o.name for o in self.options}
+        if unknown:
+            raise KeyError(f"unknown options: {sorted(unknown)}")
+        return OptionGroup(
+            self.title,
+            tuple(
+                Option(o.name, defaults.get(o.name, o.default), o.help, o.parse, o.choices, o.metavar)
+                for o in self.options
+            ),
+        )
+
+
+def add_option_groups(
+    parser: argparse.ArgumentParser, groups: Iterable[OptionGroup], environ: dict[str, str] | None = None
+) -> None:
+    """Add each group's options to the parser, defaults taken from the environment."""
+    environ = dict(os.environ) if environ is None else environ
+    for group in groups:
+        arg_group = parser.add_argument_group(group.title)
+        for option in group.options:
+            try:
+                default = option.env_value(environ)
+            except SettingsError as exc:
+                parser.error(str(exc))
+            shown = ",".join(map(str, option.default)) if isinstance(option.default, list) else option.default
+            help_text = f"{option.help} [env {option.env}; default: {shown!s}]"
+            if option.parse is parse_bool:
+                arg_group.add_argument(
+                    option.flag, dest=option.name, default=default,
+                    action=argparse.BooleanOptionalAction, help=help_text,
+                )
+            else:
+                arg_group.add_argument(
+                    option.flag, dest=option.name, default=default, type=option.parse,
+                    choices=option.choices, metavar=option.metavar, help=help_text,
+                )
+
+
+def markdown(groups: Iterable[OptionGroup]) -> str:
+    """A Markdown table per group, for docs/configuration.md."""
+    lines: list[str] = []
+    for group in groups:
+        lines += [f"## {group.title}", "", "| flag | environment | default | meaning |", "|---|---|---|---|"]
+        for o in group.options:
+            default = ",".join(map(str, o.default)) if isinstance(o.default, list) else o.default
+            default_text = f"`{default}`" if default not in ("", None, []) else "(none)"
+            lines.append(f"| `{o.flag}` | `{o.env}` | {default_text} | {o.help} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Print docs/configuration.md."""
+    from archivetag.cli import all_option_groups
+
+    print("# Configuration\n")
+    print("Every setting is a flag and an environment variable; the flag wins. Generated by")
+    print("`python -m archivetag.runtime.settings > docs/configuration.md`.\n")
+    for command, groups in all_option_groups():
+        print(f"# `archivetag {command}`\n")
+        print(markdown(groups))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Settings of the siglip service (flags and ARCHIVETAG_* variables)."""
+
+from archivetag.runtime.settings import OptionGroup
+
+OPTIONS = OptionGroup("siglip", ())
