@@ -55,7 +55,22 @@ class ImageLimits:
     jpeg_draft: bool = True
 
 
+# Signatures of accepted formats: a file that has one but will not open is a corrupt image,
+# not "some other file".
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
 def _describe_non_image(data: bytes) -> str:
+    for magic, fmt in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return f"a corrupt {fmt} file (its header could not be read)"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "a corrupt WebP file (its header could not be read)"
+    if data[4:8] == b"ftyp":
+        return "a corrupt or unsupported HEIF/ISO-media file"
     head = data[:64].lstrip()
     for magic, what in _SNIFF:
         if head.startswith(magic) or (magic == b"<svg" and b"<svg" in data[:1024]):
@@ -100,19 +115,23 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     return image
 
 
+def _high_depth_grey_to_l(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit or float grey → 8-bit grey (Pillow would clip at 255: almost all white)."""
+    array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    if image.mode != "F" and low >= 0 and high <= 0xFFFF:
+        scaled = array / 257.0  # 16-bit range → 8-bit range, brightness kept
+    elif high > low:
+        scaled = (array - low) / (high - low) * 255.0  # other ranges: stretch to full contrast
+    else:
+        scaled = np.zeros_like(array)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB; alpha composited onto white (how viewers show transparent areas)."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # Pillow would clip 16/32-bit grey at 255 (almost all white); scale to 8 bits instead.
-        array = np.asarray(image, dtype=np.uint32)
-        shift = 8 if array.max(initial=0) <= 0xFFFF else 24
-        image = Image.fromarray((array >> shift).astype(np.uint8), "L")
-    elif mode == "F":
-        array = np.nan_to_num(np.asarray(image, dtype=np.float32))
-        low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
-        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.astype(np.uint8), "L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _high_depth_grey_to_l(image)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode == "P" and "transparency" in image.info
     )

@@ -1,0 +1,174 @@
+"""The dynamic batcher, in process (the gRPC-level behaviour is in test_model_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from archivetag.runtime.batcher import DynamicBatcher
+from archivetag.runtime.errors import DeadlineExpired, QueueFull
+
+
+class RecordingModel:
+    """Doubles numbers; records every batch it sees; can be held on a gate."""
+
+    def __init__(self):
+        self.batches: list[list] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, items, abandoned):
+        self.batches.append(list(items))
+        self.entered.set()
+        self.gate.wait(10)
+        return [ValueError(f"cannot double {x!r}") if isinstance(x, str) else x * 2 for x in items]
+
+
+async def _started(model, **kwargs) -> DynamicBatcher:
+    batcher = DynamicBatcher(model, name="test", **kwargs)
+    batcher.start()
+    return batcher
+
+
+async def test_concurrent_requests_are_served_in_batches():
+    model = RecordingModel()
+    batcher = await _started(model, max_batch_size=8, max_queue_delay=0.05)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(16)))
+    assert [r for r, _ in results] == [i * 2 for i in range(16)]
+    assert max(len(b) for b in model.batches) == 8
+    assert len(model.batches) == 2
+    assert {info.batch_size for _, info in results} == {8}
+    await batcher.stop()
+
+
+async def test_a_single_request_waits_at_most_the_queue_delay():
+    model = RecordingModel()
+    batcher = await _started(model, max_batch_size=8, max_queue_delay=0.02)
+    result, info = await asyncio.wait_for(batcher.submit(21), 1.0)
+    assert result == 42 and info.batch_size == 1 and info.queue_seconds < 0.5
+    await batcher.stop()
+
+
+async def test_a_full_queue_refuses_with_a_message_that_says_so():
+    model = RecordingModel()
+    model.gate.clear()
+    batcher = await _started(model, max_batch_size=1, max_queue_delay=0, max_queue_size=2)
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.to_thread(model.entered.wait, 5)  # the worker is busy with item 0
+    queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull, match="queue is full"):
+        await batcher.submit(3)
+    model.gate.set()
+    assert [r for r, _ in await asyncio.gather(first, *queued)] == [0, 2, 4]
+    await batcher.stop()
+
+
+async def test_cancelled_and_expired_requests_never_reach_the_model():
+    model = RecordingModel()
+    model.gate.clear()
+    batcher = await _started(model, max_batch_size=8, max_queue_delay=0)
+    blocker = asyncio.create_task(batcher.submit(100))
+    await asyncio.to_thread(model.entered.wait, 5)
+    cancelled = asyncio.create_task(batcher.submit(1))
+    expiring = asyncio.create_task(batcher.submit(2, timeout=0.05))
+    kept = asyncio.create_task(batcher.submit(3))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    await asyncio.sleep(0.1)  # the deadline of item 2 passes while the model is busy
+    model.gate.set()
+    assert (await kept)[0] == 6
+    with pytest.raises(DeadlineExpired):
+        await expiring
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await blocker
+    seen = [x for batch in model.batches for x in batch]
+    assert seen == [100, 3]
+    await batcher.stop()
+
+
+async def test_an_item_error_fails_only_that_item():
+    model = RecordingModel()
+    batcher = await _started(model, max_batch_size=8, max_queue_delay=0.05)
+    results = await asyncio.gather(batcher.submit(1), batcher.submit("bad"), batcher.submit(3), return_exceptions=True)
+    assert results[0][0] == 2 and results[2][0] == 6
+    assert isinstance(results[1], ValueError)
+    assert batcher.consecutive_failures == 0  # the model worked; one input was bad
+    await batcher.stop()
+
+
+async def test_a_batch_that_raises_is_retried_item_by_item_so_only_the_poison_fails():
+    calls = []
+
+    def model(items, abandoned):
+        calls.append(list(items))
+        if "poison" in items:
+            raise RuntimeError("kernel crashed on poison")
+        return [x * 2 for x in items]
+
+    batcher = await _started(model, max_batch_size=8, max_queue_delay=0.05)
+    results = await asyncio.gather(batcher.submit(1), batcher.submit("poison"), batcher.submit(3), return_exceptions=True)
+    assert results[0][0] == 2 and results[2][0] == 6
+    assert isinstance(results[1], RuntimeError)
+    assert calls[0] == [1, "poison", 3] and [1] in calls and [3] in calls
+    assert batcher.consecutive_failures == 0
+    await batcher.stop()
+
+
+async def test_failed_batches_are_counted_until_one_succeeds():
+    broken = {"on": True}
+
+    def model(items, abandoned):
+        if broken["on"]:
+            raise RuntimeError("CUDA error: device-side assert")
+        return items
+
+    batcher = await _started(model, max_batch_size=4, max_queue_delay=0)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            await batcher.submit(1)
+    assert batcher.consecutive_failures == 3 and "device-side assert" in batcher.last_failure
+    broken["on"] = False
+    await batcher.submit(1)
+    assert batcher.consecutive_failures == 0
+    await batcher.stop()
+
+
+async def test_abandoned_tells_the_model_when_every_caller_is_gone():
+    seen = {}
+    release = threading.Event()
+
+    def model(items, abandoned):
+        seen["before"] = abandoned()
+        release.wait(5)
+        seen["after"] = abandoned()
+        return items
+
+    batcher = await _started(model, max_batch_size=4, max_queue_delay=0.02)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(2)]
+    await asyncio.sleep(0.1)
+    for task in tasks:
+        task.cancel()
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.sleep(0.1)
+    assert seen == {"before": False, "after": True}
+    await batcher.stop()
+
+
+async def test_inference_runs_off_the_event_loop():
+    loop_thread = threading.get_ident()
+    threads = []
+
+    def model(items, abandoned):
+        threads.append(threading.get_ident())
+        return items
+
+    batcher = await _started(model)
+    await batcher.submit(1)
+    assert threads and all(t != loop_thread for t in threads)
+    await batcher.stop()
