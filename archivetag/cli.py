@@ -60,8 +60,10 @@ def _optional_module(name: str):
 
 
 def run_server(args: argparse.Namespace) -> int:
+    from archivetag.runtime.logs import configure_logging
     from archivetag.runtime.server import run
 
+    configure_logging(args.log_level, args.log_format)
     if args.server == "orchestrator":
         from archivetag.orchestrator.app import create_app
 

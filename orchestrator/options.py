@@ -1,6 +1,59 @@
 """Settings of the orchestrator (flags and ARCHIVETAG_* variables)."""
 
-from archivetag.runtime.settings import OptionGroup
+from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
 
-OPTIONS = OptionGroup("orchestrator", ())
-OPTION_GROUPS = [OPTIONS]
+BACKEND_OPTIONS = OptionGroup(
+    "orchestrator backends",
+    (
+        Option(
+            "florence_target", "127.0.0.1:50052",
+            "Florence-2 service: host:port (a DNS name resolving to several replicas is balanced round-robin) "
+            "or a comma-separated list of replicas.",
+        ),
+        Option("rampp_target", "127.0.0.1:50053", "RAM++ service target, as --florence-target."),
+        Option("siglip_target", "127.0.0.1:50054", "SigLIP service target, as --florence-target."),
+        Option("primary_tagger", "florence", "Tagger tried first; the other is the fallback.", choices=("florence", "rampp")),
+        Option(
+            "disabled_backends", [],
+            "Comma-separated backends never called (florence, rampp, siglip).", parse_list,
+        ),
+        Option("florence_deadline_seconds", 30.0, "Longest wait for Florence-2 before failing over.", float),
+        Option("rampp_deadline_seconds", 30.0, "Longest wait for RAM++.", float),
+        Option("siglip_deadline_seconds", 10.0, "Longest wait for SigLIP; past it the answer is degraded.", float),
+        Option(
+            "fallback_reserve_seconds", 5.0,
+            "Time kept from the client's deadline for the fallback tagger when calling the primary.", float,
+        ),
+        Option(
+            "default_deadline_seconds", 120.0,
+            "Deadline for an image whose client set none (and for each TagImages item).", float,
+        ),
+        Option("breaker_failures", 3, "Consecutive failures that open a backend's circuit breaker.", int),
+        Option("breaker_cooldown_seconds", 30.0, "How long an open breaker skips its backend before one probe call.", float),
+        Option("reconnect_max_seconds", 5.0, "Longest pause between reconnects to a backend (health watch, calls).", float),
+        Option("resolve_seconds", 30.0, "How often backend DNS names are resolved again to find replicas.", float),
+    ),
+)
+
+CLIENT_OPTIONS = OptionGroup(
+    "orchestrator clients",
+    (
+        Option("auth", True, "Require 'authorization: Bearer <token>' on TaggingService calls.", parse_bool),
+        Option(
+            "api_tokens_file", None,
+            "File of client tokens, one 'client-name:token' per line ('#' comments).", parse_path, metavar="FILE",
+        ),
+        Option(
+            "api_tokens", [], "Comma-separated 'client-name:token' pairs (in addition to the file).", parse_list
+        ),
+        Option("max_in_flight", 16, "Images processed at once over all clients; more wait their client's turn.", int),
+        Option("client_max_in_flight", 8, "Images one client may have processed at once.", int),
+        Option(
+            "client_max_queued", 1000,
+            "Images one client may have waiting; more are refused with RESOURCE_EXHAUSTED.", int,
+        ),
+        Option("stream_window", 16, "TagImages items read ahead and in flight per stream (flow control).", int),
+    ),
+)
+
+OPTION_GROUPS = [BACKEND_OPTIONS, CLIENT_OPTIONS]

@@ -29,6 +29,7 @@ class ServerApp(Protocol):
 
     name: str
     service_names: list[str]  # full gRPC service names, for reflection and health
+    # Optional: `interceptors`, a list of grpc.aio.ServerInterceptor run after the metrics one.
 
     def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None: ...
     async def start(self) -> None: ...  # runs while serving (e.g. loads the model); sets health
@@ -111,7 +112,7 @@ async def serve(app: ServerApp, settings) -> int:
     server = grpc.aio.server(
         options=channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
-        interceptors=[RequestMetricsInterceptor()],
+        interceptors=[RequestMetricsInterceptor(), *getattr(app, "interceptors", [])],
     )
     health = DrainingHealthServicer()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)

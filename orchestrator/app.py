@@ -1,0 +1,113 @@
+"""The orchestrator as a server: backends, router, fair scheduler, auth, on the shared bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
+
+from archivetag.orchestrator.auth import AuthInterceptor, TokenAuthenticator, TokenError, load_tokens
+from archivetag.orchestrator.backends import Backend, TargetError
+from archivetag.orchestrator.breaker import CircuitBreaker
+from archivetag.orchestrator.fairness import FairScheduler
+from archivetag.orchestrator.routing import Router
+from archivetag.orchestrator.service import TaggingServicer
+from archivetag.runtime.logs import fields
+from archivetag.runtime.model_service import TAGGER_SERVICE, VIEW_TYPE_SERVICE
+from archivetag.v1 import tagger_pb2, tagger_pb2_grpc, tagging_pb2, tagging_pb2_grpc, view_type_pb2, view_type_pb2_grpc
+
+log = logging.getLogger("archivetag.orchestrator")
+
+TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
+BACKEND_NAMES = ("florence", "rampp", "siglip")
+
+
+class OrchestratorApp:
+    name = "orchestrator"
+    service_names = [TAGGING_SERVICE]
+
+    def __init__(self, settings):
+        self.settings = settings
+        unknown = set(settings.disabled_backends) - set(BACKEND_NAMES)
+        if unknown:
+            raise SystemExit(f"--disabled-backends: unknown backend(s) {sorted(unknown)}; use {', '.join(BACKEND_NAMES)}")
+        try:
+            self.backends = {name: self._backend(name) for name in BACKEND_NAMES}
+        except TargetError as exc:
+            raise SystemExit(f"bad backend target: {exc}") from None
+        primary = settings.primary_tagger
+        fallback = "rampp" if primary == "florence" else "florence"
+        self.backends[primary].role, self.backends[fallback].role = "primary tagger", "fallback tagger"
+        self.router = Router(
+            [self.backends[primary], self.backends[fallback]], self.backends["siglip"], settings.fallback_reserve_seconds
+        )
+        self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight, settings.client_max_queued)
+        self.interceptors = [AuthInterceptor(self._authenticator())]
+        self.health: health_aio.HealthServicer | None = None
+
+    def _authenticator(self) -> TokenAuthenticator | None:
+        s = self.settings
+        if not s.auth:
+            log.warning("client authentication is off: every caller is trusted")
+            return None
+        try:
+            tokens = load_tokens(s.api_tokens_file, s.api_tokens)
+        except TokenError as exc:
+            raise SystemExit(str(exc)) from None
+        if not tokens:
+            raise SystemExit(
+                "auth is on but no client tokens are configured: set --api-tokens-file / ARCHIVETAG_API_TOKENS_FILE "
+                "or ARCHIVETAG_API_TOKENS, or turn auth off with --no-auth on a single-user machine"
+            )
+        log.info("client authentication on", extra=fields(clients=sorted(set(tokens.values()))))
+        return TokenAuthenticator(tokens)
+
+    def _backend(self, name: str) -> Backend:
+        s = self.settings
+        is_tagger = name != "siglip"
+        return Backend(
+            name,
+            "view type",
+            getattr(s, f"{name}_target"),
+            TAGGER_SERVICE if is_tagger else VIEW_TYPE_SERVICE,
+            tagger_pb2_grpc.TaggerServiceStub if is_tagger else view_type_pb2_grpc.ViewTypeServiceStub,
+            tagger_pb2.TaggerServiceGetModelInfoRequest() if is_tagger else view_type_pb2.ViewTypeServiceGetModelInfoRequest(),
+            deadline=getattr(s, f"{name}_deadline_seconds"),
+            enabled=name not in s.disabled_backends,
+            breaker=CircuitBreaker(s.breaker_failures, s.breaker_cooldown_seconds),
+            reconnect_max=s.reconnect_max_seconds,
+            resolve_every=s.resolve_seconds,
+            max_message_bytes=s.max_message_mb * 1024 * 1024,
+        )
+
+    def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None:
+        self.health = health
+        servicer = TaggingServicer(self.router, self.scheduler, list(self.backends.values()), self.settings)
+        tagging_pb2_grpc.add_TaggingServiceServicer_to_server(servicer, server)
+
+    async def start(self) -> None:
+        for backend in self.backends.values():
+            await backend.start()
+        # Give the health watches a moment to report, so the first calls route on real health.
+        waits = [b.health_changed.wait() for b in self.backends.values() if b.enabled]
+        if waits:
+            _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=2.0)
+            for task in pending:
+                task.cancel()
+        await self.health.set(TAGGING_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        log.info("orchestrator ready", extra=fields(
+            backends={n: b.describe_health() for n, b in self.backends.items()}))
+
+    async def drain(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        for backend in self.backends.values():
+            await backend.stop()
+
+
+def create_app(settings) -> OrchestratorApp:
+    return OrchestratorApp(settings)

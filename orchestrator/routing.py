@@ -1,0 +1,159 @@
+"""One image through the backends: tagger with deadline and failover, SigLIP beside it.
+
+    primary tagger (default Florence-2), if SERVING and its breaker allows,
+        with deadline = min(its setting, the caller's time left − a reserve for the fallback)
+    on DEADLINE_EXCEEDED, UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN (any failure but
+        INVALID_ARGUMENT), or when not SERVING / breaker open → the fallback tagger, and say why
+    INVALID_ARGUMENT → the image's fault: back to the caller, no failover
+    SigLIP runs concurrently; if it cannot answer, the result is degraded, not an error
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter
+
+from archivetag.orchestrator.backends import Backend
+from archivetag.runtime.errors import DeadlineExpired, InvalidInput, NotServing
+from archivetag.runtime.logs import fields
+from archivetag.v1 import tagger_pb2, tagging_pb2, view_type_pb2
+
+log = logging.getLogger("archivetag.orchestrator.routing")
+
+FAILOVERS = Counter("archivetag_failovers_total", "Images answered by the fallback tagger.", ["primary", "fallback"])
+DEGRADED = Counter("archivetag_degraded_total", "Answers missing a part (e.g. the view type).", ["backend"])
+
+# Below this, a call cannot usefully start.
+MIN_CALL_SECONDS = 0.05
+
+
+@dataclass
+class ViewOutcome:
+    view: tagging_pb2.ViewType
+    seconds: float = 0.0
+    problem: str = ""  # why there is no view type; '' when SigLIP answered
+    model: object = None
+    embedding: tuple[float, ...] = ()
+
+
+@dataclass
+class TaggerOutcome:
+    response: tagger_pb2.TagResponse
+    tagger: str
+    fallback_reason: str
+    tagger_seconds: float
+    failover_seconds: float
+
+
+class Router:
+    def __init__(self, taggers: list[Backend], siglip: Backend, fallback_reserve: float):
+        self.taggers = taggers  # primary first
+        self.siglip = siglip
+        self.fallback_reserve = fallback_reserve
+
+    async def tag_image(
+        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, admission_seconds: float = 0.0
+    ) -> tagging_pb2.TagImageResponse:
+        started = time.monotonic()
+        view_task = asyncio.create_task(self._view_type(image, request, deadline))
+        try:
+            outcome = await self._tag_with_failover(request, image, deadline)
+        except BaseException:
+            view_task.cancel()
+            await asyncio.gather(view_task, return_exceptions=True)
+            raise
+        view = await view_task
+        response = tagging_pb2.TagImageResponse(
+            tags=outcome.response.tags,
+            caption=outcome.response.caption,
+            tagger=outcome.tagger,
+            fallback_reason=outcome.fallback_reason,
+            view_type=view.view,
+            models=[outcome.response.model, *([view.model] if view.model else [])],
+            context=request.context,
+            timings=tagging_pb2.StageTimings(
+                total_seconds=time.monotonic() - started + admission_seconds,
+                tagger_seconds=outcome.tagger_seconds,
+                view_type_seconds=view.seconds,
+                failover_seconds=outcome.failover_seconds,
+                admission_seconds=admission_seconds,
+            ),
+        )
+        if view.problem:
+            response.degraded = True
+            response.degraded_reasons.append(view.problem)
+            DEGRADED.labels(self.siglip.name).inc()
+        response.embedding.extend(view.embedding)
+        return response
+
+    # -- tagging ----------------------------------------------------------------------
+    async def _tag_with_failover(
+        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float
+    ) -> TaggerOutcome:
+        reasons: list[str] = []
+        failover_seconds = 0.0
+        tag_request = tagger_pb2.TagRequest(context=request.context, max_tags=request.max_tags)
+        tag_request.image.data = image
+        if request.HasField("threshold"):
+            tag_request.threshold = request.threshold
+        for index, backend in enumerate(self.taggers):
+            if not backend.enabled:
+                reasons.append(f"{backend.name}: disabled")
+                continue
+            has_fallback = any(b.enabled for b in self.taggers[index + 1:])
+            left = deadline - time.monotonic()
+            timeout = min(backend.deadline, left - (self.fallback_reserve if has_fallback else 0.0))
+            if timeout < MIN_CALL_SECONDS:
+                reasons.append(f"{backend.name}: skipped, {left:.1f} s left before the caller's deadline")
+                continue
+            why_not = backend.usable()
+            if why_not:
+                reasons.append(f"{backend.name}: {why_not}")
+                continue
+            attempt_started = time.monotonic()
+            try:
+                response = await backend.call(backend.stub.Tag, tag_request, timeout)
+            except grpc.aio.AioRpcError as exc:
+                spent = time.monotonic() - attempt_started
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidInput(exc.details()) from None
+                failover_seconds += spent
+                reasons.append(f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")
+                log.warning("tagger failed", extra=fields(backend=backend.name, code=exc.code().name,
+                                                          seconds=round(spent, 3), detail=exc.details()))
+                continue
+            if index > 0 or reasons:
+                FAILOVERS.labels(self.taggers[0].name, backend.name).inc()
+            return TaggerOutcome(
+                response, backend.name, "; ".join(reasons), time.monotonic() - attempt_started, failover_seconds
+            )
+        if time.monotonic() >= deadline:
+            raise DeadlineExpired("deadline passed before a tagger answered: " + "; ".join(reasons))
+        raise NotServing("no tagger could answer: " + "; ".join(reasons))
+
+    # -- view type --------------------------------------------------------------------
+    async def _view_type(self, image: bytes, request: tagging_pb2.TagImageRequest, deadline: float) -> ViewOutcome:
+        """The view type, or 'unknown' with the reason SigLIP did not answer. Never raises."""
+        unknown = tagging_pb2.ViewType(name="unknown")
+        backend = self.siglip
+        if not backend.enabled:
+            return ViewOutcome(unknown, problem=f"{backend.name}: disabled")
+        timeout = min(backend.deadline, deadline - time.monotonic())
+        why_not = backend.usable() if timeout >= MIN_CALL_SECONDS else "no time left before the caller's deadline"
+        if why_not:
+            return ViewOutcome(unknown, problem=f"{backend.name}: {why_not}")
+        started = time.monotonic()
+        classify = view_type_pb2.ClassifyRequest(include_embedding=request.include_embedding)
+        classify.image.data = image
+        try:
+            reply = await backend.call(backend.stub.Classify, classify, timeout)
+        except grpc.aio.AioRpcError as exc:
+            spent = time.monotonic() - started
+            return ViewOutcome(unknown, spent, f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")
+        view = tagging_pb2.ViewType(name=reply.view_type, confidence=reply.confidence, scores=reply.scores)
+        return ViewOutcome(view, time.monotonic() - started, "", reply.model, tuple(reply.embedding))

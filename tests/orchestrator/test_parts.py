@@ -1,0 +1,164 @@
+"""The orchestrator's parts in isolation: breaker, fair scheduler, tokens, targets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from archivetag.orchestrator.auth import TokenAuthenticator, TokenError, load_tokens, parse_tokens
+from archivetag.orchestrator.backends import TargetError, parse_target
+from archivetag.orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from archivetag.orchestrator.fairness import FairScheduler
+from archivetag.runtime.errors import QueueFull
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_once_after_the_cooldown():
+    clock = Clock()
+    breaker = CircuitBreaker(failures=3, cooldown=10, clock=clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert breaker.state == CLOSED
+    breaker.record_failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    clock.now += 10
+    assert breaker.current_state() == HALF_OPEN
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one probe at a time
+    breaker.record_success()
+    assert breaker.state == CLOSED and breaker.allow()
+
+
+def test_a_failed_probe_reopens_the_breaker_for_another_cooldown():
+    clock = Clock()
+    breaker = CircuitBreaker(failures=1, cooldown=5, clock=clock)
+    breaker.record_failure()
+    clock.now += 5
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == OPEN and not breaker.allow()
+    assert "next probe in 5 s" in breaker.describe()
+
+
+def test_a_success_resets_the_failure_count():
+    breaker = CircuitBreaker(failures=2, cooldown=5, clock=Clock())
+    breaker.record_failure()
+    breaker.record_success()
+    breaker.record_failure()
+    assert breaker.state == CLOSED
+
+
+async def test_fair_scheduler_gives_a_waiting_client_the_next_free_slot():
+    scheduler = FairScheduler(capacity=2, per_client=2, max_queued=100)
+    order = []
+    release = asyncio.Event()
+
+    async def job(client, n):
+        async with scheduler.slot(client):
+            order.append((client, n))
+            await release.wait()
+
+    flood = [asyncio.create_task(job("import", i)) for i in range(20)]
+    await asyncio.sleep(0.01)
+    single = asyncio.create_task(job("desk", 0))
+    await asyncio.sleep(0.01)
+    assert order == [("import", 0), ("import", 1)]
+    assert scheduler.queued == 19
+    release.set()
+    await asyncio.gather(*flood, single)
+    # The single photo ran as soon as the first slot was freed, not after the import.
+    assert order.index(("desk", 0)) == 2
+
+
+async def test_fair_scheduler_caps_each_clients_in_flight_work():
+    scheduler = FairScheduler(capacity=8, per_client=3, max_queued=100)
+    gate = asyncio.Event()
+    peak = {"a": 0}
+    running = {"a": 0}
+
+    async def job():
+        async with scheduler.slot("a"):
+            running["a"] += 1
+            peak["a"] = max(peak["a"], running["a"])
+            await gate.wait()
+            running["a"] -= 1
+
+    tasks = [asyncio.create_task(job()) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert peak["a"] == 3
+
+
+async def test_fair_scheduler_refuses_a_client_over_its_queue_limit():
+    scheduler = FairScheduler(capacity=1, per_client=1, max_queued=2)
+    gate = asyncio.Event()
+
+    async def job():
+        async with scheduler.slot("a"):
+            await gate.wait()
+
+    tasks = [asyncio.create_task(job()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull, match="ARCHIVETAG_CLIENT_MAX_QUEUED"):
+        await scheduler.acquire("a")
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert scheduler.running == 0 and scheduler.queued == 0
+
+
+async def test_a_caller_that_leaves_while_waiting_frees_its_place():
+    scheduler = FairScheduler(capacity=1, per_client=1, max_queued=10)
+    holder = await scheduler.acquire("a")
+    waiting = asyncio.create_task(scheduler.acquire("b"))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    scheduler.release("a")
+    assert holder == 0.0 and scheduler.running == 0 and scheduler.queued == 0
+
+
+def test_tokens_are_named_clients_and_short_or_malformed_ones_are_refused(tmp_path):
+    tokens = parse_tokens(["# archive apps", "", "desk-app:0123456789abcdef0123"], "test")
+    assert tokens == {"0123456789abcdef0123": "desk-app"}
+    with pytest.raises(TokenError, match="at least 16"):
+        parse_tokens(["desk-app:short"], "test")
+    with pytest.raises(TokenError, match="client-name:token"):
+        parse_tokens(["no-colon-here-at-all-really"], "test")
+    path = tmp_path / "tokens"
+    path.write_text("import:ffffffffffffffffffff\n")
+    assert load_tokens(path, ["desk:eeeeeeeeeeeeeeeeeeee"]) == {
+        "ffffffffffffffffffff": "import", "eeeeeeeeeeeeeeeeeeee": "desk"
+    }
+
+
+def test_authenticator_matches_bearer_tokens_only():
+    auth = TokenAuthenticator({"0123456789abcdef0123": "desk-app"})
+    assert auth.client_for([("authorization", "Bearer 0123456789abcdef0123")]) == "desk-app"
+    assert auth.client_for([("authorization", "bearer 0123456789abcdef0123")]) == "desk-app"
+    assert auth.client_for([("authorization", "Bearer 0123456789abcdef0124")]) is None
+    assert auth.client_for([("authorization", "Basic 0123456789abcdef0123")]) is None
+    assert auth.client_for([]) is None
+
+
+def test_targets_name_one_or_several_replicas():
+    single = parse_target("127.0.0.1:50053")
+    assert single.channel_target == "ipv4:127.0.0.1:50053" and single.addresses == ("127.0.0.1:50053",)
+    listed = parse_target("127.0.0.1:1,127.0.0.2:2")
+    assert listed.channel_target == "ipv4:127.0.0.1:1,127.0.0.2:2" and len(listed.addresses) == 2
+    named = parse_target("rampp:50053")
+    assert named.channel_target == "dns:///rampp:50053" and named.dns_name == "rampp"
+    assert parse_target("dns:///rampp:50053").dns_name == "rampp"
+    assert parse_target("[::1]:7").channel_target == "ipv6:[::1]:7"
+    for bad in ("", "rampp", "127.0.0.1:1,[::1]:2"):
+        with pytest.raises(TargetError):
+            parse_target(bad)
