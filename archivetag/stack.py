@@ -1,0 +1,259 @@
+"""Run the whole stack on this machine: the three model services and the orchestrator.
+
+Each runs as its own local process (as in a deployment, where each scales on its own).
+The model services listen on loopback only. `up` waits until all four are SERVING,
+prints the endpoints, restarts a crashed service with backoff, and stops all of them
+cleanly on Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from archivetag.runtime.options import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, MODELS_OPTION
+from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_path
+from archivetag.v1 import tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
+
+MODEL_SERVICES = ("florence", "rampp", "siglip")
+HEALTH_NAMES = {
+    "florence": "archivetag.v1.TaggerService",
+    "rampp": "archivetag.v1.TaggerService",
+    "siglip": "archivetag.v1.ViewTypeService",
+    "orchestrator": "archivetag.v1.TaggingService",
+}
+MISSING_MODELS_HELP = (
+    "run `archivetag models pull` (the real weights; needs network) "
+    "or `archivetag models smoke` (small random models, offline; meaningless tags)"
+)
+
+UP_OPTIONS = OptionGroup(
+    "up",
+    (
+        MODELS_OPTION,
+        Option("orchestrator_host", "127.0.0.1", "Address the orchestrator listens on; the model services stay on loopback."),
+        Option("orchestrator_port", DEFAULT_PORTS["orchestrator"], "Orchestrator port.", int),
+        Option("florence_port", DEFAULT_PORTS["florence"], "Florence-2 service port.", int),
+        Option("rampp_port", DEFAULT_PORTS["rampp"], "RAM++ service port.", int),
+        Option("siglip_port", DEFAULT_PORTS["siglip"], "SigLIP service port.", int),
+        Option("metrics", True, "Serve Prometheus metrics (ports 9151-9154).", parse_bool),
+        Option(
+            "api_tokens_file", None,
+            "Client tokens file; given, the orchestrator requires tokens (off by default on one machine).",
+            parse_path, metavar="FILE",
+        ),
+        Option("log_dir", Path("~/.cache/archivetag/logs").expanduser(), "Folder for the services' logs.", parse_path),
+        Option("start_timeout_seconds", 900.0, "Give up if the stack is not SERVING after this long.", float),
+    ),
+)
+OPTION_GROUPS = [UP_OPTIONS]
+
+
+class StackError(RuntimeError):
+    """The stack cannot start; the message says why and what to do."""
+
+
+def missing_models(models: Path) -> list[str]:
+    return [name for name in MODEL_SERVICES if not (models / name).is_dir() or not any((models / name).iterdir())]
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    backoff: float = 1.0
+    restart_at: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class Stack:
+    def __init__(self, settings, say=print):
+        self.settings = settings
+        self.say = say
+        self.stopping = False
+        self.services: list[Service] = []
+        s = settings
+        ports = {name: getattr(s, f"{name}_port") for name in (*MODEL_SERVICES, "orchestrator")}
+        s.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in (*MODEL_SERVICES, "orchestrator"):
+            metrics = DEFAULT_METRICS_PORTS[name] if s.metrics else 0
+            argv = [sys.executable, "-m", "archivetag.cli", "serve", name,
+                    "--port", str(ports[name]), "--metrics-port", str(metrics)]
+            if name == "orchestrator":
+                argv += ["--host", s.orchestrator_host]
+                for backend in MODEL_SERVICES:
+                    argv += [f"--{backend}-target", f"127.0.0.1:{ports[backend]}"]
+                argv += ["--auth", "--api-tokens-file", str(s.api_tokens_file)] if s.api_tokens_file else ["--no-auth"]
+            else:
+                argv += ["--host", "127.0.0.1", "--models", str(s.models)]
+            self.services.append(Service(name, argv, ports[name], s.log_dir / f"{name}.log"))
+
+    # -- processes ----------------------------------------------------------------------
+    def _spawn(self, service: Service) -> None:
+        log = open(service.log_path, "ab")
+        service.process = subprocess.Popen(
+            service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+        )
+        log.close()
+        service.started_at = time.monotonic()
+
+    def start(self) -> None:
+        missing = missing_models(self.settings.models)
+        if missing:
+            raise StackError(f"no models for {', '.join(missing)} in {self.settings.models}: {MISSING_MODELS_HELP}")
+        for service in self.services:
+            self._spawn(service)
+
+    async def supervise(self) -> None:
+        """Restart services that exit, with exponential backoff (1 s doubling to 60 s)."""
+        while not self.stopping:
+            now = time.monotonic()
+            for service in self.services:
+                code = service.process.poll() if service.process else None
+                if code is not None and service.restart_at is None:
+                    if now - service.started_at > 60:
+                        service.backoff = 1.0  # it ran for a while: start the backoff afresh
+                    service.restart_at = now + service.backoff
+                    self.say(f"{service.name} exited with code {code}; restarting in {service.backoff:.0f} s "
+                             f"(log: {service.log_path})")
+                    service.backoff = min(service.backoff * 2, 60.0)
+                elif service.restart_at is not None and now >= service.restart_at:
+                    service.restart_at = None
+                    service.restarts += 1
+                    self._spawn(service)
+            await asyncio.sleep(0.25)
+
+    async def stop(self, grace: float = 40.0) -> list[int]:
+        """SIGTERM every service, wait for them to drain, SIGKILL what is left."""
+        self.stopping = True
+        for service in self.services:
+            if service.process and service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(s.process and s.process.poll() is None for s in self.services):
+            await asyncio.sleep(0.1)
+        for service in self.services:
+            if service.process and service.process.poll() is None:
+                service.process.kill()
+                service.process.wait()
+        return [s.process.returncode for s in self.services if s.process]
+
+    # -- readiness ----------------------------------------------------------------------
+    async def _state(self, service: Service) -> tuple[str, str]:
+        """(SERVING / NOT_SERVING / UNREACHABLE, phase text) of one service."""
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service.name]), timeout=2
+                )
+            except grpc.aio.AioRpcError:
+                return "UNREACHABLE", "starting"
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            if status == "SERVING" or service.name == "orchestrator":
+                return status, "serving" if status == "SERVING" else "starting"
+            stub, request = (
+                (view_type_pb2_grpc.ViewTypeServiceStub(channel), view_type_pb2.ViewTypeServiceGetModelInfoRequest())
+                if service.name == "siglip"
+                else (tagger_pb2_grpc.TaggerServiceStub(channel), tagger_pb2.TaggerServiceGetModelInfoRequest())
+            )
+            try:
+                state = (await stub.GetModelInfo(request, timeout=2)).state
+            except grpc.aio.AioRpcError:
+                return status, "starting"
+            if state.phase == "failed":
+                raise StackError(f"{service.name} cannot serve: {state.reason} (log: {service.log_path})")
+            return status, f"{state.phase}: {state.reason}" if state.reason else state.phase
+
+    async def wait_serving(self, timeout: float) -> None:
+        started = time.monotonic()
+        shown: dict[str, str] = {}
+        while True:
+            states = await asyncio.gather(*(self._state(s) for s in self.services))
+            for service, (_, phase) in zip(self.services, states):
+                if shown.get(service.name) != phase:
+                    shown[service.name] = phase
+                    self.say(f"  {service.name:12} {phase}  ({time.monotonic() - started:.0f} s)")
+            if all(status == "SERVING" for status, _ in states):
+                return
+            if time.monotonic() - started > timeout:
+                waiting = [s.name for s, (st, _) in zip(self.services, states) if st != "SERVING"]
+                raise StackError(f"not SERVING after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.settings.log_dir})")
+            await asyncio.sleep(0.5)
+
+    def endpoints_text(self) -> str:
+        lines = ["endpoints:"]
+        for service in self.services:
+            host = self.settings.orchestrator_host if service.name == "orchestrator" else "127.0.0.1"
+            lines.append(f"  {service.name:12} {host}:{service.port}  ({HEALTH_NAMES[service.name]})")
+        orchestrator = next(s for s in self.services if s.name == "orchestrator")
+        lines += [
+            "probe with grpcurl:",
+            *(f"  grpcurl -plaintext -d '{{\"service\":\"{HEALTH_NAMES[s.name]}\"}}' 127.0.0.1:{s.port} "
+              "grpc.health.v1.Health/Check" for s in self.services),
+            f"  grpcurl -plaintext 127.0.0.1:{orchestrator.port} list",
+            f"  grpcurl -plaintext 127.0.0.1:{orchestrator.port} archivetag.v1.TaggingService/GetStatus",
+            f"tag photos:  archivetag tag PATH... --target 127.0.0.1:{orchestrator.port}",
+        ]
+        return "\n".join(lines)
+
+
+async def run_stack(settings) -> int:
+    stack = Stack(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        stack.start()
+    except StackError as exc:
+        print(f"archivetag up: {exc}", file=sys.stderr)
+        return 2
+    supervisor = asyncio.create_task(stack.supervise())
+    print(f"starting the stack (models: {settings.models}; logs: {settings.log_dir})")
+    waiter = asyncio.create_task(stack.wait_serving(settings.start_timeout_seconds))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if waiter.done():
+        try:
+            waiter.result()
+            print("all four services are SERVING\n" + stack.endpoints_text() + "\nCtrl-C stops them.")
+            await stop.wait()
+        except StackError as exc:
+            print(f"archivetag up: {exc}", file=sys.stderr)
+            code = 1
+    waiter.cancel()
+    stopper.cancel()
+    print("stopping ...")
+    supervisor.cancel()
+    await asyncio.gather(supervisor, waiter, stopper, return_exceptions=True)
+    exit_codes = await stack.stop()
+    print("stopped" + ("" if all(c == 0 for c in exit_codes) else f" (exit codes {exit_codes})"))
+    return code
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(run_stack(args))
