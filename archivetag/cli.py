@@ -4,6 +4,7 @@
     archivetag up                                           the whole stack on this machine
     archivetag tag PATH...                                  tag photos into SQLite
     archivetag status                                       the backends, from the orchestrator
+    archivetag demo                                         the main job: stack + sample photos
     archivetag models {smoke,pull,...}                      models in and out
 
 Heavy modules (torch, transformers) are imported only by the commands that need them.
@@ -27,6 +28,7 @@ COMMAND_MODULES = {
     "up": "archivetag.stack",
     "tag": "archivetag.bulk",
     "status": "archivetag.status",
+    "demo": "archivetag.demo",
 }
 MODELS_MODULE = "archivetag.models"
 
