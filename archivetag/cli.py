@@ -5,6 +5,7 @@
     archivetag tag PATH...                                  tag photos into SQLite
     archivetag status                                       the backends, from the orchestrator
     archivetag demo                                         the main job: stack + sample photos
+    archivetag probe                                        health check (for containers)
     archivetag models {smoke,pull,...}                      models in and out
 
 Heavy modules (torch, transformers) are imported only by the commands that need them.
@@ -29,6 +30,7 @@ COMMAND_MODULES = {
     "tag": "archivetag.bulk",
     "status": "archivetag.status",
     "demo": "archivetag.demo",
+    "probe": "archivetag.probe",
 }
 MODELS_MODULE = "archivetag.models"
 

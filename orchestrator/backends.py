@@ -159,8 +159,22 @@ class Backend:
             config = {
                 "loadBalancingConfig": [{"round_robin": {}}],
                 "healthCheckConfig": {"serviceName": self.health_service},
+                # Inference is idempotent: a call cut off by a dying replica is retried on
+                # another one (the next in the round-robin) before it counts as a failure.
+                "methodConfig": [{
+                    "name": [{"service": self.health_service}],
+                    "retryPolicy": {
+                        "maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }],
             }
-            options.append(("grpc.service_config", json.dumps(config)))
+            options += [
+                ("grpc.service_config", json.dumps(config)),
+                # Retries resend the request, so it is kept; photos are larger than the 256 KiB default.
+                ("grpc.per_rpc_retry_buffer_size", self.max_message_bytes),
+                ("grpc.retry_buffer_size", 8 * self.max_message_bytes),
+            ]
         return options
 
     async def start(self) -> None:
