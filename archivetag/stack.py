@@ -52,7 +52,8 @@ UP_OPTIONS = OptionGroup(
             "Client tokens file; given, the orchestrator requires tokens (off by default on one machine).",
             parse_path, metavar="FILE",
         ),
-        Option("log_dir", Path("~/.cache/archivetag/logs").expanduser(), "Folder for the services' logs.", parse_path),
+        Option("log_dir", Path("~/.cache/archivetag/logs").expanduser(),
+               "Folder for the services' logs and pid files.", parse_path),
         Option("start_timeout_seconds", 900.0, "Give up if the stack is not SERVING after this long.", float),
     ),
 )
@@ -115,6 +116,7 @@ class Stack:
         )
         log.close()
         service.started_at = time.monotonic()
+        (self.settings.log_dir / f"{service.name}.pid").write_text(f"{service.process.pid}\n")
 
     def start(self) -> None:
         missing = missing_models(self.settings.models)

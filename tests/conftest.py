@@ -1,0 +1,38 @@
+"""Fixtures shared by the cross-service tests: smoke models (real architectures, tiny, random
+weights) built once per session, and real servers on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import ServerProcess
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO / ".." / "shared"
+
+
+@pytest.fixture(scope="session")
+def smoke_models(tmp_path_factory) -> Path:
+    """A models directory with smoke Florence-2, RAM++ and SigLIP models."""
+    from archivetag.models import write_smoke_models
+
+    models = tmp_path_factory.mktemp("models")
+    write_smoke_models(models)
+    return models
+
+
+def model_service(name: str, models: Path, log_dir: Path, *args: str, port: int | None = None) -> ServerProcess:
+    """`archivetag serve <name>` on a free loopback port (not started)."""
+    import sys
+
+    argv = [sys.executable, "-m", "archivetag.cli", "serve", name, "--models", str(models), "--stall-seconds", "60", *args]
+    return ServerProcess(argv, port=port, log_path=log_dir / f"{name}.log")
+
+
+def orchestrator(log_dir: Path, *args: str, name: str = "orchestrator") -> ServerProcess:
+    import sys
+
+    argv = [sys.executable, "-m", "archivetag.cli", "serve", "orchestrator", *args]
+    return ServerProcess(argv, log_path=log_dir / f"{name}.log")

@@ -1,0 +1,331 @@
+"""The orchestrator with real model services (smoke models: real architectures, random
+weights) on loopback, real gRPC, real processes killed and stopped."""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
+from tests.conftest import model_service, orchestrator
+from tests.support.image_corpus import encode, photo
+from tests.support.servers import free_port, health_status
+
+TOKENS = {"desk": "desk-token-0123456789abcdef", "import": "import-token-0123456789abcdef"}
+TOKEN_ARGS = ("--api-tokens", ",".join(f"{name}:{token}" for name, token in TOKENS.items()))
+# Keep smoke captions short so the tests spend their time on behaviour, not generation.
+FLORENCE_FAST = ("--florence-max-new-tokens", "8", "--florence-num-beams", "1")
+TAGGING = "archivetag.v1.TaggingService"
+
+
+def image_bytes(seed: int = 0) -> bytes:
+    return encode(photo(96 + seed % 7, 64 + seed % 5), "PNG")
+
+
+def stub(address: str) -> tagging_pb2_grpc.TaggingServiceStub:
+    return tagging_pb2_grpc.TaggingServiceStub(grpc.insecure_channel(address))
+
+
+def auth(client: str = "desk") -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {TOKENS[client]}"),)
+
+
+def tag_request(seed: int = 0, **fields) -> tagging_pb2.TagImageRequest:
+    request = tagging_pb2.TagImageRequest(**fields)
+    request.image.data = image_bytes(seed)
+    return request
+
+
+def targets(**addresses: str) -> tuple[str, ...]:
+    return tuple(arg for name, address in addresses.items() for arg in (f"--{name}-target", address))
+
+
+def backend(status: tagging_pb2.GetStatusResponse, name: str) -> tagging_pb2.BackendStatus:
+    return next(b for b in status.backends if b.name == name)
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def services(smoke_models, tmp_path_factory):
+    """Shared RAM++ and SigLIP services, and a Florence-2 service for the tests that do not kill it."""
+    logs = tmp_path_factory.mktemp("services")
+    started = [
+        model_service("florence", smoke_models, logs, *FLORENCE_FAST).start(),
+        model_service("rampp", smoke_models, logs).start(),
+        model_service("siglip", smoke_models, logs).start(),
+    ]
+    try:
+        for server, health in zip(started, ("archivetag.v1.TaggerService",) * 2 + ("archivetag.v1.ViewTypeService",)):
+            server.wait_status(health, "SERVING", timeout=180)
+        yield dict(zip(("florence", "rampp", "siglip"), started))
+    finally:
+        for server in started:
+            server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def front(services, tmp_path_factory):
+    """An orchestrator in front of the shared services, with auth on."""
+    addresses = {name: server.address for name, server in services.items()}
+    with orchestrator(tmp_path_factory.mktemp("front"), *TOKEN_ARGS, *targets(**addresses)) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        wait_for(lambda: all(
+            b.health == tagging_pb2.BACKEND_HEALTH_SERVING
+            for b in stub(server.address).GetStatus(tagging_pb2.GetStatusRequest(), metadata=auth(), timeout=5).backends
+        ))
+        yield server
+
+
+def test_happy_path_tags_from_florence_and_view_type_from_siglip_in_one_answer(front):
+    reply = stub(front.address).TagImage(tag_request(), metadata=auth(), timeout=60)
+    assert reply.tagger == "florence" and not reply.fallback_reason
+    assert reply.caption
+    assert all(0 < t.confidence <= 1 and "smoke" in t.source_model for t in reply.tags)
+    assert reply.view_type.name in {"interior", "exterior", "aerial", "detail", "unknown"}
+    assert abs(sum(s.probability for s in reply.view_type.scores) - 1) < 1e-4
+    assert not reply.degraded
+    assert {m.family for m in reply.models} == {"florence", "siglip"} and all(m.smoke for m in reply.models)
+    assert reply.timings.tagger_seconds > 0 and reply.timings.view_type_seconds > 0
+    assert reply.timings.total_seconds >= reply.timings.tagger_seconds
+
+
+def test_context_is_echoed_and_the_embedding_comes_back_when_asked(front):
+    request = tag_request(include_embedding=True)
+    request.context.view_type, request.context.region = "interior", "Wallonia"
+    reply = stub(front.address).TagImage(request, metadata=auth(), timeout=60)
+    assert reply.context.region == "Wallonia" and reply.context.view_type == "interior"
+    assert abs(sum(v * v for v in reply.embedding) - 1) < 1e-3
+
+
+def test_a_bad_image_is_invalid_argument_without_failover(front):
+    api = stub(front.address)
+    before = api.GetStatus(tagging_pb2.GetStatusRequest(), metadata=auth(), timeout=5)
+    request = tagging_pb2.TagImageRequest()
+    request.image.data = b"%PDF-1.4 not a photo"
+    with pytest.raises(grpc.RpcError) as info:
+        api.TagImage(request, metadata=auth(), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "PDF" in info.value.details()
+    after = api.GetStatus(tagging_pb2.GetStatusRequest(), metadata=auth(), timeout=5)
+    assert backend(after, "rampp").ok_count == backend(before, "rampp").ok_count  # no failover
+    assert backend(after, "florence").error_count == backend(before, "florence").error_count
+
+
+def test_a_stream_answers_every_item_under_its_id_and_survives_a_bad_item(front):
+    items = []
+    for i in range(6):
+        item = tagging_pb2.TagImagesRequest(id=f"photo-{i}", request=tag_request(i))
+        if i == 2:
+            item.request.image.data = b"this is a text file"
+        items.append(item)
+    items.append(tagging_pb2.TagImagesRequest(id="photo-0", request=tag_request(9)))  # a duplicate id
+    answers = list(stub(front.address).TagImages(iter(items), metadata=auth(), timeout=120))
+    assert sorted(a.id for a in answers) == sorted(i.id for i in items)
+    by_outcome = {a.id: a.WhichOneof("outcome") for a in answers if a.id != "photo-0"}
+    assert by_outcome.pop("photo-2") == "error"
+    assert set(by_outcome.values()) == {"result"}
+    errors = [a.error for a in answers if a.WhichOneof("outcome") == "error"]
+    assert {e.status for e in errors} == {"INVALID_ARGUMENT"}
+    assert any("already used" in e.message for e in errors)
+
+
+def test_calls_without_a_valid_token_are_unauthenticated_and_probes_need_none(front):
+    api = stub(front.address)
+    for metadata, fragment in (((), "missing token"), ((("authorization", "Bearer wrong-token-000000000"),), "invalid token")):
+        with pytest.raises(grpc.RpcError) as info:
+            api.TagImage(tag_request(), metadata=metadata, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and fragment in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            list(api.TagImages(iter([tagging_pb2.TagImagesRequest(id="x", request=tag_request())]), metadata=metadata, timeout=10))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert health_status(front.address, TAGGING) == "SERVING"
+
+
+def test_auth_is_checked_by_the_orchestrator_alone(tmp_path):
+    """No model service is reachable: a client still gets UNAUTHENTICATED, not a backend error."""
+    dead = f"127.0.0.1:{free_port()}"
+    with orchestrator(tmp_path, *TOKEN_ARGS, *targets(florence=dead, rampp=dead, siglip=dead)) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        with pytest.raises(grpc.RpcError) as info:
+            stub(server.address).TagImage(tag_request(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as info:
+            stub(server.address).TagImage(tag_request(), metadata=auth(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "florence: UNREACHABLE" in info.value.details() and "rampp: UNREACHABLE" in info.value.details()
+
+
+def test_status_reports_every_backend(front):
+    status = stub(front.address).GetStatus(tagging_pb2.GetStatusRequest(), metadata=auth(), timeout=5)
+    assert [b.name for b in status.backends] == ["florence", "rampp", "siglip"]
+    for b in status.backends:
+        assert b.health == tagging_pb2.BACKEND_HEALTH_SERVING and b.replicas == 1 and b.serving_replicas == 1
+        assert b.breaker == tagging_pb2.BREAKER_STATE_CLOSED and b.model.smoke
+    assert backend(status, "florence").latency_p50_seconds > 0
+
+
+def test_siglip_down_gives_tags_with_unknown_view_type_flagged_degraded(services, tmp_path):
+    addresses = {"florence": services["florence"].address, "rampp": services["rampp"].address,
+                 "siglip": f"127.0.0.1:{free_port()}"}
+    with orchestrator(tmp_path, "--no-auth", *targets(**addresses)) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        reply = stub(server.address).TagImage(tag_request(), timeout=60)
+    assert reply.tagger == "florence" and reply.degraded
+    assert reply.view_type.name == "unknown"
+    assert any(r.startswith("siglip: UNREACHABLE") for r in reply.degraded_reasons)
+
+
+def test_florence_killed_mid_stream_every_item_still_answered_then_florence_serves_again(smoke_models, services, tmp_path):
+    florence = model_service("florence", smoke_models, tmp_path, *FLORENCE_FAST)
+    florence.start()
+    florence.wait_status("archivetag.v1.TaggerService", "SERVING", timeout=180)
+    addresses = {"florence": florence.address, "rampp": services["rampp"].address, "siglip": services["siglip"].address}
+    with orchestrator(tmp_path, "--no-auth", "--reconnect-max-seconds", "0.5", *targets(**addresses)) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        api = stub(server.address)
+        killed = threading.Event()
+        answers = []
+
+        def items():
+            for i in range(200):
+                if i == 40:
+                    florence.kill()  # SIGKILL in the middle of the stream
+                    killed.set()
+                yield tagging_pb2.TagImagesRequest(id=str(i), request=tag_request(i))
+
+        for answer in api.TagImages(items(), timeout=600):
+            answers.append((answer, killed.is_set()))
+        assert sorted(int(a.id) for a, _ in answers) == list(range(200))
+        assert all(a.WhichOneof("outcome") == "result" for a, _ in answers)
+        taggers = [a.result.tagger for a, _ in answers]
+        assert "florence" in taggers and taggers[-1] == "rampp"
+        after_kill = [a.result for a, was_killed in answers if was_killed]
+        assert after_kill and all(r.tagger == "rampp" or r.tagger == "florence" for r in after_kill)
+        assert all(r.fallback_reason.startswith("florence:") for r in after_kill if r.tagger == "rampp")
+
+        restarted = model_service("florence", smoke_models, tmp_path, *FLORENCE_FAST, port=florence.port)
+        with restarted:
+            restarted.wait_status("archivetag.v1.TaggerService", "SERVING", timeout=180)
+            wait_for(lambda: backend(api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=5), "florence").health
+                     == tagging_pb2.BACKEND_HEALTH_SERVING)
+            reply = wait_for(lambda: (r := api.TagImage(tag_request(), timeout=60)).tagger == "florence" and r, timeout=30)
+            assert not reply.fallback_reason
+
+
+def test_florence_hung_breaker_opens_so_later_requests_do_not_wait_and_closes_after_sigcont(smoke_models, services, tmp_path):
+    florence = model_service("florence", smoke_models, tmp_path, *FLORENCE_FAST)
+    florence.start()
+    florence.wait_status("archivetag.v1.TaggerService", "SERVING", timeout=180)
+    addresses = {"florence": florence.address, "rampp": services["rampp"].address, "siglip": services["siglip"].address}
+    args = ("--no-auth", "--florence-deadline-seconds", "1.5", "--breaker-failures", "2",
+            "--breaker-cooldown-seconds", "2", "--reconnect-max-seconds", "0.5", *targets(**addresses))
+    try:
+        with orchestrator(tmp_path, *args) as server:
+            server.wait_status(TAGGING, "SERVING", timeout=60)
+            api = stub(server.address)
+            api.TagImage(tag_request(), timeout=60)  # warm: Florence answers
+            florence.proc.send_signal(signal.SIGSTOP)
+            slow = []
+            for i in range(2):
+                started = time.monotonic()
+                reply = api.TagImage(tag_request(i), timeout=60)
+                slow.append(time.monotonic() - started)
+                assert reply.tagger == "rampp" and "DEADLINE_EXCEEDED" in reply.fallback_reason
+            assert min(slow) >= 1.4  # each paid Florence's deadline
+            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=5)
+            assert backend(status, "florence").breaker == tagging_pb2.BREAKER_STATE_OPEN
+            started = time.monotonic()
+            reply = api.TagImage(tag_request(5), timeout=60)
+            assert reply.tagger == "rampp" and "florence:" in reply.fallback_reason
+            assert "DEADLINE_EXCEEDED" not in reply.fallback_reason
+            assert time.monotonic() - started < 1.0  # no deadline paid while the breaker is open
+
+            florence.proc.send_signal(signal.SIGCONT)
+            reply = wait_for(lambda: (r := api.TagImage(tag_request(), timeout=60)).tagger == "florence" and r, timeout=60)
+            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=5)
+            assert backend(status, "florence").breaker == tagging_pb2.BREAKER_STATE_CLOSED
+    finally:
+        if florence.proc and florence.proc.poll() is None:
+            florence.proc.send_signal(signal.SIGCONT)
+        florence.__exit__(None, None, None)
+
+
+def test_both_taggers_unusable_is_unavailable_naming_each_backend(services, tmp_path):
+    addresses = {"florence": f"127.0.0.1:{free_port()}", "rampp": f"127.0.0.1:{free_port()}",
+                 "siglip": services["siglip"].address}
+    with orchestrator(tmp_path, "--no-auth", *targets(**addresses)) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        with pytest.raises(grpc.RpcError) as info:
+            stub(server.address).TagImage(tag_request(), timeout=30)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "florence: UNREACHABLE" in info.value.details() and "rampp: UNREACHABLE" in info.value.details()
+
+
+def test_a_flooding_client_does_not_starve_another_clients_single_photos(front):
+    api = stub(front.address)
+    baseline = []
+    for i in range(3):
+        started = time.monotonic()
+        api.TagImage(tag_request(i), metadata=auth("desk"), timeout=60)
+        baseline.append(time.monotonic() - started)
+    flood_done = threading.Event()
+
+    def flood():
+        items = (tagging_pb2.TagImagesRequest(id=str(i), request=tag_request(i)) for i in range(150))
+        answers = list(api.TagImages(items, metadata=auth("import"), timeout=600))
+        flood_done.set()
+        return answers
+
+    with ThreadPoolExecutor(1) as pool:
+        flooding = pool.submit(flood)
+        time.sleep(2)  # the import has filled its share of the slots
+        during = []
+        for i in range(5):
+            started = time.monotonic()
+            reply = api.TagImage(tag_request(100 + i), metadata=auth("desk"), timeout=120)
+            during.append(time.monotonic() - started)
+            assert reply.tags or reply.caption
+        still_flooding = not flood_done.is_set()
+        answers = flooding.result()
+    assert still_flooding, "the flood ended before the single photos were measured"
+    assert len(answers) == 150 and all(a.WhichOneof("outcome") == "result" for a in answers)
+    # A single photo waits for a free slot, not for the import: a few times its idle latency at most.
+    bound = 6 * statistics.median(baseline) + 2.0
+    assert max(during) < bound, (during, baseline)
+
+
+def test_load_two_thousand_requests_from_sixteen_clients_none_lost(front):
+    api = stub(front.address)
+    per_client = 125
+
+    def client(index: int) -> list[str]:
+        outcomes = []
+        items = (tagging_pb2.TagImagesRequest(id=f"{index}-{i}", request=tag_request(i)) for i in range(per_client))
+        for answer in api.TagImages(items, metadata=auth("import" if index % 2 else "desk"), timeout=900):
+            outcomes.append(answer.id if answer.WhichOneof("outcome") == "result" else f"{answer.id}:{answer.error.status}")
+        return outcomes
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(client, range(16)))
+    answered = [o for r in results for o in r]
+    assert len(answered) == 16 * per_client
+    ids = {o.split(":")[0] for o in answered}
+    assert ids == {f"{c}-{i}" for c in range(16) for i in range(per_client)}
+    documented = {"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    errors = [o for o in answered if ":" in o]
+    assert all(o.split(":")[1] in documented for o in errors), errors[:5]
+    assert len(errors) <= len(answered) * 0.01, errors[:5]

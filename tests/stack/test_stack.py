@@ -1,0 +1,221 @@
+"""The whole stack on one machine: `up`, `tag` into SQLite, `status`, `models smoke` offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from archivetag.stack import HEALTH_NAMES
+from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
+from tests.support.image_corpus import encode, photo
+from tests.support.servers import free_port, health_status
+
+ARCHIVETAG = [sys.executable, "-m", "archivetag.cli"]
+SERVICES = ("florence", "rampp", "siglip", "orchestrator")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+@pytest.fixture(scope="module")
+def stack(smoke_models, tmp_path_factory):
+    """`archivetag up` on free ports, as a user would run it."""
+    logs = tmp_path_factory.mktemp("up")
+    ports = {name: free_port() for name in SERVICES}
+    argv = [*ARCHIVETAG, "up", "--models", str(smoke_models), "--log-dir", str(logs), "--no-metrics",
+            *[arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]]
+    output = open(logs / "up.out", "w")
+    process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(lambda: "all four services are SERVING" in (logs / "up.out").read_text() or process.poll() is not None,
+                 300, "the stack did not come up")
+        assert process.poll() is None, (logs / "up.out").read_text()
+        yield {"process": process, "ports": ports, "logs": logs, "out": logs / "up.out"}
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+        output.close()
+
+
+def pid_of(stack, name: str) -> int:
+    return int((stack["logs"] / f"{name}.pid").read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_up_brings_all_four_to_serving_and_prints_how_to_probe_them(stack):
+    for name, port in stack["ports"].items():
+        assert health_status(f"127.0.0.1:{port}", HEALTH_NAMES[name]) == "SERVING", name
+    out = stack["out"].read_text()
+    assert f"grpcurl -plaintext 127.0.0.1:{stack['ports']['orchestrator']} list" in out
+    assert "grpc.health.v1.Health/Check" in out
+
+
+def test_status_shows_every_backend_serving(stack):
+    result = subprocess.run([*ARCHIVETAG, "status", "--target", f"127.0.0.1:{stack['ports']['orchestrator']}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name in ("florence", "rampp", "siglip"):
+        row = next(line for line in lines if line.startswith(name))
+        assert "serving" in row and "closed" in row and "1/1" in row and "smoke" in row
+
+
+def make_photo_folder(folder: Path, good: int = 45) -> tuple[list[Path], list[Path]]:
+    folder.mkdir()
+    (folder / "sub").mkdir()
+    goods = []
+    formats = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"), ("tif", "TIFF"), ("heic", "HEIF")]
+    for i in range(good):
+        suffix, fmt = formats[i % len(formats)]
+        path = folder / ("sub" if i % 3 == 0 else "") / f"photo-{i:02d}.{suffix}"
+        path.write_bytes(encode(photo(80 + i, 60 + (i * 7) % 40), fmt))
+        goods.append(path)
+    broken = {
+        "truncated.jpg": encode(photo(), "JPEG")[:300],
+        "letter.jpg": b"Dear archivist, this is not a photo.\n" * 10,
+        "empty.png": b"",
+        "scan.tif": b"II*\x00garbage" * 10,
+        "drawing.png": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    }
+    for name, data in broken.items():
+        (folder / name).write_bytes(data)
+    return goods, [folder / n for n in broken]
+
+
+def test_tag_records_every_good_photo_reports_broken_ones_and_resumes_after_a_kill(stack, tmp_path):
+    goods, broken = make_photo_folder(tmp_path / "photos")
+    db = tmp_path / "results.sqlite"
+    target = f"127.0.0.1:{stack['ports']['orchestrator']}"
+    argv = [*ARCHIVETAG, "tag", str(tmp_path / "photos"), "--db", str(db), "--target", target,
+            "--concurrency", "2", "--no-progress"]
+
+    def ok_rows() -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(db) as con:
+            try:
+                return con.execute("SELECT count(*) FROM results WHERE status = 'ok'").fetchone()[0]
+            except sqlite3.OperationalError:
+                return 0
+
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: ok_rows() >= 15 or first.poll() is not None, 300, "no progress")
+    first.kill()  # halfway: nothing answered so far may be lost
+    first.wait()
+    done_before = ok_rows()
+    assert 15 <= done_before < len(goods)
+    with sqlite3.connect(db) as con:
+        first_ids = dict(con.execute("SELECT sha256, id FROM results WHERE status = 'ok'").fetchall())
+
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 1, second.stderr  # some photos are broken: the exit code says so
+    summary = second.stderr.strip().splitlines()[-1]
+    assert f"{len(goods) + len(broken)} photos:" in summary and "5 failed" in summary, summary
+    tagged_now = int(summary.split(": ")[1].split(" tagged")[0])
+    assert tagged_now == len(goods) - done_before  # nothing was tagged twice
+    for path in broken:
+        assert str(path) in second.stderr  # each broken file is named
+
+    con = sqlite3.connect(db)
+    files = dict(con.execute("SELECT f.path, r.status FROM files f JOIN results r ON r.id = f.result_id").fetchall())
+    assert {Path(p) for p, s in files.items() if s == "ok"} == {p.resolve() for p in goods}
+    assert {Path(p) for p, s in files.items() if s == "error"} == {p.resolve() for p in broken}
+    errors = dict(con.execute("SELECT f.path, r.error_status FROM files f JOIN results r ON r.id = f.result_id "
+                              "WHERE r.status = 'error'").fetchall())
+    assert set(errors.values()) == {"INVALID_ARGUMENT"}
+    still = dict(con.execute("SELECT sha256, id FROM results WHERE status = 'ok'").fetchall())
+    assert all(still[sha] == row_id for sha, row_id in first_ids.items())  # first run's rows kept as they were
+
+    # The database holds what the orchestrator answered: tables and stored response agree,
+    # and a fresh call for a photo gives the same tags.
+    api = tagging_pb2_grpc.TaggingServiceStub(grpc.insecure_channel(target))
+    for path in goods[:3]:
+        result_id, blob = con.execute(
+            "SELECT r.id, r.response FROM files f JOIN results r ON r.id = f.result_id WHERE f.path = ?",
+            (str(path.resolve()),)).fetchone()
+        stored = tagging_pb2.TagImagesResponse.FromString(blob).result
+        tags = con.execute("SELECT name, confidence, source_model FROM tags WHERE result_id = ?", (result_id,)).fetchall()
+        assert [(t.name, pytest.approx(t.confidence), t.source_model) for t in stored.tags] == tags
+        caption, view_type = con.execute("SELECT caption, view_type FROM results WHERE id = ?", (result_id,)).fetchone()
+        assert (caption, view_type) == (stored.caption, stored.view_type.name)
+        request = tagging_pb2.TagImageRequest()
+        request.image.data = path.read_bytes()
+        fresh = api.TagImage(request, timeout=120)
+        assert fresh.tagger == stored.tagger and fresh.caption == stored.caption
+        assert [t.name for t in fresh.tags] == [t.name for t in stored.tags]
+        assert [t.confidence for t in fresh.tags] == pytest.approx([t.confidence for t in stored.tags], abs=1e-4)
+
+    third = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert "0 tagged" in third.stderr.splitlines()[-1] or " 0 tagged" in third.stderr
+
+
+def test_tag_json_prints_results_instead_of_writing_a_database(stack, tmp_path):
+    path = tmp_path / "one.jpg"
+    path.write_bytes(encode(photo(), "JPEG"))
+    result = subprocess.run([*ARCHIVETAG, "tag", str(path), "--json", "--no-progress", "--db", str(tmp_path / "x.db"),
+                             "--target", f"127.0.0.1:{stack['ports']['orchestrator']}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert line["path"] == str(path.resolve()) and line["result"]["tagger"] in {"florence", "rampp"}
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_a_killed_service_is_restarted_and_sigterm_stops_all_four(stack):
+    rampp = pid_of(stack, "rampp")
+    os.kill(rampp, signal.SIGKILL)
+    wait_for(lambda: pid_of(stack, "rampp") != rampp, 30, "rampp was not restarted")
+    address = f"127.0.0.1:{stack['ports']['rampp']}"
+    wait_for(lambda: health_status(address, HEALTH_NAMES["rampp"]) == "SERVING", 120, "rampp did not serve again")
+    assert "rampp exited with code -9; restarting" in stack["out"].read_text()
+
+    pids = [pid_of(stack, name) for name in SERVICES]
+    stack["process"].send_signal(signal.SIGTERM)
+    assert stack["process"].wait(90) == 0
+    assert not any(alive(pid) for pid in pids)
+    assert "stopped" in stack["out"].read_text().splitlines()[-1]
+
+
+def test_up_without_models_names_both_ways_to_get_them(tmp_path):
+    result = subprocess.run([*ARCHIVETAG, "up", "--models", str(tmp_path / "none"), "--log-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "archivetag models pull" in result.stderr and "archivetag models smoke" in result.stderr
+
+
+def test_models_smoke_works_with_the_network_unreachable(tmp_path):
+    if shutil.which("unshare") and subprocess.run(["unshare", "--net", "true"]).returncode == 0:
+        prefix = ["unshare", "--net"]  # a new network namespace: no route anywhere, loopback down
+    else:
+        pytest.skip("cannot create a network namespace here")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    result = subprocess.run([*prefix, *ARCHIVETAG, "models", "smoke", "--models", str(tmp_path / "models")],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    for name in ("florence", "rampp", "siglip"):
+        assert any((tmp_path / "models" / name).iterdir())
