@@ -23,12 +23,13 @@ def smoke_models(tmp_path_factory) -> Path:
     return models
 
 
-def model_service(name: str, models: Path, log_dir: Path, *args: str, port: int | None = None) -> ServerProcess:
+def model_service(name: str, models: Path, log_dir: Path, *args: str, port: int | None = None,
+                  metrics_port: int = 0) -> ServerProcess:
     """`archivetag serve <name>` on a free loopback port (not started)."""
     import sys
 
     argv = [sys.executable, "-m", "archivetag.cli", "serve", name, "--models", str(models), "--stall-seconds", "60", *args]
-    return ServerProcess(argv, port=port, log_path=log_dir / f"{name}.log")
+    return ServerProcess(argv, port=port, log_path=log_dir / f"{name}-{port or 'auto'}.log", metrics_port=metrics_port)
 
 
 def orchestrator(log_dir: Path, *args: str, name: str = "orchestrator") -> ServerProcess:

@@ -224,8 +224,7 @@ def test_a_health_watcher_does_not_hold_up_shutdown(tmp_path):
 
 def test_metrics_count_requests_by_method_and_code(tmp_path):
     port = free_port()
-    srv = trivial_server(tmp_path)
-    srv.argv[srv.argv.index("--metrics-port") + 1] = str(port)
+    srv = ServerProcess(python_module("tests.support.trivial_server"), log_path=tmp_path / "server.log", metrics_port=port)
     with srv:
         srv.wait_status(TAGGER_SERVICE, "SERVING")
         tag(srv.address, encode(photo(), "PNG"))

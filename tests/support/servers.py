@@ -40,10 +40,11 @@ class ServerProcess:
     """A server subprocess: `with ServerProcess([...args]) as server: server.address`."""
 
     def __init__(self, argv: list[str], port: int | None = None, env: dict[str, str] | None = None,
-                 log_path: Path | None = None):
+                 log_path: Path | None = None, metrics_port: int = 0):
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.argv = [*argv, "--port", str(self.port), "--metrics-port", "0", "--log-format", "text"]
+        self.metrics_port = metrics_port
+        self.argv = [*argv, "--port", str(self.port), "--metrics-port", str(metrics_port), "--log-format", "text"]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
