@@ -52,7 +52,7 @@ UP_OPTIONS = OptionGroup(
             "Client tokens file; given, the orchestrator requires tokens (off by default on one machine).",
             parse_path, metavar="FILE",
         ),
-        Option("log_dir", Path("~/.cache/archivetag/logs").expanduser(),
+        Option("log_dir", "~/.cache/archivetag/logs",
                "Folder for the services' logs and pid files.", parse_path),
         Option("start_timeout_seconds", 900.0, "Give up if the stack is not SERVING after this long.", float),
     ),

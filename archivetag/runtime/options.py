@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
 
 DEFAULT_PORTS = {"orchestrator": 50051, "florence": 50052, "rampp": 50053, "siglip": 50054}
 DEFAULT_METRICS_PORTS = {"orchestrator": 9151, "florence": 9152, "rampp": 9153, "siglip": 9154}
-DEFAULT_MODELS_DIR = Path("~/.cache/archivetag/models").expanduser()
+# A string: argparse expands it through parse_path, and the docs show it as written.
+DEFAULT_MODELS_DIR = "~/.cache/archivetag/models"
 
 MODELS_OPTION = Option(
     "models", DEFAULT_MODELS_DIR, "Models directory (one folder per model).", parse_path, metavar="DIR"

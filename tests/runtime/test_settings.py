@@ -62,3 +62,14 @@ def test_the_cli_has_the_documented_commands():
     parser = build_parser()
     for argv in (["serve", "florence"], ["serve", "orchestrator"], ["status"], ["up"]):
         assert parser.parse_args(argv).func
+
+
+def test_the_configuration_reference_is_generated_from_the_options():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "archivetag.runtime.settings"], capture_output=True, text=True, cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert (repo / "docs" / "configuration.md").read_text() == result.stdout, (
+        "docs/configuration.md is stale: python -m archivetag.runtime.settings > docs/configuration.md"
+    )
