@@ -1,0 +1,228 @@
+"""End-to-end benchmark: the whole stack with smoke models on this machine's CPU.
+
+Side by side, in one run, on the same images:
+  1. through the orchestrator (gRPC, the real stack started by `up`'s supervisor) with
+     1, 4 and 16 concurrent clients: throughput and p50/p95/p99 latency;
+  2. the same models called in-process (no gRPC, no batching): the cost of the serving path;
+  3. the old app's design: a new Python process per image that loads the models each time.
+
+    python benchmarks/stack_bench.py [--models DIR] [--images 32] [--out bench-results/stack.json]
+
+Prints a table, writes JSON and a PNG plot (throughput and latency against clients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from archivetag.cli import build_parser  # noqa: E402
+from archivetag.models import write_smoke_models  # noqa: E402
+from archivetag.stack import Stack  # noqa: E402
+from archivetag.v1 import tagger_pb2, tagging_pb2, tagging_pb2_grpc, view_type_pb2  # noqa: E402
+from tests.support.servers import free_port  # noqa: E402
+
+CLIENT_COUNTS = (1, 4, 16)
+
+
+def test_images(count: int) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(count):
+        base = rng.integers(0, 255, size=(3,))
+        gradient = np.linspace(0, 1, 640)[None, :, None] * rng.integers(0, 255, size=(1, 1, 3))
+        pixels = np.clip(base + gradient + rng.normal(0, 20, size=(480, 640, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+        images.append(buf.getvalue())
+    return images
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    values = np.array(latencies) * 1000
+    return {f"p{p}_ms": float(np.percentile(values, p)) for p in (50, 95, 99)}
+
+
+def run_clients(address: str, images: list[bytes], clients: int, per_client: int) -> dict:
+    stubs = [tagging_pb2_grpc.TaggingServiceStub(grpc.insecure_channel(address)) for _ in range(clients)]
+
+    def client(index: int) -> list[float]:
+        latencies = []
+        for i in range(per_client):
+            request = tagging_pb2.TagImageRequest()
+            request.image.data = images[(index * per_client + i) % len(images)]
+            started = time.perf_counter()
+            stubs[index].TagImage(request, timeout=600)
+            latencies.append(time.perf_counter() - started)
+        return latencies
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        latencies = [x for result in pool.map(client, range(clients)) for x in result]
+    seconds = time.perf_counter() - started
+    return {"clients": clients, "requests": len(latencies), "images_per_second": len(latencies) / seconds,
+            **percentiles(latencies)}
+
+
+def in_process(models: Path, images: list[bytes]) -> dict:
+    """Florence-2 then SigLIP on each image, in this process, batch 1: the models' own cost."""
+    from archivetag.runtime.images import decode_image
+
+    backends = {}
+    for name in ("florence", "siglip"):
+        args = build_parser().parse_args(["serve", name, "--models", str(models)])
+        module = __import__(f"archivetag.services.{name}.backend", fromlist=["create_backend"])
+        backend = module.create_backend(args)
+        backend.load()
+        backends[name] = backend
+    requests = {"florence": tagger_pb2.TagRequest(), "siglip": view_type_pb2.ClassifyRequest()}
+    latencies = []
+    for data in images:
+        started = time.perf_counter()
+        for name, backend in backends.items():
+            item = backend.prepare(decode_image(data, min_edge=backend.input_edge), requests[name])
+            result = backend.infer_batch([item], lambda: False)[0]
+            if isinstance(result, Exception):
+                raise result
+        latencies.append(time.perf_counter() - started)
+    return {"images_per_second": len(images) / sum(latencies), **percentiles(latencies)}
+
+
+ONE_SHOT = """
+import sys, time
+started = time.perf_counter()
+from archivetag.cli import build_parser
+from archivetag.runtime.images import decode_image
+from archivetag.v1 import tagger_pb2, view_type_pb2
+models, path = sys.argv[1], sys.argv[2]
+for name, request in (("florence", tagger_pb2.TagRequest()), ("siglip", view_type_pb2.ClassifyRequest())):
+    module = __import__(f"archivetag.services.{name}.backend", fromlist=["create_backend"])
+    backend = module.create_backend(build_parser().parse_args(["serve", name, "--models", models]))
+    backend.load()
+    item = backend.prepare(decode_image(open(path, "rb").read(), min_edge=backend.input_edge), request)
+    backend.infer_batch([item], lambda: False)
+print(time.perf_counter() - started)
+"""
+
+
+def old_design(models: Path, images: list[bytes], count: int) -> dict:
+    """A new Python process per image that loads the models each time (the old app)."""
+    latencies = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, data in enumerate(images[:count]):
+            path = Path(tmp) / f"{i}.jpg"
+            path.write_bytes(data)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", ONE_SHOT, str(models), str(path)], check=True,
+                           capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            latencies.append(time.perf_counter() - started)
+    return {"images": count, "images_per_second": count / sum(latencies), **percentiles(latencies)}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["through_orchestrator"]
+    clients = [r["clients"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(clients, [r["images_per_second"] for r in rows], "o-", label="orchestrator (gRPC)")
+    left.axhline(results["in_process"]["images_per_second"], color="green", ls="--", label="in-process, batch 1")
+    left.axhline(results["old_design"]["images_per_second"], color="red", ls=":", label="process per image (old app)")
+    left.set(xlabel="concurrent clients", ylabel="images/s", xscale="log", title="throughput")
+    left.set_xticks(clients, [str(c) for c in clients])
+    left.legend(fontsize=8)
+    for key in ("p50_ms", "p95_ms", "p99_ms"):
+        right.plot(clients, [r[key] for r in rows], "o-", label=key.replace("_ms", ""))
+    right.set(xlabel="concurrent clients", ylabel="latency (ms)", xscale="log", title="latency through the orchestrator")
+    right.set_xticks(clients, [str(c) for c in clients])
+    right.legend(fontsize=8)
+    fig.suptitle("archivetag, smoke models, CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, help="models directory (default: fresh smoke models)")
+    parser.add_argument("--images", type=int, default=32, help="requests per client count")
+    parser.add_argument("--old-design-images", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "stack.json")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.TemporaryDirectory()
+    models = args.models or Path(tmp.name) / "models"
+    if not args.models:
+        write_smoke_models(models)
+    images = test_images(16)
+
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "images": args.images}
+    ports = {name: free_port() for name in ("orchestrator", "florence", "rampp", "siglip")}
+    up_args = build_parser().parse_args(
+        ["up", "--models", str(models), "--log-dir", str(Path(tmp.name) / "logs"), "--no-metrics",
+         *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
+    )
+
+    async def through_stack() -> list[dict]:
+        stack = Stack(up_args, say=lambda *_: None)
+        stack.start()
+        try:
+            await stack.wait_serving(600)
+            address = f"127.0.0.1:{ports['orchestrator']}"
+            await asyncio.to_thread(run_clients, address, images, 1, 4)  # warm-up
+            rows = []
+            for clients in CLIENT_COUNTS:
+                per_client = max(1, args.images // clients)
+                rows.append(await asyncio.to_thread(run_clients, address, images, clients, per_client))
+            return rows
+        finally:
+            await stack.stop()
+
+    results["through_orchestrator"] = asyncio.run(through_stack())
+    results["in_process"] = in_process(models, images[: args.images // 2 or 1])
+    results["old_design"] = old_design(models, images, args.old_design_images)
+    one = results["through_orchestrator"][0]
+    best = max(results["through_orchestrator"], key=lambda r: r["images_per_second"])
+    results["ratios"] = {
+        "grpc_path_latency_over_in_process_at_1_client": one["p50_ms"] / results["in_process"]["p50_ms"],
+        "best_service_throughput_over_in_process": best["images_per_second"] / results["in_process"]["images_per_second"],
+        "service_throughput_over_old_design": best["images_per_second"] / results["old_design"]["images_per_second"],
+    }
+
+    print(f"{'path':34} {'images/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for row in results["through_orchestrator"]:
+        print(f"{'orchestrator, ' + str(row['clients']) + ' clients':34} {row['images_per_second']:9.2f} "
+              f"{row['p50_ms']:8.0f} {row['p95_ms']:8.0f} {row['p99_ms']:8.0f}")
+    for key, label in (("in_process", "in-process (florence+siglip, b=1)"), ("old_design", "process per image (old app)")):
+        row = results[key]
+        print(f"{label:34} {row['images_per_second']:9.2f} {row['p50_ms']:8.0f} {row['p95_ms']:8.0f} {row['p99_ms']:8.0f}")
+    for name, value in results["ratios"].items():
+        print(f"{name}: {value:.2f}")
+    args.out.write_text(json.dumps(results, indent=2))
+    plot(results, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
