@@ -1,5 +1,21 @@
 """Settings of the rampp service (flags and ARCHIVETAG_* variables)."""
 
-from archivetag.runtime.settings import OptionGroup
+from archivetag.runtime.settings import Option, OptionGroup, parse_path
 
-OPTIONS = OptionGroup("rampp", ())
+OPTIONS = OptionGroup(
+    "rampp",
+    (
+        Option(
+            "rampp_weights", None,
+            "RAM++ weights: a converted model.safetensors (fast) or the official ram_plus_swin_large_14m.pth; "
+            "default: whichever of the two is in <models>/rampp.", parse_path, metavar="FILE",
+        ),
+        Option("rampp_tag_list", None, "Tag names, one per line; default <models>/rampp/ram_tag_list.txt.",
+               parse_path, metavar="FILE"),
+        Option(
+            "rampp_thresholds", None,
+            "Per-tag thresholds, one per line; default <models>/rampp/ram_tag_list_threshold.txt.",
+            parse_path, metavar="FILE",
+        ),
+    ),
+)

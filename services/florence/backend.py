@@ -1,0 +1,266 @@
+"""The Florence-2 tagger: a caption per image, and tags from the caption with token probabilities.
+
+Concurrent requests arrive as one batch: one processor call on the list of images, one
+`generate` call. A stopping criterion ends generation as soon as every caller of the batch
+has gone. Tag confidences come from the generation scores (tags.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from archivetag.runtime.errors import InvalidInput, ModelLoadError
+from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagResult
+from archivetag.smoke import SMOKE_MARK
+from archivetag.services.florence import tags as tagging
+from archivetag.v1 import common_pb2
+
+log = logging.getLogger("archivetag.florence")
+
+MODEL_DIR = "florence"
+VOCABULARY_FILE = "tag_vocabulary.txt"
+RAMPP_TAG_LIST = Path("rampp") / "ram_tag_list.txt"
+SMOKE_MARKER_FILE = "SMOKE"
+MODEL_ID_FILE = "model_id"
+REVISION_FILE = "revision"
+DEFAULT_EDGE = 768
+
+
+@dataclass
+class FlorenceItem:
+    image: Image.Image
+    threshold: float | None
+    max_tags: int
+    allowed: frozenset[str] | None
+
+
+def default_vocabulary_path(models: Path) -> Path:
+    own = models / MODEL_DIR / VOCABULARY_FILE
+    if own.exists():
+        return own
+    rampp = models / RAMPP_TAG_LIST
+    if rampp.exists():
+        return rampp
+    raise ModelLoadError(
+        f"no tag vocabulary: neither {own} nor {rampp} exists; set --florence-tag-vocabulary FILE "
+        "(one tag per line) or pull RAM++ (`archivetag models pull --only rampp`)"
+    )
+
+
+def read_vocabulary(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelLoadError(f"tag vocabulary {path} cannot be read: {exc}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ModelLoadError(f"tag vocabulary {path} is empty")
+    return names
+
+
+def processor_edge(folder: Path) -> int:
+    """The processor's input edge, read without loading anything heavy (for reduced-size decoding)."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        settings = settings.get("image_processor", settings)
+        size = settings.get("size") or {}
+        edge = size.get("height") or size.get("shortest_edge")
+        if edge:
+            return int(edge)
+    return DEFAULT_EDGE
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stop_when(abandoned: Callable[[], bool]):
+    """A StoppingCriteria that ends the whole batch's generation once every caller has gone."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopWhenAbandoned(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), bool(abandoned()), dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenAbandoned()
+
+
+class FlorenceBackend(ModelBackend):
+    family = "florence"
+    service = TAGGER_SERVICE
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.folder = Path(settings.models) / MODEL_DIR
+        self.task = settings.florence_task
+        self.max_new_tokens = settings.florence_max_new_tokens
+        self.num_beams = settings.florence_num_beams
+        self.min_confidence = settings.florence_min_confidence
+        self.input_edge = processor_edge(self.folder)
+        self.model = None
+        self.processor = None
+        self.device = None
+        self.dtype = None
+        self.vocab: tagging.Vocabulary | None = None
+        self.vocabulary_path: Path | None = None
+        self._identity: common_pb2.ModelIdentity | None = None
+
+    # -- loading --------------------------------------------------------------------
+    def load(self) -> None:
+        from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
+        from archivetag.services.florence.loading import load_florence
+
+        if self.max_new_tokens < 1 or self.num_beams < 1:
+            raise ModelLoadError("--florence-max-new-tokens and --florence-num-beams must be at least 1")
+        try:
+            self.device = pick_device(self.settings.device)
+            self.dtype = pick_dtype(self.settings.dtype, self.device)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        set_threads(self.settings.torch_threads)
+        self.vocabulary_path = self.settings.florence_tag_vocabulary or default_vocabulary_path(Path(self.settings.models))
+        self.vocab = tagging.Vocabulary.from_names(read_vocabulary(Path(self.vocabulary_path)))
+        loaded = load_florence(self.folder, self.device, self.dtype, self.settings.florence_attn_implementation)
+        self.model, self.processor = loaded.model, loaded.processor
+        self.input_edge = int(self.processor.image_processor.size.get("height", self.input_edge))
+        self._identity = self._make_identity(dtype_name(self.dtype))
+
+    def _make_identity(self, dtype: str) -> common_pb2.ModelIdentity:
+        smoke = (self.folder / SMOKE_MARKER_FILE).exists()
+        name = ""
+        if (self.folder / MODEL_ID_FILE).exists():
+            name = (self.folder / MODEL_ID_FILE).read_text(encoding="utf-8").strip()
+        name = name or getattr(self.model.config, "_name_or_path", "") or "florence-2"
+        if name == str(self.folder):
+            name = "florence-2 (" + self.folder.name + ")"
+        if smoke and SMOKE_MARK not in name:
+            name = f"{name} ({SMOKE_MARK})"
+        revision = ""
+        if (self.folder / REVISION_FILE).exists():
+            revision = (self.folder / REVISION_FILE).read_text(encoding="utf-8").strip()
+        weights = self.folder / "model.safetensors"
+        return common_pb2.ModelIdentity(
+            family=self.family, name=name, revision=revision,
+            weights_sha256=sha256_of(weights) if weights.exists() else "",
+            device=str(self.device), dtype=dtype, smoke=smoke,
+        )
+
+    def identity(self) -> common_pb2.ModelIdentity:
+        return self._identity or common_pb2.ModelIdentity(family=self.family)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "task": self.task, "max_new_tokens": str(self.max_new_tokens), "num_beams": str(self.num_beams),
+            "tag_vocabulary": str(self.vocabulary_path or ""), "min_confidence": str(self.min_confidence),
+            "attn_implementation": self.settings.florence_attn_implementation, "folder": str(self.folder),
+        }
+
+    def vocabulary(self) -> list[str]:
+        return list(self.vocab.names) if self.vocab else []
+
+    # -- requests -------------------------------------------------------------------
+    def warmup_input(self):
+        from archivetag.v1 import tagger_pb2
+
+        return Image.new("RGB", (64, 48), (120, 110, 100)), tagger_pb2.TagRequest()
+
+    def prepare(self, image: Image.Image, request) -> FlorenceItem:
+        threshold = None
+        allowed = None
+        max_tags = 0
+        if request is not None:
+            if request.HasField("threshold"):
+                threshold = float(request.threshold)
+                if not 0.0 <= threshold <= 1.0:
+                    raise InvalidInput(f"threshold must be within [0, 1], got {threshold}")
+            max_tags = int(request.max_tags)
+            if request.vocabulary:
+                known = set(self.vocab.names) if self.vocab else set()
+                unknown = [name for name in request.vocabulary if name not in known]
+                if unknown:
+                    raise InvalidInput(f"not in the Florence-2 tag vocabulary: {', '.join(sorted(unknown)[:10])}")
+                allowed = frozenset(request.vocabulary)
+        if threshold is None and self.min_confidence > 0:
+            threshold = self.min_confidence
+        return FlorenceItem(image.convert("RGB"), threshold, max_tags, allowed)
+
+    # -- inference ------------------------------------------------------------------
+    def generate(self, images: list[Image.Image], abandoned: Callable[[], bool] = lambda: False):
+        """One generate call for the batch: (sequences, per-token log-probabilities)."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        inputs = self.processor(text=[self.task] * len(images), images=images, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False,
+                output_scores=True, return_dict_in_generate=True,
+                stopping_criteria=StoppingCriteriaList([_stop_when(abandoned)]),
+            )
+            if self.num_beams > 1:
+                logp = self.model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
+                                                            normalize_logits=False)
+            else:
+                logp = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        return out.sequences.cpu(), logp.float().cpu()
+
+    def describe_sequence(self, sequence, logprobs, image_size) -> TagResult:
+        """Caption and scored tags of one generated sequence."""
+        tokenizer = self.processor.tokenizer
+        ids = sequence.tolist()
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        caption = self.processor.post_process_generation(text, task=self.task, image_size=image_size)[self.task]
+        if not isinstance(caption, str):
+            caption = ""
+        specials = self._special_ids()
+        pieces, values, scored = [], [], []
+        # logprobs[j] belongs to ids[j + 1]; ids[0] is the decoder start token.
+        for token_id, lp in zip(ids[1:], logprobs.tolist()):
+            if token_id == tokenizer.pad_token_id:
+                break
+            special = token_id in specials
+            pieces.append("" if special else tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens([token_id])))
+            values.append(lp)
+            scored.append(not special and lp > float("-inf"))
+        found = tagging.tag_confidences("".join(pieces), pieces, values, self.vocab, scored)
+        return TagResult(tags=found, caption=caption)
+
+    def _special_ids(self) -> frozenset[int]:
+        """Ids that spell no caption text: <s>, </s>, <pad>, task and location tokens, <image>."""
+        if getattr(self, "_specials", None) is None:
+            tokenizer = self.processor.tokenizer
+            self._specials = frozenset(tokenizer.all_special_ids) | frozenset(tokenizer.added_tokens_decoder)
+        return self._specials
+
+    def infer_batch(self, items: list[FlorenceItem], abandoned: Callable[[], bool]):
+        sequences, logprobs = self.generate([item.image for item in items], abandoned)
+        results = []
+        for item, sequence, logp in zip(items, sequences, logprobs):
+            described = self.describe_sequence(sequence, logp, item.image.size)
+            results.append(TagResult(tags=tagging.select(described.tags, item.threshold, item.max_tags, item.allowed),
+                                     caption=described.caption))
+        return results
+
+
+def create_backend(settings) -> FlorenceBackend:
+    return FlorenceBackend(settings)

@@ -1,0 +1,163 @@
+"""The RAM++ tagger on the shared runtime: real per-tag probabilities, per-class thresholds."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
+from archivetag.runtime.errors import InvalidInput, ModelLoadError
+from archivetag.runtime.logs import fields
+from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagResult
+from archivetag.services.rampp.checkpoint import file_sha256, load_model
+from archivetag.services.rampp.preprocess import synthetic_image, to_array
+from archivetag.services.rampp.vocabulary import THRESHOLD_FILE, TAG_LIST_FILE, Vocabulary, select_tags
+from archivetag.v1 import common_pb2
+
+log = logging.getLogger("archivetag.rampp")
+
+CONVERTED = "model.safetensors"
+OFFICIAL = "ram_plus_swin_large_14m.pth"
+OFFICIAL_NAME = "ram_plus_swin_large_14m"
+
+
+def find_weights(folder: Path) -> Path:
+    for name in (CONVERTED, OFFICIAL):
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelLoadError(
+        f"no RAM++ weights in {folder} (looked for {CONVERTED} and {OFFICIAL}): "
+        "`archivetag models pull --only rampp` downloads the real ones (needs network); "
+        "`archivetag models smoke --only rampp` builds a small random one offline"
+    )
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    if path.suffix != ".safetensors":
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+
+
+class RamPlusBackend(ModelBackend):
+    family = "rampp"
+    service = TAGGER_SERVICE
+
+    def __init__(self, settings):
+        folder = Path(settings.models) / "rampp"
+        self.folder = folder
+        self.weights_setting = settings.rampp_weights
+        self.tag_list = settings.rampp_tag_list or folder / TAG_LIST_FILE
+        self.threshold_file = settings.rampp_thresholds or folder / THRESHOLD_FILE
+        self.device_setting = settings.device
+        self.dtype_setting = settings.dtype
+        self.threads = settings.torch_threads
+        self.model = None
+        self.vocab: Vocabulary | None = None
+        self._identity = common_pb2.ModelIdentity(family=self.family)
+
+    # -- loading --------------------------------------------------------------------
+    def load(self) -> None:
+        set_threads(self.threads)
+        weights = Path(self.weights_setting) if self.weights_setting else find_weights(self.folder)
+        if not weights.is_file():
+            raise ModelLoadError(f"RAM++ weights {weights} do not exist")
+        self.vocab = Vocabulary.read(Path(self.tag_list), Path(self.threshold_file))
+        started = time.monotonic()
+        model, unexpected = load_model(weights)
+        if unexpected:
+            log.warning("ignored keys the model does not use",
+                        extra=fields(count=len(unexpected), first=unexpected[:5]))
+        if model.config.num_tags != len(self.vocab.names):
+            raise ModelLoadError(
+                f"{weights} has {model.config.num_tags} tags but {self.tag_list} lists {len(self.vocab.names)}"
+            )
+        try:
+            device = pick_device(self.device_setting)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        dtype = pick_dtype(self.dtype_setting, device)
+        model = model.to(device=device, dtype=dtype)
+        model.label_embed.data = model.label_embed.data.float()  # re-weighting runs in fp32 (spec §10.6)
+        self.model, self.device, self.dtype = model, device, dtype
+        metadata = _metadata(weights)
+        smoke = metadata.get("smoke") == "true"
+        self._identity = common_pb2.ModelIdentity(
+            family=self.family,
+            name=metadata.get("name", OFFICIAL_NAME),
+            revision=metadata.get("revision") or metadata.get("source_sha256", "")[:12] or "official-pth",
+            weights_sha256=file_sha256(weights),
+            device=str(device),
+            dtype=dtype_name(dtype),
+            smoke=smoke,
+        )
+        log.info("RAM++ weights loaded", extra=fields(path=str(weights), seconds=round(time.monotonic() - started, 2),
+                                                      tags=len(self.vocab.names), smoke=smoke))
+
+    @property
+    def input_edge(self) -> int:
+        return self.model.config.image_size if self.model is not None else 384
+
+    # -- inference ------------------------------------------------------------------
+    def warmup_input(self):
+        size = self.model.config.image_size
+        return synthetic_image(size), None
+
+    def prepare(self, image, request):
+        threshold, max_tags, subset = None, 0, None
+        if request is not None:
+            if request.HasField("threshold"):
+                threshold = float(request.threshold)
+                if not 0.0 <= threshold <= 1.0:
+                    raise InvalidInput(f"threshold {threshold} is outside [0, 1]")
+            max_tags = int(request.max_tags)
+            if request.vocabulary:
+                subset = self.vocab.subset(list(request.vocabulary))
+        return to_array(image, self.model.config.image_size), threshold, max_tags, subset
+
+    @torch.inference_mode()
+    def infer_batch(self, items, abandoned):
+        pixels = torch.from_numpy(np.stack([item[0] for item in items])).to(self.device, self.dtype)
+        image = self.model.encode_image(pixels)
+        if abandoned():  # every caller has gone: skip the tagging head (a third of the compute)
+            return [TimeoutError("abandoned") for _ in items]
+        # One head pass over the union of the tags the batch asks for (tags are independent queries).
+        subsets = [item[3] for item in items]
+        wanted = None if any(s is None for s in subsets) else sorted(set().union(*subsets))
+        index = None if wanted is None else torch.tensor(wanted, device=self.device)
+        probs = torch.sigmoid(self.model.tag_logits(image, index).float()).cpu().numpy()
+        columns = np.arange(len(self.vocab.names)) if wanted is None else np.array(wanted)
+        results = []
+        for row, (_, threshold, max_tags, subset) in zip(probs, items):
+            keep = np.searchsorted(columns, subset) if subset is not None else slice(None)
+            ids = columns[keep]
+            names = [self.vocab.names[i] for i in ids]
+            tags = select_tags(row[keep], self.vocab.thresholds[ids], names, threshold, max_tags)
+            results.append(TagResult(tags=tags))
+        return results
+
+    # -- description ----------------------------------------------------------------
+    def identity(self):
+        return self._identity
+
+    def describe(self):
+        return {
+            "weights": str(self.weights_setting or self.folder),
+            "tag_list": str(self.tag_list),
+            "thresholds": str(self.threshold_file),
+            "image_size": str(self.input_edge),
+        }
+
+    def vocabulary(self):
+        return self.vocab.names if self.vocab else []
+
+
+def create_backend(settings) -> RamPlusBackend:
+    return RamPlusBackend(settings)

@@ -1,0 +1,171 @@
+"""RAM++ checkpoints: the official `.pth` layout in, a model-only safetensors file out.
+
+Official layout (spec §2, §9): `torch.load(path)` gives `{'model': state_dict, ...}` with 402
+keys named after the original Swin code. Our model uses timm's Swin, whose names differ in one
+place (patch merging sits at the start of the next stage), and recomputes the 35 position-index
+and shift-mask buffers. `official_name` / `model_name` translate between the two; every check
+speaks the official names, so an error names the key a user can find in their file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from archivetag.runtime.errors import ModelLoadError
+from archivetag.services.rampp.model import FULL, RamPlus, RamPlusConfig
+
+# Buffers the official file carries and the model recomputes (dropped on load, §2 step 1).
+RECOMPUTED = ("relative_position_index", "attn_mask")
+_DOWNSAMPLE = re.compile(r"^visual_encoder\.layers\.(\d+)\.downsample\.")
+_OURS_PREFIX = "visual_encoder.swin."
+_OFFICIAL_PREFIX = "visual_encoder."
+CONFIG_METADATA_KEY = "rampp_config"
+
+
+def _shift_downsample(key: str, step: int) -> str:
+    match = _DOWNSAMPLE.match(key)
+    if not match:
+        return key
+    return f"visual_encoder.layers.{int(match.group(1)) + step}.downsample." + key[match.end():]
+
+
+def official_name(model_key: str) -> str:
+    """Our state-dict key → the official checkpoint's key."""
+    if model_key.startswith(_OURS_PREFIX):
+        return _shift_downsample(_OFFICIAL_PREFIX + model_key[len(_OURS_PREFIX):], -1)
+    return model_key
+
+
+def model_name(official_key: str) -> str | None:
+    """The official checkpoint's key → ours; None for buffers we recompute."""
+    if any(part in official_key for part in RECOMPUTED):
+        return None
+    key = official_key.replace("vision_multi", "tagging_head")  # legacy name (§2 step 2)
+    if key.startswith(_OFFICIAL_PREFIX):
+        return _OURS_PREFIX + _shift_downsample(key, +1)[len(_OFFICIAL_PREFIX):]
+    return key
+
+
+def required_official_shapes(model: RamPlus) -> dict[str, tuple[int, ...]]:
+    """What a checkpoint must hold for this model, in official names and shapes."""
+    return {official_name(k): tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def official_state_dict(model: RamPlus) -> dict[str, torch.Tensor]:
+    """The model's weights in the official layout, recomputed buffers included (as the released file has them)."""
+    state = {official_name(k): v for k, v in model.state_dict().items()}
+    for name, buffer in model.named_buffers():
+        if name.startswith(_OURS_PREFIX) and name.rsplit(".", 1)[-1] in RECOMPUTED and buffer is not None:
+            state[official_name(name)] = buffer
+    return state
+
+
+def _read_pth(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        # weights_only: never unpickle arbitrary objects; mmap: the 3 GB file is not read whole.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, not a zip, pickled code: all unusable
+        raise ModelLoadError(
+            f"{path} is not a readable RAM++ checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "download it again with `archivetag models pull --only rampp`"
+        ) from None
+    if isinstance(checkpoint, dict) and "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        return checkpoint["model"]  # other top-level entries (optimizer, config, epoch) are not needed
+    raise ModelLoadError(f"{path} has no 'model' entry: not the official RAM++ checkpoint layout {{'model': state_dict}}")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], RamPlusConfig]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    if CONFIG_METADATA_KEY not in metadata:
+        raise ModelLoadError(f"{path} was not written by `archivetag models convert-rampp` (no {CONFIG_METADATA_KEY})")
+    return state, RamPlusConfig.from_json(json.loads(metadata[CONFIG_METADATA_KEY]))
+
+
+def check_official_state(state: dict[str, torch.Tensor], model: RamPlus, source: Path) -> list[str]:
+    """Strict check (stricter than upstream, §2): every weight present with its shape.
+
+    Returns the unexpected keys (logged, not fatal: upstream ignores them too)."""
+    required = required_official_shapes(model)
+    present = {}
+    for key, tensor in state.items():
+        ours = model_name(key)
+        if ours is not None:
+            present[official_name(ours)] = tuple(tensor.shape)
+    missing = [k for k in required if k not in present]
+    if missing:
+        hint = " (the tag embeddings: without them every tag would be garbage)" if "label_embed" in missing else ""
+        raise ModelLoadError(
+            f"{source}: {len(missing)} weight(s) missing, first {missing[0]!r}{hint}; "
+            "not a complete RAM++ swin_l checkpoint"
+        )
+    for key, shape in required.items():
+        if present[key] != shape:
+            raise ModelLoadError(f"{source}: weight {key!r} has shape {list(present[key])}, expected {list(shape)}")
+    return sorted(k for k in present if k not in required)
+
+
+def load_model(path: Path, config: RamPlusConfig | None = None) -> tuple[RamPlus, list[str]]:
+    """A RAM++ model with the weights of `path` (.pth official layout or converted .safetensors).
+
+    config: the architecture of a .pth file (default: the released swin_l/384); a safetensors
+    file records its own. Returns the model and the unexpected keys that were ignored."""
+    if path.suffix == ".safetensors":
+        state, config = _read_safetensors(path)
+    else:
+        state, config = _read_pth(path), config or FULL
+    with torch.device("meta"):
+        model = RamPlus(config)
+    unexpected = check_official_state(state, model, path)
+    ours = {model_name(k): v for k, v in state.items() if model_name(k) is not None}
+    ours = {k: v for k, v in ours.items() if official_name(k) not in unexpected}
+    model.load_state_dict(ours, strict=False, assign=True)
+    _rebuild_buffers(model)
+    return model.eval(), unexpected
+
+
+def _rebuild_buffers(model: RamPlus) -> None:
+    """Built on the meta device, timm's position-index and shift-mask buffers are recomputed on the CPU."""
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None and buffer.is_meta:
+                setattr(module, name, torch.empty_like(buffer, device="cpu"))
+    for module in model.modules():
+        if hasattr(module, "_init_buffers"):  # timm's hook that fills index tables and shift masks
+            module._init_buffers()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_safetensors(model: RamPlus, path: Path, source_sha256: str = "",
+                     extra_metadata: dict[str, str] | None = None) -> None:
+    """Model-only file that loads in seconds; the config and provenance go in its metadata."""
+    state = {official_name(k): v.contiguous() for k, v in model.state_dict().items()}
+    metadata = {CONFIG_METADATA_KEY: json.dumps(model.config.to_json()), **(extra_metadata or {})}
+    if source_sha256:
+        metadata["source_sha256"] = source_sha256
+    save_file(state, str(path), metadata=metadata)
+
+
+def convert(pth: Path, out: Path, config: RamPlusConfig | None = None) -> list[str]:
+    """Official .pth → model-only safetensors (strictly checked on the way). Returns ignored keys."""
+    model, unexpected = load_model(pth, config)
+    save_safetensors(model, out, source_sha256=file_sha256(pth))
+    return unexpected

@@ -1,0 +1,27 @@
+"""Florence-2 service tests. The tiny model is built once per test process (a few seconds)."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_models_dir() -> Path:
+    """A models directory whose florence/ holds the smoke Florence-2 (real architecture, tiny, random)."""
+    from archivetag.services.florence.smoke import write_smoke_model
+
+    models = Path(tempfile.mkdtemp(prefix="florence-tests-"))
+    atexit.register(shutil.rmtree, models, ignore_errors=True)
+    write_smoke_model(models / "florence")
+    return models
+
+
+def settings(models: Path, *args: str):
+    """The parsed `archivetag serve florence` settings for a models folder."""
+    from archivetag.cli import build_parser
+
+    return build_parser().parse_args(["serve", "florence", "--models", str(models), *args])

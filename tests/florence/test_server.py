@@ -1,0 +1,85 @@
+"""A real `archivetag serve florence` process on the smoke model, with flash_attn and einops unimportable."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from archivetag.runtime.model_service import TAGGER_SERVICE
+from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
+from tests.florence import tiny_models_dir
+from tests.support.image_corpus import encode, photo
+from tests.support.servers import ServerProcess
+
+BLOCKER = """\
+import sys
+# These packages must never be needed: importing either now raises ImportError.
+sys.modules["flash_attn"] = None
+sys.modules["einops"] = None
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("florence-server")
+    (logs / "sitecustomize.py").write_text(BLOCKER)
+    argv = [sys.executable, "-m", "archivetag.cli", "serve", "florence", "--models", str(tiny_models_dir()),
+            "--florence-max-new-tokens", "8", "--florence-num-beams", "1", "--max-queue-delay-ms", "300",
+            "--stall-seconds", "60"]
+    env = {"PYTHONPATH": f"{logs}:{Path(__file__).resolve().parents[2]}", "HF_HUB_OFFLINE": "1"}
+    with ServerProcess(argv, env=env, log_path=logs / "florence.log") as srv:
+        srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=180)
+        yield srv
+
+
+def request(**fields) -> tagger_pb2.TagRequest:
+    return tagger_pb2.TagRequest(image=common_pb2.Image(data=encode(photo(), "JPEG")), **fields)
+
+
+def test_serves_with_flash_attn_and_einops_unimportable(server, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import importlib.util, sys\ntry:\n    import einops\nexcept ImportError:\n    print('blocked')\n")
+    import subprocess
+
+    env = {**__import__("os").environ, "PYTHONPATH": server.env["PYTHONPATH"]}
+    assert subprocess.run([sys.executable, str(probe)], env=env, capture_output=True, text=True).stdout.strip() == "blocked"
+    with grpc.insecure_channel(server.address) as channel:
+        reply = tagger_pb2_grpc.TaggerServiceStub(channel).Tag(request(), timeout=60)
+    assert reply.caption and all(word.isalpha() for word in reply.caption.split())
+    assert reply.tags and all(0 < t.confidence <= 1 for t in reply.tags)
+    assert reply.model.family == "florence" and reply.model.smoke and "smoke" in reply.model.name
+    assert "flash_attn" not in server.log_tail(20000)
+
+
+def test_context_is_echoed_and_unknown_tags_are_invalid_argument(server):
+    with grpc.insecure_channel(server.address) as channel:
+        stub = tagger_pb2_grpc.TaggerServiceStub(channel)
+        asked = request()
+        asked.context.view_type, asked.context.region = "interior", "Wallonia"
+        reply = stub.Tag(asked, timeout=60)
+        assert reply.context.view_type == "interior" and reply.context.region == "Wallonia"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Tag(request(vocabulary=["no-such-tag"]), timeout=60)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no-such-tag" in info.value.details()
+        model_info = stub.GetModelInfo(tagger_pb2.TaggerServiceGetModelInfoRequest(), timeout=10)
+        assert model_info.vocabulary_size > 100 and model_info.settings["task"] == "<MORE_DETAILED_CAPTION>"
+
+
+def test_a_cancelled_request_inside_a_batch_does_not_break_the_others(server):
+    with grpc.insecure_channel(server.address) as channel:
+        stub = tagger_pb2_grpc.TaggerServiceStub(channel)
+        calls = [stub.Tag.future(request(), timeout=60) for _ in range(4)]
+        time.sleep(0.05)  # queued together (the batch waits up to 300 ms for company)
+        assert calls[1].cancel()
+        answered = [calls[i].result() for i in (0, 2, 3)]
+        assert all(reply.caption and reply.tags for reply in answered)
+        assert max(reply.timings.batch_size for reply in answered) >= 2
+        with pytest.raises(grpc.FutureCancelledError):
+            calls[1].result()
+        after = stub.Tag(request(), timeout=60)
+    assert after.caption
+    assert server.wait_status(TAGGER_SERVICE, "SERVING", timeout=5) == "SERVING"
