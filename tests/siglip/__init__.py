@@ -1,0 +1,50 @@
+"""Tests of the SigLIP view-type service, on tiny random-weight SigLIP models built offline.
+
+`tiny_exports()` builds two tiny checkpoints of the real architecture (different random
+weights, same classes) and exports each once per test session; tests copy the exported
+folders before changing them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    checkpoint: Path  # the transformers checkpoint (SiglipModel, tokenizer, image processor)
+    export: Path  # what `archivetag models export-siglip` wrote
+
+
+@dataclass(frozen=True)
+class TinyExports:
+    a: TinyModel
+    b: TinyModel  # another random model: its files must never be accepted next to a's
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_exports() -> TinyExports:
+    from archivetag.services.siglip.export import export_folder
+    from archivetag.services.siglip.smoke import SMOKE_MODEL_ID, write_tiny_checkpoint
+
+    root = Path(tempfile.mkdtemp(prefix="siglip-tests-"))
+    atexit.register(shutil.rmtree, root, True)
+    models = []
+    for seed, name in ((0, "a"), (1, "b")):
+        checkpoint = write_tiny_checkpoint(root / f"checkpoint-{name}", seed=seed)
+        export = root / f"export-{name}"
+        export_folder(str(checkpoint), export, model_id=f"{SMOKE_MODEL_ID}-{name}", smoke=True)
+        models.append(TinyModel(checkpoint, export))
+    return TinyExports(*models)
+
+
+def models_dir_with(tmp_path: Path, export: Path) -> Path:
+    """A fresh <models> folder whose siglip/ is a copy of export, safe to tamper with."""
+    models = tmp_path / "models"
+    shutil.copytree(export, models / "siglip")
+    return models

@@ -1,0 +1,171 @@
+"""`archivetag serve siglip` as a client sees it: real servers on loopback, tiny random SigLIP models."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from archivetag.runtime.model_service import VIEW_TYPE_SERVICE
+from archivetag.services.siglip import layout
+from archivetag.services.siglip.layout import read_json
+from archivetag.v1 import common_pb2, view_type_pb2, view_type_pb2_grpc
+from tests.conftest import model_service
+from tests.runtime.test_model_server import grpcurl
+from tests.siglip import models_dir_with, tiny_exports
+from tests.support.image_corpus import corpus, encode, photo
+from tests.support.servers import health_status
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_exports()
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("siglip-serve")
+    with model_service("siglip", models_dir_with(tmp, tiny.a.export), tmp) as srv:
+        srv.wait_status(VIEW_TYPE_SERVICE, "SERVING", timeout=90)
+        yield srv
+
+
+def stub(address: str):
+    channel = grpc.insecure_channel(address)
+    return channel, view_type_pb2_grpc.ViewTypeServiceStub(channel)
+
+
+def classify(address: str, data: bytes, include_embedding: bool = False) -> view_type_pb2.ClassifyResponse:
+    channel, client = stub(address)
+    with channel:
+        return client.Classify(view_type_pb2.ClassifyRequest(image=common_pb2.Image(data=data),
+                                                             include_embedding=include_embedding), timeout=30)
+
+
+def model_info(address: str) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:
+    channel, client = stub(address)
+    with channel:
+        return client.GetModelInfo(view_type_pb2.ViewTypeServiceGetModelInfoRequest(), timeout=5)
+
+
+def wait_failed(srv, timeout: float = 90.0) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = model_info(srv.address)
+            if info.state.phase == "failed":
+                return info
+            assert info.state.phase != "serving", "a tampered export went SERVING"
+        except grpc.RpcError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(srv.log_tail())
+
+
+def direct_siglip(checkpoint, classes: dict[str, list[str]], images) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities, logits) per image and class, straight from transformers' SiglipModel."""
+    import torch
+    from transformers import AutoTokenizer, SiglipModel
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    model = SiglipModel.from_pretrained(str(checkpoint)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    pixels = SiglipImageProcessorPil.from_pretrained(str(checkpoint))(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        ensemble = []
+        for prompts in classes.values():
+            tokens = tokenizer(prompts, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+            # SigLIP uses no attention mask. The model's own forward gives the per-prompt logits;
+            # the formula must reproduce them.
+            output = model(input_ids=tokens["input_ids"], pixel_values=pixels)
+            text = torch.nn.functional.normalize(model.get_text_features(input_ids=tokens["input_ids"]).pooler_output, dim=-1)
+            own = image @ text.T * model.logit_scale.exp() + model.logit_bias
+            assert torch.allclose(own, output.logits_per_image, atol=1e-4)
+            ensemble.append(torch.nn.functional.normalize(text.mean(0), dim=-1))
+        logits = image @ torch.stack(ensemble).T * model.logit_scale.exp() + model.logit_bias
+    return torch.softmax(logits, dim=-1).numpy(), logits.numpy()
+
+
+def test_probabilities_equal_a_direct_siglip_computation(server, tiny):
+    manifest = read_json(tiny.a.export / layout.MANIFEST)
+    images = [photo(96, 64), photo(40, 120), layout.probe_image()]
+    probabilities, logits = direct_siglip(tiny.a.checkpoint, manifest["classes"], images)
+    for image, want_p, want_logits in zip(images, probabilities, logits):
+        reply = classify(server.address, encode(image, "PNG"))
+        got = {s.name: (s.probability, s.logit) for s in reply.scores}
+        for name, p, logit in zip(manifest["classes"], want_p, want_logits):
+            assert got[name][0] == pytest.approx(float(p), abs=1e-4), name
+            assert got[name][1] == pytest.approx(float(logit), abs=1e-3), name
+        top = list(manifest["classes"])[int(np.argmax(want_p))]
+        assert reply.confidence == pytest.approx(float(want_p.max()), abs=1e-4)
+        assert reply.view_type in (top, "unknown")
+        assert reply.view_type == (top if want_p.max() >= 0.4 else "unknown")
+
+
+def test_reply_has_every_class_sorted_identity_and_embedding_on_request(server, tiny):
+    manifest = read_json(tiny.a.export / layout.MANIFEST)
+    plain = classify(server.address, encode(photo(), "JPEG"))
+    assert list(plain.embedding) == []
+    assert sorted(s.name for s in plain.scores) == sorted(manifest["classes"])
+    assert [s.probability for s in plain.scores] == sorted((s.probability for s in plain.scores), reverse=True)
+    assert plain.model.smoke and "smoke" in plain.model.name
+    assert plain.model.weights_sha256 == manifest["vision"]["sha256"]
+    with_embedding = classify(server.address, encode(photo(), "JPEG"), include_embedding=True)
+    assert len(with_embedding.embedding) == manifest["vision"]["embedding_dim"]
+    assert np.linalg.norm(with_embedding.embedding) == pytest.approx(1.0, abs=1e-5)
+    info = model_info(server.address)
+    assert list(info.classes) == list(manifest["classes"])
+    assert info.model.revision == manifest["model"]["revision"]
+    assert info.settings["unknown_threshold"] == "0.4" and "CPUExecutionProvider" in info.settings["providers"]
+
+
+def test_bad_images_are_invalid_argument_and_the_service_stays_serving(server):
+    for case in corpus():
+        try:
+            reply = classify(server.address, case.data)
+            outcome = "ok"
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (case.name, exc.code(), exc.details())
+            outcome = "invalid"
+        assert outcome == case.expect, case.name
+        if outcome == "ok":
+            assert len(reply.scores) == 4
+    assert health_status(server.address, VIEW_TYPE_SERVICE) == "SERVING"
+
+
+def test_grpcurl_classify_with_a_base64_image(server):
+    check = grpcurl(server.address, "grpc.health.v1.Health/Check", data=json.dumps({"service": VIEW_TYPE_SERVICE}))
+    assert json.loads(check.stdout)["status"] == "SERVING"
+    request = {"image": {"data": base64.b64encode(encode(photo(), "PNG")).decode()}, "include_embedding": True}
+    reply = grpcurl(server.address, "archivetag.v1.ViewTypeService/Classify", data=json.dumps(request))
+    assert reply.returncode == 0, reply.stderr
+    answer = json.loads(reply.stdout)
+    assert answer["view_type"] in {"interior", "exterior", "aerial", "detail", "unknown"}
+    assert len(answer["scores"]) == 4 and len(answer["embedding"]) == 64
+    bad = grpcurl(server.address, "archivetag.v1.ViewTypeService/Classify",
+                  data=json.dumps({"image": {"data": base64.b64encode(b"not a photo").decode()}}))
+    assert bad.returncode != 0 and "InvalidArgument" in bad.stderr
+
+
+@pytest.mark.parametrize("swapped, reason", [
+    (layout.TEXT_EMBEDDINGS, "text embeddings"),
+    (layout.VISION_ONNX, "SHA-256"),
+])
+def test_a_file_from_another_model_keeps_the_service_not_serving_and_says_why(tiny, tmp_path, swapped, reason):
+    models = models_dir_with(tmp_path, tiny.a.export)
+    shutil.copyfile(tiny.b.export / swapped, models / "siglip" / swapped)
+    with model_service("siglip", models, tmp_path) as srv:
+        info = wait_failed(srv)
+        assert reason in info.state.reason and "export-siglip" in info.state.reason
+        assert not info.state.serving
+        assert health_status(srv.address, VIEW_TYPE_SERVICE) == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as error:
+            classify(srv.address, encode(photo(), "PNG"))
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason in srv.log_path.read_text()
