@@ -60,6 +60,15 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
     raise TimeoutError(f"condition not met in {timeout} s")
 
 
+def wait_backends_serving(address: str, metadata=(), names=("florence", "rampp", "siglip")) -> None:
+    """The orchestrator's own view (its health watch), not just the backends' health."""
+    wait_for(lambda: all(
+        b.health == tagging_pb2.BACKEND_HEALTH_SERVING
+        for b in stub(address).GetStatus(tagging_pb2.GetStatusRequest(), metadata=metadata, timeout=5).backends
+        if b.name in names
+    ))
+
+
 @pytest.fixture(scope="module")
 def services(smoke_models, tmp_path_factory):
     """Shared RAM++ and SigLIP services, and a Florence-2 service for the tests that do not kill it."""
@@ -84,10 +93,7 @@ def front(services, tmp_path_factory):
     addresses = {name: server.address for name, server in services.items()}
     with orchestrator(tmp_path_factory.mktemp("front"), *TOKEN_ARGS, *targets(**addresses)) as server:
         server.wait_status(TAGGING, "SERVING", timeout=60)
-        wait_for(lambda: all(
-            b.health == tagging_pb2.BACKEND_HEALTH_SERVING
-            for b in stub(server.address).GetStatus(tagging_pb2.GetStatusRequest(), metadata=auth(), timeout=5).backends
-        ))
+        wait_backends_serving(server.address, auth())
         yield server
 
 
@@ -183,6 +189,7 @@ def test_siglip_down_gives_tags_with_unknown_view_type_flagged_degraded(services
                  "siglip": f"127.0.0.1:{free_port()}"}
     with orchestrator(tmp_path, "--no-auth", *targets(**addresses)) as server:
         server.wait_status(TAGGING, "SERVING", timeout=60)
+        wait_backends_serving(server.address, names=("florence", "rampp"))
         reply = stub(server.address).TagImage(tag_request(), timeout=60)
     assert reply.tagger == "florence" and reply.degraded
     assert reply.view_type.name == "unknown"
@@ -196,19 +203,17 @@ def test_florence_killed_mid_stream_every_item_still_answered_then_florence_serv
     addresses = {"florence": florence.address, "rampp": services["rampp"].address, "siglip": services["siglip"].address}
     with orchestrator(tmp_path, "--no-auth", "--reconnect-max-seconds", "0.5", *targets(**addresses)) as server:
         server.wait_status(TAGGING, "SERVING", timeout=60)
+        wait_backends_serving(server.address)
         api = stub(server.address)
         killed = threading.Event()
         answers = []
 
-        def items():
-            for i in range(200):
-                if i == 40:
-                    florence.kill()  # SIGKILL in the middle of the stream
-                    killed.set()
-                yield tagging_pb2.TagImagesRequest(id=str(i), request=tag_request(i))
-
-        for answer in api.TagImages(items(), timeout=600):
+        items = (tagging_pb2.TagImagesRequest(id=str(i), request=tag_request(i)) for i in range(200))
+        for answer in api.TagImages(items, timeout=600):
             answers.append((answer, killed.is_set()))
+            if len(answers) == 40:
+                florence.kill()  # SIGKILL in the middle of the stream
+                killed.set()
         assert sorted(int(a.id) for a, _ in answers) == list(range(200))
         assert all(a.WhichOneof("outcome") == "result" for a, _ in answers)
         taggers = [a.result.tagger for a, _ in answers]
@@ -236,6 +241,7 @@ def test_florence_hung_breaker_opens_so_later_requests_do_not_wait_and_closes_af
     try:
         with orchestrator(tmp_path, *args) as server:
             server.wait_status(TAGGING, "SERVING", timeout=60)
+            wait_backends_serving(server.address)
             api = stub(server.address)
             api.TagImage(tag_request(), timeout=60)  # warm: Florence answers
             florence.proc.send_signal(signal.SIGSTOP)
