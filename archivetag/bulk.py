@@ -95,13 +95,16 @@ class Tagger:
         self.progress = progress
         self.summary = Summary()
 
+    def say(self, message: str) -> None:
+        """A line above the progress bar, on stderr (tqdm.write defaults to stdout, even with the bar off)."""
+        self.progress.write(message, file=sys.stderr)
     def _record(self, photo: Photo, response: tagging_pb2.TagImagesResponse) -> None:
         ok = response.WhichOneof("outcome") == "result"
         if ok:
             self.summary.tagged += 1
         else:
             self.summary.failed += 1
-            self.progress.write(f"failed: {photo.path}: {response.error.status}: {response.error.message}")
+            self.say(f"failed: {photo.path}: {response.error.status}: {response.error.message}")
         if self.store is not None:
             self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, response)
         else:
@@ -122,7 +125,7 @@ class Tagger:
                     raise
                 attempt += 1
                 wait = min(30.0, 2.0 ** attempt)
-                self.progress.write(f"connection lost ({exc.code().name}: {exc.details()}); retrying in {wait:.0f} s")
+                self.say(f"connection lost ({exc.code().name}: {exc.details()}); retrying in {wait:.0f} s")
                 await asyncio.sleep(wait)
 
     async def _stream(self, photos: list[Path]) -> list[Path]:
@@ -139,7 +142,7 @@ class Tagger:
                 except OSError as exc:
                     self.summary.unreadable += 1
                     unanswered.pop(str(path), None)
-                    self.progress.write(f"unreadable: {path}: {exc.strerror}")
+                    self.say(f"unreadable: {path}: {exc.strerror}")
                     self.progress.update(1)
                     window.release()
                     continue
@@ -194,9 +197,9 @@ def run(args: argparse.Namespace) -> int:
 
     photos, problems = find_photos(args.paths, args.all_files)
     for problem in problems:
-        print(f"archivetag tag: {problem}", file=sys.stderr)
+        print(f"archivetag tag: {problem}")
     if not photos:
-        print("archivetag tag: no photos found", file=sys.stderr)
+        print("archivetag tag: no photos found")
         return 2
     store = None if args.json else ResultStore(args.db or default_db_path())
     progress = tqdm(total=len(photos), unit="photo", desc="tagging", disable=args.no_progress, file=sys.stderr,
@@ -205,12 +208,12 @@ def run(args: argparse.Namespace) -> int:
         summary = asyncio.run(tag_photos(args, photos, store, progress))
     except grpc.aio.AioRpcError as exc:
         progress.close()
-        print(f"archivetag tag: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        print("everything answered so far is saved; run the same command again to resume", file=sys.stderr)
+        print(f"archivetag tag: {args.target}: {exc.code().name}: {exc.details()}")
+        print("everything answered so far is saved; run the same command again to resume")
         return 2
     except KeyboardInterrupt:
         progress.close()
-        print("interrupted: everything answered so far is saved; run the same command again to resume", file=sys.stderr)
+        print("interrupted: everything answered so far is saved; run the same command again to resume")
         return 130
     finally:
         if store is not None:

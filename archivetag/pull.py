@@ -14,13 +14,13 @@ temporary folder first, so an interrupted pull never leaves a half-written model
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from archivetag.runtime.checksums import sha256_file
 
 RAMPP_REPO = "xinyu1205/recognize-anything-plus-model"
 RAMPP_CHECKPOINT = "ram_plus_swin_large_14m.pth"
@@ -40,16 +40,9 @@ class PullError(RuntimeError):
     """A download failed; the message says what and why."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def write_checksums(folder: Path) -> None:
-    lines = [f"{sha256_of(p)}  {p.relative_to(folder)}" for p in sorted(folder.rglob("*"))
+    lines = [f"{sha256_file(p)}  {p.relative_to(folder)}" for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != "CHECKSUMS.sha256"]
     (folder / "CHECKSUMS.sha256").write_text("\n".join(lines) + "\n")
 
@@ -66,7 +59,7 @@ def download(url: str, dest: Path, expected_sha256: str | None = None) -> None:
                     bar.update(len(block))
     except (urllib.error.URLError, OSError) as exc:
         raise PullError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
-    if expected_sha256 and sha256_of(dest) != expected_sha256:
+    if expected_sha256 and sha256_file(dest) != expected_sha256:
         raise PullError(f"{url}: checksum mismatch (expected {expected_sha256}); nothing was installed")
 
 

@@ -20,7 +20,7 @@ from grpc_health.v1.health import aio as health_aio
 from PIL import Image
 
 from archivetag.runtime.batcher import DynamicBatcher
-from archivetag.runtime.errors import ModelLoadError, NotServing, abort_with
+from archivetag.runtime.errors import InvalidInput, ModelLoadError, NotServing, abort_with
 from archivetag.runtime.images import ImageDecoder, ImageLimits
 from archivetag.runtime.lifecycle import (
     DRAINING, FAILED, SERVING, WARMING_UP, InferenceWatchdog, ModelHealth,
@@ -50,6 +50,24 @@ class ViewTypeResult:
     confidence: float
     scores: list[tuple[str, float, float]]  # (class, probability, logit), most probable first
     embedding: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TagOptions:
+    """What a TagRequest asks of a tagger beyond the image, checked once for every tagger."""
+
+    threshold: float | None  # one threshold for every tag instead of the model's own; None: the model's
+    max_tags: int  # 0: no cap
+    vocabulary: list[str]  # empty: every tag
+
+    @classmethod
+    def of(cls, request) -> "TagOptions":
+        if request is None:
+            return cls(None, 0, [])
+        threshold = float(request.threshold) if request.HasField("threshold") else None
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise InvalidInput(f"threshold {threshold} is outside [0, 1]")
+        return cls(threshold, int(request.max_tags), list(request.vocabulary))
 
 
 class ModelBackend(abc.ABC):

@@ -7,7 +7,6 @@ has gone. Tag confidences come from the generation scores (tags.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -17,10 +16,11 @@ from typing import Callable
 from PIL import Image
 
 from archivetag.runtime.errors import InvalidInput, ModelLoadError
-from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagResult
+from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagOptions, TagResult
 from archivetag.smoke import SMOKE_MARK
 from archivetag.services.florence import tags as tagging
 from archivetag.v1 import common_pb2
+from archivetag.runtime.checksums import sha256_file
 
 log = logging.getLogger("archivetag.florence")
 
@@ -82,13 +82,6 @@ def processor_edge(folder: Path) -> int:
             return int(edge)
     return DEFAULT_EDGE
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stop_when(abandoned: Callable[[], bool]):
@@ -159,7 +152,7 @@ class FlorenceBackend(ModelBackend):
         weights = self.folder / "model.safetensors"
         return common_pb2.ModelIdentity(
             family=self.family, name=name, revision=revision,
-            weights_sha256=sha256_of(weights) if weights.exists() else "",
+            weights_sha256=sha256_file(weights) if weights.exists() else "",
             device=str(self.device), dtype=dtype, smoke=smoke,
         )
 
@@ -183,21 +176,14 @@ class FlorenceBackend(ModelBackend):
         return Image.new("RGB", (64, 48), (120, 110, 100)), tagger_pb2.TagRequest()
 
     def prepare(self, image: Image.Image, request) -> FlorenceItem:
-        threshold = None
-        allowed = None
-        max_tags = 0
-        if request is not None:
-            if request.HasField("threshold"):
-                threshold = float(request.threshold)
-                if not 0.0 <= threshold <= 1.0:
-                    raise InvalidInput(f"threshold must be within [0, 1], got {threshold}")
-            max_tags = int(request.max_tags)
-            if request.vocabulary:
-                known = set(self.vocab.names) if self.vocab else set()
-                unknown = [name for name in request.vocabulary if name not in known]
-                if unknown:
-                    raise InvalidInput(f"not in the Florence-2 tag vocabulary: {', '.join(sorted(unknown)[:10])}")
-                allowed = frozenset(request.vocabulary)
+        options = TagOptions.of(request)
+        threshold, max_tags, allowed = options.threshold, options.max_tags, None
+        if options.vocabulary:
+            known = set(self.vocab.names) if self.vocab else set()
+            unknown = [name for name in options.vocabulary if name not in known]
+            if unknown:
+                raise InvalidInput(f"not in the Florence-2 tag vocabulary: {', '.join(sorted(unknown)[:10])}")
+            allowed = frozenset(options.vocabulary)
         if threshold is None and self.min_confidence > 0:
             threshold = self.min_confidence
         return FlorenceItem(image.convert("RGB"), threshold, max_tags, allowed)

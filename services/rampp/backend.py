@@ -11,10 +11,11 @@ import torch
 from safetensors import safe_open
 
 from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
-from archivetag.runtime.errors import InvalidInput, ModelLoadError
+from archivetag.runtime.errors import ModelLoadError
 from archivetag.runtime.logs import fields
-from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagResult
-from archivetag.services.rampp.checkpoint import file_sha256, load_model
+from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagOptions, TagResult
+from archivetag.runtime.checksums import sha256_file
+from archivetag.services.rampp.checkpoint import load_model
 from archivetag.services.rampp.preprocess import synthetic_image, to_array
 from archivetag.services.rampp.vocabulary import THRESHOLD_FILE, TAG_LIST_FILE, Vocabulary, select_tags
 from archivetag.v1 import common_pb2
@@ -93,7 +94,7 @@ class RamPlusBackend(ModelBackend):
             family=self.family,
             name=metadata.get("name", OFFICIAL_NAME),
             revision=metadata.get("revision") or metadata.get("source_sha256", "")[:12] or "official-pth",
-            weights_sha256=file_sha256(weights),
+            weights_sha256=sha256_file(weights),
             device=str(device),
             dtype=dtype_name(dtype),
             smoke=smoke,
@@ -111,15 +112,9 @@ class RamPlusBackend(ModelBackend):
         return synthetic_image(size), None
 
     def prepare(self, image, request):
-        threshold, max_tags, subset = None, 0, None
-        if request is not None:
-            if request.HasField("threshold"):
-                threshold = float(request.threshold)
-                if not 0.0 <= threshold <= 1.0:
-                    raise InvalidInput(f"threshold {threshold} is outside [0, 1]")
-            max_tags = int(request.max_tags)
-            if request.vocabulary:
-                subset = self.vocab.subset(list(request.vocabulary))
+        options = TagOptions.of(request)
+        subset = self.vocab.subset(options.vocabulary) if options.vocabulary else None
+        threshold, max_tags = options.threshold, options.max_tags
         return to_array(image, self.model.config.image_size), threshold, max_tags, subset
 
     @torch.inference_mode()

@@ -9,7 +9,6 @@ speaks the official names, so an error names the key a user can find in their fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors.torch import save_file
 
 from archivetag.runtime.errors import ModelLoadError
 from archivetag.services.rampp.model import FULL, RamPlus, RamPlusConfig
+from archivetag.runtime.checksums import sha256_file
 
 # Buffers the official file carries and the model recomputes (dropped on load, §2 step 1).
 RECOMPUTED = ("relative_position_index", "attn_mask")
@@ -146,13 +146,6 @@ def _rebuild_buffers(model: RamPlus) -> None:
             module._init_buffers()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def save_safetensors(model: RamPlus, path: Path, source_sha256: str = "",
                      extra_metadata: dict[str, str] | None = None) -> None:
@@ -167,5 +160,5 @@ def save_safetensors(model: RamPlus, path: Path, source_sha256: str = "",
 def convert(pth: Path, out: Path, config: RamPlusConfig | None = None) -> list[str]:
     """Official .pth → model-only safetensors (strictly checked on the way). Returns ignored keys."""
     model, unexpected = load_model(pth, config)
-    save_safetensors(model, out, source_sha256=file_sha256(pth))
+    save_safetensors(model, out, source_sha256=sha256_file(pth))
     return unexpected

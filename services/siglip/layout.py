@@ -13,13 +13,13 @@ with ONNX Runtime only), so both agree on every byte. No torch or transformers h
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from archivetag.runtime.checksums import sha256_file
 
 FORMAT = "archivetag-siglip/1"
 MANIFEST = "manifest.json"
@@ -46,13 +46,6 @@ _PIL_RESAMPLE = {
     "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
 }
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_json(path: Path) -> dict[str, Any]:
