@@ -6,7 +6,7 @@ Side by side, in one run, on the same images:
   2. the same models called in-process (no gRPC, no batching): the cost of the serving path;
   3. the old app's design: a new Python process per image that loads the models each time.
 
-    python benchmarks/stack_bench.py [--models DIR] [--images 32] [--out bench-results/stack.json]
+    python benchmarks/stack_bench.py [--models DIR] [--images 32] [--out benchmarks/results/stack.json]
 
 Prints a table, writes JSON and a PNG plot (throughput and latency against clients).
 """
@@ -166,7 +166,7 @@ def main() -> int:
     parser.add_argument("--models", type=Path, help="models directory (default: fresh smoke models)")
     parser.add_argument("--images", type=int, default=32, help="requests per client count")
     parser.add_argument("--old-design-images", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "stack.json")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stack.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory()
