@@ -20,6 +20,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
 from archivetag.runtime.checksums import sha256_file
 
 RAMPP_REPO = "xinyu1205/recognize-anything-plus-model"

@@ -15,12 +15,12 @@ from typing import Callable
 
 from PIL import Image
 
+from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.errors import InvalidInput, ModelLoadError
 from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagOptions, TagResult
 from archivetag.smoke import SMOKE_MARK
 from archivetag.services.florence import tags as tagging
 from archivetag.v1 import common_pb2
-from archivetag.runtime.checksums import sha256_file
 
 log = logging.getLogger("archivetag.florence")
 

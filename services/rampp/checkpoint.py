@@ -17,9 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.errors import ModelLoadError
 from archivetag.services.rampp.model import FULL, RamPlus, RamPlusConfig
-from archivetag.runtime.checksums import sha256_file
 
 # Buffers the official file carries and the model recomputes (dropped on load, §2 step 1).
 RECOMPUTED = ("relative_position_index", "attn_mask")

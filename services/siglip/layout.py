@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from archivetag.runtime.checksums import sha256_file
 
 FORMAT = "archivetag-siglip/1"
