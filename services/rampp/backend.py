@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +26,15 @@ log = logging.getLogger("archivetag.rampp")
 CONVERTED = "model.safetensors"
 OFFICIAL = "ram_plus_swin_large_14m.pth"
 OFFICIAL_NAME = "ram_plus_swin_large_14m"
+
+
+class RamPlusItem(NamedTuple):
+    """One prepared request: pixels and what the request asks of the tag selection."""
+
+    pixels: np.ndarray  # [3,S,S] float32
+    threshold: float | None
+    max_tags: int
+    subset: list[int] | None  # tag indices, sorted; None: every tag
 
 
 def find_weights(folder: Path) -> Path:
@@ -114,27 +124,26 @@ class RamPlusBackend(ModelBackend):
     def prepare(self, image, request):
         options = TagOptions.of(request)
         subset = self.vocab.subset(options.vocabulary) if options.vocabulary else None
-        threshold, max_tags = options.threshold, options.max_tags
-        return to_array(image, self.model.config.image_size), threshold, max_tags, subset
+        return RamPlusItem(to_array(image, self.model.config.image_size), options.threshold, options.max_tags, subset)
 
     @torch.inference_mode()
-    def infer_batch(self, items, abandoned):
-        pixels = torch.from_numpy(np.stack([item[0] for item in items])).to(self.device, self.dtype)
+    def infer_batch(self, items: list[RamPlusItem], abandoned):
+        pixels = torch.from_numpy(np.stack([item.pixels for item in items])).to(self.device, self.dtype)
         image = self.model.encode_image(pixels)
         if abandoned():  # every caller has gone: skip the tagging head (a third of the compute)
             return [TimeoutError("abandoned") for _ in items]
         # One head pass over the union of the tags the batch asks for (tags are independent queries).
-        subsets = [item[3] for item in items]
+        subsets = [item.subset for item in items]
         wanted = None if any(s is None for s in subsets) else sorted(set().union(*subsets))
         index = None if wanted is None else torch.tensor(wanted, device=self.device)
         probs = torch.sigmoid(self.model.tag_logits(image, index).float()).cpu().numpy()
         columns = np.arange(len(self.vocab.names)) if wanted is None else np.array(wanted)
         results = []
-        for row, (_, threshold, max_tags, subset) in zip(probs, items):
-            keep = np.searchsorted(columns, subset) if subset is not None else slice(None)
+        for row, item in zip(probs, items):
+            keep = np.searchsorted(columns, item.subset) if item.subset is not None else slice(None)
             ids = columns[keep]
             names = [self.vocab.names[i] for i in ids]
-            tags = select_tags(row[keep], self.vocab.thresholds[ids], names, threshold, max_tags)
+            tags = select_tags(row[keep], self.vocab.thresholds[ids], names, item.threshold, item.max_tags)
             results.append(TagResult(tags=tags))
         return results
 

@@ -38,7 +38,7 @@ def _run_random(args: argparse.Namespace) -> int:
     from archivetag.services.rampp.random_checkpoint import random_model, write_official_checkpoint
 
     config = FULL if args.size == "full" else tiny_config(args.tags)
-    write_official_checkpoint(random_model(config, seed=args.seed), args.out)
+    write_official_checkpoint(random_model(config, seed=args.seed), args.out, extra_entries=args.extra_entries)
     print(f"wrote a random {args.size} RAM++ checkpoint (official layout) to {args.out}", file=sys.stderr)
     return 0
 
@@ -56,4 +56,6 @@ def add_commands(subparsers) -> None:
     random.add_argument("--size", choices=("full", "tiny"), default="full")
     random.add_argument("--tags", type=int, default=4585, help="tags of a tiny model")
     random.add_argument("--seed", type=int, default=0)
+    random.add_argument("--extra-entries", action="store_true",
+                        help="also write training entries (optimizer, config, epoch) that loaders must ignore")
     random.set_defaults(func=_run_random)
