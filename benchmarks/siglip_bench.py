@@ -49,26 +49,10 @@ def full_size_export(workdir: Path) -> Path:
     target = models / "siglip"
     if (target / layout.MANIFEST).exists() and (target / layout.VISION_INT8_ONNX).exists():
         return models
-    import torch
-    from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
-    from transformers.models.siglip.image_processing_siglip import SiglipImageProcessor
-
     from archivetag.services.siglip.export import export_folder
-    from archivetag.services.siglip.smoke import LOGIT_BIAS, LOGIT_SCALE, train_tokenizer
+    from archivetag.services.siglip.smoke import write_random_checkpoint
 
-    checkpoint = workdir / "checkpoint"
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    tokenizer = SiglipTokenizer(vocab_file=str(train_tokenizer(checkpoint)), model_max_length=64)
-    config = SiglipConfig(text_config={"vocab_size": len(tokenizer), "pad_token_id": 1, "eos_token_id": 1,
-                                       "bos_token_id": None})  # defaults: siglip-base-patch16-224
-    torch.manual_seed(0)
-    model = SiglipModel(config).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(LOGIT_SCALE)
-        model.logit_bias.fill_(LOGIT_BIAS)
-    model.save_pretrained(str(checkpoint))
-    tokenizer.save_pretrained(str(checkpoint))
-    SiglipImageProcessor(size={"height": 224, "width": 224}).save_pretrained(str(checkpoint))
+    checkpoint = write_random_checkpoint(workdir / "checkpoint", image_size=224, full_size=True)
     print("exporting the full-size model (ONNX fp32 + int8) ...", file=sys.stderr)
     export_folder(str(checkpoint), target, model_id="siglip-base-patch16-224-architecture-random", int8=True)
     return models

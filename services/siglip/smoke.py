@@ -40,28 +40,27 @@ def train_tokenizer(folder: Path, extra_text: list[str] | None = None) -> Path:
     return path
 
 
-def write_tiny_checkpoint(folder: Path, seed: int = 0, image_size: int = IMAGE_SIZE,
-                          extra_text: list[str] | None = None) -> Path:
-    """A random-weight SiglipModel with tokenizer and image processor, saved like a hub checkpoint."""
+TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+TINY_VISION = {"patch_size": 16, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4}
+
+
+def write_random_checkpoint(folder: Path, seed: int = 0, image_size: int = IMAGE_SIZE,
+                          extra_text: list[str] | None = None, full_size: bool = False) -> Path:
+    """A random-weight SiglipModel with tokenizer and image processor, saved like a hub checkpoint.
+
+    full_size: siglip-base-patch16-224's architecture (transformers' defaults) instead of the tiny one."""
     import torch
     from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
     from transformers.models.siglip.image_processing_siglip import SiglipImageProcessor
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = SiglipTokenizer(vocab_file=str(train_tokenizer(folder, extra_text)), model_max_length=64)
-    config = SiglipConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "max_position_embeddings": 64, "pad_token_id": 1, "eos_token_id": 1,
-            "bos_token_id": None,
-        },
-        vision_config={
-            "image_size": image_size, "patch_size": 16, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4,
-        },
-    )
+    text = {"vocab_size": len(tokenizer), "max_position_embeddings": 64, "pad_token_id": 1, "eos_token_id": 1,
+            "bos_token_id": None, **({} if full_size else TINY_TEXT)}
+    vision = {"image_size": image_size, **({} if full_size else TINY_VISION)}
     torch.manual_seed(seed)
-    model = SiglipModel(config).eval()
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
     with torch.no_grad():
         model.logit_scale.fill_(LOGIT_SCALE)
         model.logit_bias.fill_(LOGIT_BIAS)
@@ -80,5 +79,5 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
     transformers_logging.set_verbosity_error()  # config and progress chatter about a throwaway checkpoint
     transformers_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = write_tiny_checkpoint(Path(tmp) / "checkpoint")
+        checkpoint = write_random_checkpoint(Path(tmp) / "checkpoint")
         export_folder(str(checkpoint), Path(target), model_id=SMOKE_MODEL_ID, smoke=True)

@@ -30,13 +30,13 @@ class TinyExports:
 @functools.lru_cache(maxsize=1)
 def tiny_exports() -> TinyExports:
     from archivetag.services.siglip.export import export_folder
-    from archivetag.services.siglip.smoke import SMOKE_MODEL_ID, write_tiny_checkpoint
+    from archivetag.services.siglip.smoke import SMOKE_MODEL_ID, write_random_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="siglip-tests-"))
     atexit.register(shutil.rmtree, root, True)
     models = []
     for seed, name in ((0, "a"), (1, "b")):
-        checkpoint = write_tiny_checkpoint(root / f"checkpoint-{name}", seed=seed)
+        checkpoint = write_random_checkpoint(root / f"checkpoint-{name}", seed=seed)
         export = root / f"export-{name}"
         export_folder(str(checkpoint), export, model_id=f"{SMOKE_MODEL_ID}-{name}", smoke=True)
         models.append(TinyModel(checkpoint, export))
