@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from timing import median_seconds  # benchmarks/timing.py, beside this script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "florence.json"
 
@@ -42,15 +42,6 @@ def full_config(size: str):
     return Florence2Config(vision_config=vision, text_config=text, image_token_id=51289,
                            bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
 
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_size(size: str, device: torch.device, dtype: torch.dtype, batches, beams_list, tokens: int, repeats: int) -> dict:

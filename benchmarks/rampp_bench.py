@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from archivetag.services.rampp.checkpoint import convert, load_model  # noqa: E4
 from archivetag.services.rampp.model import FULL  # noqa: E402
 from archivetag.services.rampp.preprocess import to_pixels  # noqa: E402
 from archivetag.services.rampp.random_checkpoint import calibration_images, random_model, write_official_checkpoint  # noqa: E402
+from timing import median_seconds  # noqa: E402 - benchmarks/timing.py, beside this script
 
 LOAD_PROBE = """
 import re, sys, time
@@ -60,15 +60,6 @@ def load_in_subprocess(path: Path) -> dict:
             "load_and_read_s": ready_s, "rss_after_imports_mib": baseline_mib, "peak_rss_mib": peak_mib,
             "peak_rss_above_imports_mib": peak_mib - baseline_mib}
 
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
