@@ -98,6 +98,7 @@ class Tagger:
     def say(self, message: str) -> None:
         """A line above the progress bar, on stderr (tqdm.write defaults to stdout, even with the bar off)."""
         self.progress.write(message, file=sys.stderr)
+
     def _record(self, photo: Photo, response: tagging_pb2.TagImagesResponse) -> None:
         ok = response.WhichOneof("outcome") == "result"
         if ok:
@@ -197,9 +198,9 @@ def run(args: argparse.Namespace) -> int:
 
     photos, problems = find_photos(args.paths, args.all_files)
     for problem in problems:
-        print(f"archivetag tag: {problem}")
+        print(f"archivetag tag: {problem}", file=sys.stderr)
     if not photos:
-        print("archivetag tag: no photos found")
+        print("archivetag tag: no photos found", file=sys.stderr)
         return 2
     store = None if args.json else ResultStore(args.db or default_db_path())
     progress = tqdm(total=len(photos), unit="photo", desc="tagging", disable=args.no_progress, file=sys.stderr,
@@ -208,12 +209,12 @@ def run(args: argparse.Namespace) -> int:
         summary = asyncio.run(tag_photos(args, photos, store, progress))
     except grpc.aio.AioRpcError as exc:
         progress.close()
-        print(f"archivetag tag: {args.target}: {exc.code().name}: {exc.details()}")
-        print("everything answered so far is saved; run the same command again to resume")
+        print(f"archivetag tag: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print("everything answered so far is saved; run the same command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         progress.close()
-        print("interrupted: everything answered so far is saved; run the same command again to resume")
+        print("interrupted: everything answered so far is saved; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
         if store is not None:

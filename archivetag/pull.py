@@ -41,7 +41,6 @@ class PullError(RuntimeError):
     """A download failed; the message says what and why."""
 
 
-
 def write_checksums(folder: Path) -> None:
     lines = [f"{sha256_file(p)}  {p.relative_to(folder)}" for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name != "CHECKSUMS.sha256"]

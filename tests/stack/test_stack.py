@@ -186,6 +186,19 @@ def test_tag_json_prints_results_instead_of_writing_a_database(stack, tmp_path):
     assert not (tmp_path / "x.db").exists()
 
 
+def test_tag_json_keeps_stdout_for_results_and_every_problem_on_stderr(stack, tmp_path):
+    good, broken, missing = tmp_path / "good.jpg", tmp_path / "broken.jpg", tmp_path / "missing.jpg"
+    good.write_bytes(encode(photo(), "JPEG"))
+    broken.write_bytes(b"not a photo at all")
+    result = subprocess.run([*ARCHIVETAG, "tag", str(good), str(broken), str(missing), "--json", "--no-progress",
+                             "--target", f"127.0.0.1:{stack['ports']['orchestrator']}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]  # nothing but JSON on stdout
+    assert sorted(line["path"] for line in lines) == sorted([str(good.resolve()), str(broken.resolve())])
+    assert f"{missing}: no such file or folder" in result.stderr and f"failed: {broken.resolve()}" in result.stderr
+
+
 def test_a_killed_service_is_restarted_and_sigterm_stops_all_four(stack):
     rampp = pid_of(stack, "rampp")
     os.kill(rampp, signal.SIGKILL)
