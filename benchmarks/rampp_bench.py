@@ -42,7 +42,7 @@ from archivetag.services.rampp.checkpoint import load_model
 # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (the parent holds a model).
 peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
 imported, baseline = time.perf_counter(), peak()
-model, _ = load_model(Path({path!r}))
+model, _, _ = load_model(Path({path!r}))
 loaded = time.perf_counter()
 with torch.no_grad():  # read every weight (mmap-backed tensors are paged in only when used)
     for p in model.parameters():
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         convert(pth, converted)
         convert_s = time.perf_counter() - started
         loads = [load_in_subprocess(pth), load_in_subprocess(converted)]
-        model, _ = load_model(converted)
+        model, _, _ = load_model(converted)
         rows = speed(model, args.repeats)
 
     params = sum(p.numel() for p in model.parameters())

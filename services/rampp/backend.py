@@ -9,13 +9,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
+from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
 from archivetag.runtime.errors import ModelLoadError
 from archivetag.runtime.logs import fields
 from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagOptions, TagResult
-from archivetag.runtime.checksums import sha256_file
 from archivetag.services.rampp.checkpoint import load_model
 from archivetag.services.rampp.preprocess import synthetic_image, to_array
 from archivetag.services.rampp.vocabulary import THRESHOLD_FILE, TAG_LIST_FILE, Vocabulary, select_tags
@@ -48,15 +47,6 @@ def find_weights(folder: Path) -> Path:
     )
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    if path.suffix != ".safetensors":
-        return {}
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
-
-
 class RamPlusBackend(ModelBackend):
     family = "rampp"
     service = TAGGER_SERVICE
@@ -82,7 +72,7 @@ class RamPlusBackend(ModelBackend):
             raise ModelLoadError(f"RAM++ weights {weights} do not exist")
         self.vocab = Vocabulary.read(Path(self.tag_list), Path(self.threshold_file))
         started = time.monotonic()
-        model, unexpected = load_model(weights)
+        model, unexpected, metadata = load_model(weights)
         if unexpected:
             log.warning("ignored keys the model does not use",
                         extra=fields(count=len(unexpected), first=unexpected[:5]))
@@ -98,7 +88,6 @@ class RamPlusBackend(ModelBackend):
         model = model.to(device=device, dtype=dtype)
         model.label_embed.data = model.label_embed.data.float()  # re-weighting runs in fp32 (spec §10.6)
         self.model, self.device, self.dtype = model, device, dtype
-        metadata = _metadata(weights)
         smoke = metadata.get("smoke") == "true"
         self._identity = common_pb2.ModelIdentity(
             family=self.family,

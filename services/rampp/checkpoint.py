@@ -81,7 +81,7 @@ def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     raise ModelLoadError(f"{path} has no 'model' entry: not the official RAM++ checkpoint layout {{'model': state_dict}}")
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], RamPlusConfig]:
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], RamPlusConfig, dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -90,20 +90,16 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], RamPlusConfi
         raise ModelLoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
     if CONFIG_METADATA_KEY not in metadata:
         raise ModelLoadError(f"{path} was not written by `archivetag models convert-rampp` (no {CONFIG_METADATA_KEY})")
-    return state, RamPlusConfig.from_json(json.loads(metadata[CONFIG_METADATA_KEY]))
+    return state, RamPlusConfig.from_json(json.loads(metadata[CONFIG_METADATA_KEY])), metadata
 
 
 def check_official_state(state: dict[str, torch.Tensor], model: RamPlus, source: Path) -> list[str]:
     """Strict check (stricter than upstream, §2): every weight present with its shape.
 
-    Returns the unexpected keys (logged, not fatal: upstream ignores them too)."""
-    required = required_official_shapes(model)
-    present = {}
-    for key, tensor in state.items():
-        ours = model_name(key)
-        if ours is not None:
-            present[official_name(ours)] = tuple(tensor.shape)
-    missing = [k for k in required if k not in present]
+    `state` is in our names (model_name applied); errors speak official names. Returns the
+    unexpected keys (logged, not fatal: upstream ignores them too)."""
+    required = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [official_name(k) for k in required if k not in state]
     if missing:
         hint = " (the tag embeddings: without them every tag would be garbage)" if "label_embed" in missing else ""
         raise ModelLoadError(
@@ -111,28 +107,29 @@ def check_official_state(state: dict[str, torch.Tensor], model: RamPlus, source:
             "not a complete RAM++ swin_l checkpoint"
         )
     for key, shape in required.items():
-        if present[key] != shape:
-            raise ModelLoadError(f"{source}: weight {key!r} has shape {list(present[key])}, expected {list(shape)}")
-    return sorted(k for k in present if k not in required)
+        if tuple(state[key].shape) != shape:
+            raise ModelLoadError(f"{source}: weight {official_name(key)!r} has shape {list(state[key].shape)}, "
+                                 f"expected {list(shape)}")
+    return sorted(official_name(k) for k in state if k not in required)
 
 
-def load_model(path: Path, config: RamPlusConfig | None = None) -> tuple[RamPlus, list[str]]:
+def load_model(path: Path, config: RamPlusConfig | None = None) -> tuple[RamPlus, list[str], dict[str, str]]:
     """A RAM++ model with the weights of `path` (.pth official layout or converted .safetensors).
 
     config: the architecture of a .pth file (default: the released swin_l/384); a safetensors
-    file records its own. Returns the model and the unexpected keys that were ignored."""
+    file records its own. Returns the model, the unexpected keys that were ignored, and the
+    file's metadata (safetensors only; empty for .pth)."""
     if path.suffix == ".safetensors":
-        state, config = _read_safetensors(path)
+        state, config, metadata = _read_safetensors(path)
     else:
-        state, config = _read_pth(path), config or FULL
+        state, config, metadata = _read_pth(path), config or FULL, {}
+    ours = {name: tensor for key, tensor in state.items() if (name := model_name(key)) is not None}
     with torch.device("meta"):
         model = RamPlus(config)
-    unexpected = check_official_state(state, model, path)
-    ours = {model_name(k): v for k, v in state.items() if model_name(k) is not None}
-    ours = {k: v for k, v in ours.items() if official_name(k) not in unexpected}
-    model.load_state_dict(ours, strict=False, assign=True)
+    unexpected = check_official_state(ours, model, path)
+    model.load_state_dict(ours, strict=False, assign=True)  # strict=False: unexpected keys are ignored
     _rebuild_buffers(model)
-    return model.eval(), unexpected
+    return model.eval(), unexpected, metadata
 
 
 def _rebuild_buffers(model: RamPlus) -> None:
@@ -159,6 +156,6 @@ def save_safetensors(model: RamPlus, path: Path, source_sha256: str = "",
 
 def convert(pth: Path, out: Path, config: RamPlusConfig | None = None) -> list[str]:
     """Official .pth → model-only safetensors (strictly checked on the way). Returns ignored keys."""
-    model, unexpected = load_model(pth, config)
+    model, unexpected, _ = load_model(pth, config)
     save_safetensors(model, out, source_sha256=sha256_file(pth))
     return unexpected

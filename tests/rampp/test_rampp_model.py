@@ -69,7 +69,7 @@ def test_loader_requires_every_manifest_key_except_the_recomputed_buffers():
 def test_full_size_random_checkpoint_in_the_official_layout_loads_strictly_and_tags_an_image(tmp_path):
     path = tmp_path / "ram_plus_swin_large_14m.pth"
     write_official_checkpoint(random_model(FULL), path, extra_entries=True)  # optimizer etc. are ignored
-    model, unexpected = load_model(path)
+    model, unexpected, _ = load_model(path)
     assert unexpected == [] and model.config == FULL
     vocab = Vocabulary.read(SHARED / "ram_tag_list.txt", SHARED / "ram_tag_list_threshold.txt")
     with torch.inference_mode():
@@ -163,7 +163,7 @@ def test_legacy_vision_multi_names_load_and_extra_keys_are_reported_not_fatal(ti
             sd[key.replace("tagging_head", "vision_multi")] = sd.pop(key)
         sd["text_encoder.unused.weight"] = torch.zeros(2)
 
-    model, unexpected = load_model(_rewrite(tiny_pth, tmp_path / "legacy.pth", legacy), tiny_config(40))
+    model, unexpected, _ = load_model(_rewrite(tiny_pth, tmp_path / "legacy.pth", legacy), tiny_config(40))
     assert unexpected == ["text_encoder.unused.weight"]
     with torch.inference_mode():
         assert torch.equal(model(photos(n=1)), tiny(photos(n=1)))
@@ -172,7 +172,7 @@ def test_legacy_vision_multi_names_load_and_extra_keys_are_reported_not_fatal(ti
 def test_convert_to_safetensors_gives_the_same_logits_and_records_the_config(tiny, tiny_pth, tmp_path):
     out = tmp_path / "model.safetensors"
     convert(tiny_pth, out, tiny_config(40))
-    model, _ = load_model(out)  # no config given: the file carries it
+    model, _, _ = load_model(out)  # no config given: the file carries it
     with torch.inference_mode():
         assert torch.equal(model(photos(n=2)), tiny(photos(n=2)))
 
