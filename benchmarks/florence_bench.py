@@ -48,7 +48,7 @@ def bench_size(size: str, device: torch.device, dtype: torch.dtype, batches, bea
     from transformers import Florence2ForConditionalGeneration
 
     from archivetag.services.florence.loading import load_florence
-    from archivetag.services.florence.smoke import build_processor, build_tokenizer
+    from archivetag.services.florence.smoke import build_tokenizer, smoke_processor
 
     from archivetag.smoke import smoke_vocabulary
 
@@ -58,7 +58,7 @@ def bench_size(size: str, device: torch.device, dtype: torch.dtype, batches, bea
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "florence"
         model.save_pretrained(folder)
-        build_processor(build_tokenizer(sorted({w for t in smoke_vocabulary() for w in t.split()}))).save_pretrained(folder)
+        smoke_processor(build_tokenizer(sorted({w for t in smoke_vocabulary() for w in t.split()}))).save_pretrained(folder)
         del model
         started = time.perf_counter()
         loaded = load_florence(folder, device, dtype)

@@ -18,18 +18,15 @@ from PIL import Image
 from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.errors import InvalidInput, ModelLoadError
 from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagOptions, TagResult
-from archivetag.smoke import SMOKE_MARK
 from archivetag.services.florence import tags as tagging
+from archivetag.services.florence.layout import MODEL_ID_FILE, REVISION_FILE, SMOKE_MARKER_FILE, VOCABULARY_FILE
+from archivetag.smoke import SMOKE_MARK
 from archivetag.v1 import common_pb2
 
 log = logging.getLogger("archivetag.florence")
 
 MODEL_DIR = "florence"
-VOCABULARY_FILE = "tag_vocabulary.txt"
 RAMPP_TAG_LIST = Path("rampp") / "ram_tag_list.txt"
-SMOKE_MARKER_FILE = "SMOKE"
-MODEL_ID_FILE = "model_id"
-REVISION_FILE = "revision"
 DEFAULT_EDGE = 768
 
 
@@ -81,7 +78,6 @@ def processor_edge(folder: Path) -> int:
         if edge:
             return int(edge)
     return DEFAULT_EDGE
-
 
 
 def _stop_when(abandoned: Callable[[], bool]):

@@ -15,9 +15,10 @@ import re
 import shutil
 from pathlib import Path
 
-ORIGINAL_VOCAB = 51289
-IMAGE_TOKEN_ID = 51289
-NATIVE_VOCAB = 51328  # 51290 padded to a multiple of 64
+from archivetag.services.florence.layout import (
+    IMAGENET_MEAN, IMAGENET_STD, IMAGE_TOKEN_ID, MODEL_ID_FILE, NATIVE_VOCAB, ORIGINAL_VOCAB, VOCABULARY_FILE,
+    build_processor, with_florence_tokens,
+)
 
 # (original pattern, native replacement), applied in order to every key; first match wins per rule set.
 _BLOCK_RULES = [
@@ -208,34 +209,17 @@ def read_original_state_dict(src: Path) -> dict:
 
 def convert_processor(src: Path, dst: Path) -> None:
     """The original's BART tokenizer and CLIP image settings → a native Florence2Processor."""
-    from transformers import BartTokenizer, CLIPImageProcessor, Florence2Processor
+    from transformers import BartTokenizer
 
-    from archivetag.services.florence import smoke
-
-    tokenizer = BartTokenizer.from_pretrained(str(src), local_files_only=True)
-    if tokenizer.convert_tokens_to_ids("<loc_0>") in (None, tokenizer.unk_token_id):
-        tokenizer.add_special_tokens({"additional_special_tokens": smoke.special_token_list()})
-    if tokenizer.convert_tokens_to_ids(smoke.IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
-        tokenizer.add_tokens([smoke.IMAGE_TOKEN], special_tokens=True)
-    staging = dst / ".tokenizer"
-    tokenizer.save_pretrained(str(staging))
-    tokenizer = BartTokenizer.from_pretrained(str(staging), image_token=smoke.IMAGE_TOKEN)
-    shutil.rmtree(staging)
-    if tokenizer.convert_tokens_to_ids("<loc_0>") != 50269 or tokenizer.image_token_id != IMAGE_TOKEN_ID:
-        raise ConversionError("the tokenizer's Florence-2 special tokens are not at the expected ids "
-                              f"(<loc_0>={tokenizer.convert_tokens_to_ids('<loc_0>')}, <image>={tokenizer.image_token_id})")
+    try:
+        tokenizer = with_florence_tokens(BartTokenizer.from_pretrained(str(src), local_files_only=True))
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
     settings = json.loads((src / "preprocessor_config.json").read_text()) if (src / "preprocessor_config.json").exists() else {}
-    size = settings.get("size") or {"height": 768, "width": 768}
-    image_processor = CLIPImageProcessor(
-        do_resize=True, size=size, resample=settings.get("resample", 3), do_center_crop=False,
-        do_rescale=True, rescale_factor=settings.get("rescale_factor", 1 / 255), do_normalize=True,
-        image_mean=settings.get("image_mean", [0.485, 0.456, 0.406]),
-        image_std=settings.get("image_std", [0.229, 0.224, 0.225]), do_convert_rgb=True, crop_size=size,
-    )
-    image_processor.image_seq_length = settings.get("image_seq_length", (size["height"] // 32) ** 2 + 1)
-    Florence2Processor(
-        image_processor=image_processor, tokenizer=tokenizer, num_additional_image_tokens=1,
-        post_processor_config=smoke.POST_PROCESSOR_CONFIG,
+    build_processor(
+        tokenizer, settings.get("size"), resample=settings.get("resample", 3),
+        rescale_factor=settings.get("rescale_factor", 1 / 255), image_mean=settings.get("image_mean", IMAGENET_MEAN),
+        image_std=settings.get("image_std", IMAGENET_STD), image_seq_length=settings.get("image_seq_length"),
     ).save_pretrained(str(dst))
 
 
@@ -265,7 +249,7 @@ def convert(src: Path, dst: Path) -> Path:
     model.config._name_or_path = original_config.get("_name_or_path") or src.name
     model.save_pretrained(str(dst))
     convert_processor(src, dst)
-    for extra in ("tag_vocabulary.txt", "model_id"):
+    for extra in (VOCABULARY_FILE, MODEL_ID_FILE):
         if (src / extra).exists():
             shutil.copyfile(src / extra, dst / extra)
     return dst

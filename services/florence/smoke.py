@@ -9,48 +9,18 @@ real words and some of them are vocabulary tags: the tags are meaningless, the p
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
+from archivetag.services.florence.layout import (
+    IMAGE_TOKEN_ID, MASK_ID, MODEL_ID_FILE, NATIVE_VOCAB, SMOKE_MARKER_FILE, VOCABULARY_FILE, build_processor,
+    with_florence_tokens,
+)
 from archivetag.smoke import SMOKE_MARK, smoke_vocabulary
 
-SMOKE_MARKER_FILE = "SMOKE"
-MODEL_ID_FILE = "model_id"
-VOCABULARY_FILE = "tag_vocabulary.txt"
-
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
-MASK_ID = 50264
-BASE_VOCAB = MASK_ID + 1  # BART's 50265 tokens
-# Florence-2's added tokens, in its order: 4 task markers, 1000 locations, 20 more; then <image>.
-FLORENCE_HEAD = ("<od>", "</od>", "<ocr>", "</ocr>")
-FLORENCE_TAIL = (
-    "<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>", "</grounding>",
-    "<seg>", "</seg>", "<sep>", "<region_cap>", "</region_cap>", "<region_to_desciption>",
-    "</region_to_desciption>", "<proposal>", "</proposal>", "<poly>", "</poly>", "<and>",
-)
-IMAGE_TOKEN = "<image>"
-IMAGE_TOKEN_ID = 51289
-MODEL_VOCAB = 51328  # 51290 rounded up to a multiple of 64, as in the native checkpoints
-
-# Every parse task of Florence2PostProcessor, so post_process_generation never says "Unsupported".
-POST_PROCESSOR_CONFIG = {
-    "ocr": {"PATTERN": r"(.+?)<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>",
-            "AREA_THRESHOLD": 0.0},
-    "phrase_grounding": {"FILTER_BY_BLACK_LIST": True},
-    "pure_text": {},
-    "description_with_bboxes": {},
-    "description_with_polygons": {},
-    "polygons": {},
-    "bboxes": {},
-    "description_with_bboxes_or_polygons": {},
-}
 
 SMOKE_IMAGE_EDGE = 768
 WORD_BIAS = 6.0  # how strongly the random model prefers whole-word tokens
-
-
-def special_token_list() -> list[str]:
-    return [*FLORENCE_HEAD, *(f"<loc_{i}>" for i in range(1000)), *FLORENCE_TAIL]
 
 
 def build_tokenizer(words: list[str]):
@@ -75,35 +45,11 @@ def build_tokenizer(words: list[str]):
     for filler in range(len(vocab), MASK_ID):
         vocab[f"<unused_{filler}>"] = filler
     vocab["<mask>"] = MASK_ID
-    tokenizer = BartTokenizer(vocab=vocab, merges=merges)
-    tokenizer.add_special_tokens({"additional_special_tokens": special_token_list()})
-    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
-    # Round trip so that `image_token` becomes a named special token at its final id.
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        tokenizer = BartTokenizer.from_pretrained(tmp, image_token=IMAGE_TOKEN)
-    expected = {"<mask>": MASK_ID, "<loc_0>": 50269, "<and>": IMAGE_TOKEN_ID - 1, IMAGE_TOKEN: IMAGE_TOKEN_ID}
-    got = {token: tokenizer.convert_tokens_to_ids(token) for token in expected}
-    if got != expected:
-        raise AssertionError(f"smoke tokenizer ids are off: {got} != {expected}")
-    return tokenizer
+    return with_florence_tokens(BartTokenizer(vocab=vocab, merges=merges))
 
 
-def build_processor(tokenizer, edge: int = SMOKE_IMAGE_EDGE):
-    from transformers import CLIPImageProcessor, Florence2Processor
-
-    grid = edge // 32
-    image_processor = CLIPImageProcessor(
-        do_resize=True, size={"height": edge, "width": edge}, resample=3, do_center_crop=False,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-        do_convert_rgb=True, crop_size={"height": edge, "width": edge},
-    )
-    image_processor.image_seq_length = grid * grid + 1
-    return Florence2Processor(
-        image_processor=image_processor, tokenizer=tokenizer, num_additional_image_tokens=1,
-        post_processor_config=POST_PROCESSOR_CONFIG,
-    )
+def smoke_processor(tokenizer, edge: int = SMOKE_IMAGE_EDGE):
+    return build_processor(tokenizer, {"height": edge, "width": edge})
 
 
 def tiny_config():
@@ -116,7 +62,7 @@ def tiny_config():
         projection_dim=d_model, window_size=12, drop_path_rate=0.0, max_position_embeddings=50,
     )
     text = BartConfig(
-        vocab_size=MODEL_VOCAB, d_model=d_model, encoder_layers=1, decoder_layers=1,
+        vocab_size=NATIVE_VOCAB, d_model=d_model, encoder_layers=1, decoder_layers=1,
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
         max_position_embeddings=1024, bos_token_id=0, pad_token_id=1, eos_token_id=2,
         decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2,
@@ -165,7 +111,7 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
         vocabulary = smoke_vocabulary()
     words = sorted({word for tag in vocabulary for word in tag.split()} | {"a", "the", "of", "with", "and", "in"})
     tokenizer = build_tokenizer(words)
-    processor = build_processor(tokenizer)
+    processor = smoke_processor(tokenizer)
 
     torch.manual_seed(0)
     config = tiny_config()
