@@ -26,7 +26,7 @@ from archivetag.services.rampp.vocabulary import Vocabulary, select_tags
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rampp"
 MANIFEST = json.loads((SHARED / "state_dict_shapes.json").read_text())
-SAMPLES = Path(__file__).resolve().parents[2] / "archivetag" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "src" / "archivetag" / "samples"
 
 
 @pytest.fixture(scope="module")

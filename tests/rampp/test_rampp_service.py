@@ -18,7 +18,7 @@ from archivetag.services.rampp.random_checkpoint import random_model, write_offi
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.conftest import model_service
 
-SAMPLES = Path(__file__).resolve().parents[2] / "archivetag" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "src" / "archivetag" / "samples"
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rampp"
 
 

@@ -1,9 +1,9 @@
 """Generate the Python code for protos/ (the one command for it).
 
-    python -m archivetag.protogen          # regenerate archivetag/v1/*_pb2*.py
+    python -m archivetag.protogen          # regenerate src/archivetag/v1/*_pb2*.py
     python -m archivetag.protogen --check  # exit 1 if the committed code is stale
 
-The generated modules live in archivetag/v1/, matching the proto package
+The generated modules live in src/archivetag/v1/, matching the proto package
 archivetag.v1, so their own imports (`from archivetag.v1 import common_pb2`) resolve.
 """
 
@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO / "protos"
-OUT_DIR = REPO / "archivetag" / "v1"
+OUT_DIR = REPO / "src" / "archivetag" / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         fresh = generate(Path(tmp))
         for name in sorted(generated_names(fresh)):
             (OUT_DIR / name).write_bytes((fresh / name).read_bytes())
-            print(f"wrote archivetag/v1/{name}")
+            print(f"wrote src/archivetag/v1/{name}")
     return 0
 
 
