@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from archivetag.runtime.model_files import make_readable
 from archivetag.services.rampp.backend import CONVERTED
 
 
@@ -17,6 +18,7 @@ def convert_checkpoint_file(pth: Path, folder: Path) -> Path:
     out = Path(folder) / CONVERTED
     started = time.monotonic()
     ignored = convert(Path(pth), out)
+    make_readable(Path(folder))
     print(f"converted {pth} → {out} in {time.monotonic() - started:.1f}s"
           + (f"; ignored {len(ignored)} unused key(s)" if ignored else ""), file=sys.stderr)
     return out

@@ -12,6 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from archivetag.runtime.model_files import make_readable
 from archivetag.runtime.options import MODELS_OPTION
 from archivetag.runtime.settings import OptionGroup, add_option_groups
 
@@ -37,6 +38,7 @@ def write_smoke_models(models: Path, which: tuple[str, ...] = SERVICES, tag_list
         target.mkdir(parents=True, exist_ok=True)
         print(f"smoke model: {name} → {target}", file=sys.stderr)
         smoke.write_smoke_model(target, tag_list=tag_list, thresholds=thresholds)
+        make_readable(target)  # the services run as another user (uid 10001 in the images)
         written.append(name)
     return written
 

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from archivetag.runtime.checksums import sha256_file
+from archivetag.runtime.model_files import make_readable
 
 RAMPP_REPO = "xinyu1205/recognize-anything-plus-model"
 RAMPP_CHECKPOINT = "ram_plus_swin_large_14m.pth"
@@ -77,6 +78,7 @@ def _hub_download(repo: str, filename: str | None, dest: Path) -> Path:
 
 def _install(staging: Path, target: Path) -> None:
     write_checksums(staging)
+    make_readable(staging)  # the services run as another user (uid 10001 in the images)
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)

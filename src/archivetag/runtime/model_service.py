@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -26,6 +27,7 @@ from archivetag.runtime.lifecycle import (
     DRAINING, FAILED, SERVING, WARMING_UP, InferenceWatchdog, ModelHealth,
 )
 from archivetag.runtime.logs import fields
+from archivetag.runtime.model_files import check_readable
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
 
 log = logging.getLogger("archivetag.model_service")
@@ -145,6 +147,7 @@ class ModelServiceApp:
         assert self.health is not None
         started = time.monotonic()
         try:
+            check_readable(Path(self.settings.models) / self.backend.family)
             await asyncio.to_thread(self.backend.load)
         except ModelLoadError as exc:
             await self.health.set(FAILED, str(exc))
