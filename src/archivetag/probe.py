@@ -80,7 +80,10 @@ def open_channel(target: Target, server_name: str) -> grpc.Channel:
 
 
 def run(args: argparse.Namespace) -> int:
-    target = target_of(args)
+    return run_target(target_of(args), args)
+
+
+def run_target(target: Target, args: argparse.Namespace) -> int:
     with open_channel(target, args.probe_tls_server_name) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
