@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archivetag.runtime import registry
+from archivetag.runtime.health_client import check_address
 from archivetag.runtime.options import server_options
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
 
@@ -66,17 +66,9 @@ def target_of(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         return Target(args.probe_address, args.probe_service, args.probe_tls_ca)
     environ = dict(os.environ) if environ is None else environ
     spec = registry.server(args.server)
-    served = {o.name: o.env_value(environ) for o in server_options(spec.name).options}
+    served = {o.name: o.env_value(environ) for o in server_options(spec).options}
     tls_ca = args.probe_tls_ca or served["tls_cert"]
     return Target(f"127.0.0.1:{served['port']}", spec.health_service, tls_ca)
-
-
-def open_channel(target: Target, server_name: str) -> grpc.Channel:
-    if target.tls_ca is None:
-        return grpc.insecure_channel(target.address)
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    credentials = grpc.ssl_channel_credentials(root_certificates=target.tls_ca.read_bytes())
-    return grpc.secure_channel(target.address, credentials, options=options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,14 +76,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_target(target: Target, args: argparse.Namespace) -> int:
-    with open_channel(target, args.probe_tls_server_name) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=target.service), timeout=args.probe_timeout_seconds
-            )
-        except grpc.RpcError as exc:
-            print(f"{target.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    credentials = options = None
+    if target.tls_ca is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=target.tls_ca.read_bytes())
+        if args.probe_tls_server_name:
+            options = [("grpc.ssl_target_name_override", args.probe_tls_server_name)]
+    status, detail = check_address(target.address, target.service, args.probe_timeout_seconds, credentials, options)
+    if detail:
+        print(f"{target.address}: {status}: {detail}", file=sys.stderr)
+        return 1
     print(f"{target.address} {target.service or '(process)'}: {status}")
     return 0 if status == "SERVING" else 1

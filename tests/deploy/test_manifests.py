@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from archivetag.cli import SERVERS, build_parser, serve_option_groups
+from archivetag.cli import build_parser, serve_option_groups
 from archivetag.probe import PROBE_OPTIONS, target_of
 from archivetag.runtime import registry
 
@@ -50,7 +50,7 @@ def env_of(container: dict) -> dict[str, str]:
 
 
 def known_env_vars() -> set[str]:
-    names = {o.env for s in SERVERS for g in serve_option_groups(s) for o in g.options}
+    names = {o.env for s in registry.SERVER_NAMES for g in serve_option_groups(s) for o in g.options}
     return names | {o.env for o in PROBE_OPTIONS.options}
 
 

@@ -75,14 +75,14 @@ def test_a_plaintext_probe_of_a_tls_server_fails(tls_siglip):
     plaintext = {k: v for k, v in env.items() if not k.startswith("ARCHIVETAG_TLS_")}
     result = probe_command(plaintext)
     assert result.returncode == 1
-    assert result.stderr.startswith(f"127.0.0.1:{server.port}: UNAVAILABLE")
+    assert result.stderr.startswith(f"127.0.0.1:{server.port}: UNREACHABLE: UNAVAILABLE")
 
 
 def test_the_health_check_of_another_server_on_that_port_fails_on_the_health_name(tls_siglip):
     server, env = tls_siglip
     result = probe_command({**env, "ARCHIVETAG_SERVER": "orchestrator"})  # TaggingService: not served there
     assert result.returncode == 1
-    assert "NOT_FOUND" in result.stderr
+    assert result.stderr.startswith(f"127.0.0.1:{server.port}: SERVICE_UNKNOWN")
 
 
 def test_a_named_server_is_probed_on_its_default_port_unless_the_server_is_told_another():
