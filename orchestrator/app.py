@@ -16,6 +16,7 @@ from archivetag.orchestrator.fairness import FairScheduler
 from archivetag.orchestrator.routing import Router
 from archivetag.orchestrator.service import TaggingServicer
 from archivetag.runtime.logs import fields
+from archivetag.runtime.options import message_limit_bytes
 from archivetag.runtime.model_service import TAGGER_SERVICE, VIEW_TYPE_SERVICE
 from archivetag.v1 import tagger_pb2, tagger_pb2_grpc, tagging_pb2, tagging_pb2_grpc, view_type_pb2, view_type_pb2_grpc
 
@@ -80,7 +81,7 @@ class OrchestratorApp:
             breaker=CircuitBreaker(s.breaker_failures, s.breaker_cooldown_seconds),
             reconnect_max=s.reconnect_max_seconds,
             resolve_every=s.resolve_seconds,
-            max_message_bytes=s.max_message_mb * 1024 * 1024,
+            max_message_bytes=message_limit_bytes(s.max_image_bytes),
         )
 
     def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None:

@@ -178,7 +178,8 @@ class FlorenceBackend(ModelBackend):
             known = set(self.vocab.names) if self.vocab else set()
             unknown = [name for name in options.vocabulary if name not in known]
             if unknown:
-                raise InvalidInput(f"not in the Florence-2 tag vocabulary: {', '.join(sorted(unknown)[:10])}")
+                raise InvalidInput(f"not in the Florence-2 tag vocabulary: {', '.join(sorted(unknown)[:10])}",
+                                   reason="FIELD_INVALID", field="vocabulary")
             allowed = frozenset(options.vocabulary)
         if threshold is None and self.min_confidence > 0:
             threshold = self.min_confidence

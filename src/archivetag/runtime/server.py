@@ -16,12 +16,15 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from archivetag.runtime.logs import configure_logging, fields
 from archivetag.runtime.metrics import RequestMetricsInterceptor, start_metrics_server
+from archivetag.runtime.options import message_limit_bytes
 
 log = logging.getLogger("archivetag.server")
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class ServerApp(Protocol):
@@ -69,10 +72,10 @@ class DrainingHealthServicer(health_aio.HealthServicer):
 
 
 def channel_options(settings) -> list[tuple[str, int]]:
-    mib = settings.max_message_mb * 1024 * 1024
+    limit = message_limit_bytes(settings.max_image_bytes)
     options = [
-        ("grpc.max_receive_message_length", mib),
-        ("grpc.max_send_message_length", mib),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -105,6 +108,21 @@ def _server_credentials(settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _enable_reflection(server: grpc.aio.Server, service_names: list[str]) -> None:
+    """Server reflection as grpc.reflection.v1 (what current grpcurl, Postman and buf ask for)
+    and v1alpha (older tools). grpcio-reflection ships only v1alpha; v1 is the same messages
+    under a new package name, so the same servicer answers both."""
+    names = [*service_names, reflection.SERVICE_NAME, REFLECTION_V1]
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),))
+
+
 async def serve(app: ServerApp, settings) -> int:
     """Run the server until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
@@ -120,10 +138,7 @@ async def serve(app: ServerApp, settings) -> int:
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     app.register(server, health)
-    reflection.enable_server_reflection(
-        [*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
+    _enable_reflection(server, [*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     address = f"{settings.host}:{settings.port}"
     credentials = _server_credentials(settings)
     try:

@@ -63,10 +63,13 @@ class TaggingServiceServicer:
     """
 
     def TagImage(self, request, context):
-        """Tags one image. UNAVAILABLE when no tagger can answer (the message names
-        each backend's state); INVALID_ARGUMENT when the image is bad;
-        RESOURCE_EXHAUSTED when this client has too much work in flight;
-        UNAUTHENTICATED without a valid token.
+        """Tags one image. Errors (status: ErrorReason in google.rpc.ErrorInfo):
+        INVALID_ARGUMENT: the image or a field is bad (IMAGE_*, FIELD_INVALID);
+        an image over the byte limit is IMAGE_TOO_LARGE, never a transport error.
+        UNAUTHENTICATED: TOKEN_MISSING, TOKEN_INVALID.
+        RESOURCE_EXHAUSTED: this client has too much work waiting (CLIENT_QUEUE_FULL); retry later.
+        UNAVAILABLE: no tagger can answer (NO_TAGGER_AVAILABLE); the message names each backend's state.
+        DEADLINE_EXCEEDED: the caller's deadline ran out (DEADLINE_PASSED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
