@@ -2,8 +2,16 @@
 
 Each runs as its own local process (as in a deployment, where each scales on its own).
 The model services listen on loopback only. `up` waits until all four are SERVING,
-prints the endpoints, restarts a crashed service with backoff, and stops all of them
-cleanly on Ctrl-C / SIGTERM.
+prints the endpoints, and stops all of them cleanly on Ctrl-C / SIGTERM.
+
+Restarts: a service that exits (crash, kill, out of memory) is started again after 1 s,
+then 2, 4, ... up to 60 s between tries; the wait starts afresh once it ran 60 s. Each
+restart is printed with the service's log file. A service that is hung (not exited) is
+not restarted: the orchestrator fails over around it (see `archivetag status`).
+
+Tokens: given --api-tokens-file or --api-tokens, the orchestrator requires
+'authorization: Bearer <token>'; each entry is 'client-name:token', tokens at least 16
+characters. Without either, auth is off (one machine, one user).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archivetag.runtime.options import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, MODELS_OPTION
-from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_path
+from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
 from archivetag.v1 import tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
 
 MODEL_SERVICES = ("florence", "rampp", "siglip")
@@ -46,11 +54,20 @@ UP_OPTIONS = OptionGroup(
         Option("florence_port", DEFAULT_PORTS["florence"], "Florence-2 service port.", int),
         Option("rampp_port", DEFAULT_PORTS["rampp"], "RAM++ service port.", int),
         Option("siglip_port", DEFAULT_PORTS["siglip"], "SigLIP service port.", int),
-        Option("metrics", True, "Serve Prometheus metrics (ports 9151-9154).", parse_bool),
+        Option("metrics", True, "Serve Prometheus metrics (on the --*-metrics-port ports).", parse_bool),
+        *(Option(f"{name}_metrics_port", DEFAULT_METRICS_PORTS[name], f"Prometheus metrics port of {name}; 0: none.", int)
+          for name in (*MODEL_SERVICES, "orchestrator")),
         Option(
             "api_tokens_file", None,
-            "Client tokens file; given, the orchestrator requires tokens (off by default on one machine).",
+            "Client tokens file, one 'client-name:token' per line (tokens of at least 16 characters); "
+            "given, the orchestrator requires tokens (off by default on one machine).",
             parse_path, metavar="FILE",
+        ),
+        Option(
+            "api_tokens", [],
+            "Comma-separated 'client-name:token' pairs (tokens of at least 16 characters), as --api-tokens-file; "
+            "passed to the orchestrator in its environment, not on its command line.",
+            parse_list,
         ),
         Option("log_dir", "~/.cache/archivetag/logs",
                "Folder for the services' logs and pid files.", parse_path),
@@ -95,14 +112,15 @@ class Stack:
         ports = {name: getattr(s, f"{name}_port") for name in (*MODEL_SERVICES, "orchestrator")}
         s.log_dir.mkdir(parents=True, exist_ok=True)
         for name in (*MODEL_SERVICES, "orchestrator"):
-            metrics = DEFAULT_METRICS_PORTS[name] if s.metrics else 0
+            metrics = getattr(s, f"{name}_metrics_port") if s.metrics else 0
             argv = [sys.executable, "-m", "archivetag.cli", "serve", name,
                     "--port", str(ports[name]), "--metrics-port", str(metrics)]
             if name == "orchestrator":
                 argv += ["--host", s.orchestrator_host]
                 for backend in MODEL_SERVICES:
                     argv += [f"--{backend}-target", f"127.0.0.1:{ports[backend]}"]
-                argv += ["--auth", "--api-tokens-file", str(s.api_tokens_file)] if s.api_tokens_file else ["--no-auth"]
+                argv += ["--auth"] if s.api_tokens_file or s.api_tokens else ["--no-auth"]
+                argv += ["--api-tokens-file", str(s.api_tokens_file)] if s.api_tokens_file else []
             else:
                 argv += ["--host", "127.0.0.1", "--models", str(s.models)]
             self.services.append(Service(name, argv, ports[name], s.log_dir / f"{name}.log"))
@@ -110,9 +128,12 @@ class Stack:
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, service: Service) -> None:
         log = open(service.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if service.name == "orchestrator" and self.settings.api_tokens:
+            env["ARCHIVETAG_API_TOKENS"] = ",".join(self.settings.api_tokens)  # not in `ps` output
         service.process = subprocess.Popen(
-            service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
         )
         log.close()
         service.started_at = time.monotonic()
@@ -254,7 +275,8 @@ async def run_stack(settings) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:

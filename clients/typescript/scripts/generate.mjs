@@ -1,11 +1,13 @@
 // The one command for the generated code: bundle the protos, then generate TypeScript.
 //
-//   npm run generate            # refresh protos/ and src/gen/
-//   npm run generate -- --check # exit 1 if protos/ or src/gen/ differ from what this makes
+//   npm run generate            # refresh protos/ and src/gen/ (src/gen/ is committed)
+//   npm run generate -- --check # exit 1 if src/gen/ differs from what this makes
+//   node scripts/generate.mjs --bundle  # only protos/ (npm run build does this)
 //
 // protos/ bundles the contract (../../protos/archivetag/v1), the google.rpc error details
 // every error carries (from google-proto-files) and grpc.health.v1 (from grpc-health-check),
-// so users of the package need no other .proto files. The import root is protos/.
+// so users of the package need no other .proto files. The import root is protos/. It is a
+// copy made for the package, not committed: the contract lives in ../../protos only.
 import { execFileSync } from "node:child_process";
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -22,14 +24,18 @@ const BUNDLE = [
   [join(MODULES, "google-proto-files", "google", "rpc", "error_details.proto"), join("google", "rpc", "error_details.proto")],
   [join(MODULES, "grpc-health-check", "proto", "health", "v1", "health.proto"), join("grpc", "health", "v1", "health.proto")],
 ];
-const GENERATED = ["protos", join("src", "gen")];
+const GENERATED = [join("src", "gen")];
 
-function generate(root) {
+function bundle(root) {
   rmSync(join(root, "protos"), { recursive: true, force: true });
   for (const [from, to] of BUNDLE) {
     mkdirSync(dirname(join(root, "protos", to)), { recursive: true });
     cpSync(from, join(root, "protos", to), { recursive: true, filter: (p) => statSync(p).isDirectory() || p.endsWith(".proto") });
   }
+}
+
+function generate(root) {
+  bundle(root);
   const bin = join(MODULES, ".bin");
   execFileSync(join(bin, "buf"), ["generate", join(root, "protos"), "--template", join(PACKAGE, "buf.gen.yaml"), "-o", root], {
     cwd: PACKAGE,
@@ -75,7 +81,9 @@ export function staleFiles() {
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  if (process.argv.includes("--check")) {
+  if (process.argv.includes("--bundle")) {
+    bundle(PACKAGE);
+  } else if (process.argv.includes("--check")) {
     const stale = staleFiles();
     if (stale.length) {
       console.log(`stale generated files: ${stale.join(", ")}; run: npm run generate`);

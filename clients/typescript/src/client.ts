@@ -175,6 +175,9 @@ export class TaggingClient {
           return;
         }
         const item = { ...next.value };
+        if (item.id !== undefined && used.has(item.id)) {
+          throw new Error(`tagMany: item id ${JSON.stringify(item.id)} is used twice; ids must be unique within a call`);
+        }
         if (item.id === undefined) {
           while (used.has(String(nextNumber))) nextNumber++;
           item.id = String(nextNumber++);

@@ -47,8 +47,18 @@ export class Stack {
       "--orchestrator-port", String(orchestrator), "--florence-port", String(florence),
       "--rampp-port", String(rampp), "--siglip-port", String(siglip),
     ];
-    const env = { ...process.env, ARCHIVETAG_MAX_IMAGE_BYTES: String(MAX_IMAGE_BYTES) };
-    this.process = spawn(ARCHIVETAG, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+    // Unbuffered, so that up's "all four services are SERVING" arrives when it is printed.
+    const env = { ...process.env, PYTHONUNBUFFERED: "1", ARCHIVETAG_MAX_IMAGE_BYTES: String(MAX_IMAGE_BYTES) };
+    const child = spawn(ARCHIVETAG, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+    this.process = child;
+    // up stops its services on SIGTERM: send it even when this test process is ended early.
+    process.once("exit", () => child.kill("SIGTERM"));
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      process.once(signal, () => {
+        child.kill("SIGTERM");
+        process.exit(1);
+      });
+    }
     this.process.stdout!.on("data", (chunk) => (this.output += chunk));
     this.process.stderr!.on("data", (chunk) => (this.output += chunk));
     const started = Date.now();
