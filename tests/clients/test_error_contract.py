@@ -148,8 +148,14 @@ def queue_full_at_the_orchestrator() -> ClientError:
 
 def queue_full_at_a_model_service() -> ClientError:
     async def main():
-        batcher = DynamicBatcher(lambda items, abandoned: items, name="rampp", max_queue_size=0)
-        await batcher.submit(1)
+        # Not started, so the first item stays queued and the queue of one is full.
+        batcher = DynamicBatcher(lambda items, abandoned: items, name="rampp", max_queue_size=1)
+        waiting = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0)
+        try:
+            await batcher.submit(2)
+        finally:
+            waiting.cancel()
     with pytest.raises(Exception) as caught:
         asyncio.run(main())
     return as_client_error(caught.value)

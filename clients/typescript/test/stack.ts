@@ -48,7 +48,14 @@ export class Stack {
       "--rampp-port", String(rampp), "--siglip-port", String(siglip),
     ];
     // Unbuffered, so that up's "all four services are SERVING" arrives when it is printed.
-    const env = { ...process.env, PYTHONUNBUFFERED: "1", ARCHIVETAG_MAX_IMAGE_BYTES: String(MAX_IMAGE_BYTES) };
+    const env = {
+      ...process.env,
+      PYTHONUNBUFFERED: "1",
+      ARCHIVETAG_MAX_IMAGE_BYTES: String(MAX_IMAGE_BYTES),
+      // Random weights never emit an end token: short greedy captions keep Florence-2 quick on a CPU.
+      ARCHIVETAG_FLORENCE_MAX_NEW_TOKENS: "8",
+      ARCHIVETAG_FLORENCE_NUM_BEAMS: "1",
+    };
     const child = spawn(ARCHIVETAG, args, { env, stdio: ["ignore", "pipe", "pipe"] });
     this.process = child;
     // up stops its services on SIGTERM: send it even when this test process is ended early.
