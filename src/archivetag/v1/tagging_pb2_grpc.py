@@ -78,8 +78,10 @@ class TaggingServiceServicer:
     def TagImages(self, request_iterator, context):
         """Bulk tagging. Each request item carries a client-chosen id; each is
         answered exactly once under that id, in completion order, with its own
-        result or error. A bad item does not end the stream. The server reads
-        ahead only a bounded number of items (flow control).
+        result or error (ItemError: the status and ErrorReason TagImage would have
+        given; an empty or repeated id is ITEM_ID_INVALID). A bad item does not end
+        the stream. The server reads ahead only a bounded number of items (flow
+        control). The stream itself fails only with UNAUTHENTICATED or transport errors.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
