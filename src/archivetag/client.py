@@ -163,6 +163,15 @@ class _Ids:
         self.unanswered[item.id] = item
         return item
 
+    def ended_early(self) -> ClientError:
+        """The stream closed with items unanswered: like a lost connection, retryable."""
+        return ClientError(grpc.StatusCode.UNAVAILABLE, f"stream ended with {len(self.unanswered)} item(s) unanswered",
+                           errors_pb2.ERROR_REASON_UNSPECIFIED, {})
+
+
+def _time_left(deadline_at: float | None) -> float | None:
+    return None if deadline_at is None else max(0.001, deadline_at - time.monotonic())
+
 
 def _credentials(tls_ca: Path | None, cert: Path | None, key: Path | None) -> grpc.ChannelCredentials | None:
     if not tls_ca:
@@ -274,7 +283,7 @@ class AsyncTaggingClient(_Base):
                         return
                     yield _item_request(ids.add(item))
 
-            timeout = None if deadline_at is None else max(0.001, deadline_at - time.monotonic())
+            timeout = _time_left(deadline_at)
             call = self.stub.TagImages(requests(list(ids.unanswered.values())), metadata=self.metadata, timeout=timeout)
             try:
                 async for response in call:
@@ -285,8 +294,7 @@ class AsyncTaggingClient(_Base):
                     yield _answer(item, response)
                 if done and not ids.unanswered:
                     return
-                error = ClientError(grpc.StatusCode.UNAVAILABLE, f"stream ended with {len(ids.unanswered)} "
-                                    "item(s) unanswered", errors_pb2.ERROR_REASON_UNSPECIFIED, {})
+                error = ids.ended_early()
             except grpc.aio.AioRpcError as exc:
                 error = ClientError.from_call(exc)
             wait = self._should_retry(error, attempt, deadline_at)
@@ -376,7 +384,7 @@ class TaggingClient(_Base):
 
             with lock:
                 resend = list(ids.unanswered.values())
-            timeout = None if deadline_at is None else max(0.001, deadline_at - time.monotonic())
+            timeout = _time_left(deadline_at)
             call = self.stub.TagImages(requests(resend), metadata=self.metadata, timeout=timeout)
             try:
                 for response in call:
@@ -388,8 +396,7 @@ class TaggingClient(_Base):
                     yield _answer(item, response)
                 if done and not ids.unanswered:
                     return
-                error = ClientError(grpc.StatusCode.UNAVAILABLE, f"stream ended with {len(ids.unanswered)} "
-                                    "item(s) unanswered", errors_pb2.ERROR_REASON_UNSPECIFIED, {})
+                error = ids.ended_early()
             except grpc.RpcError as exc:
                 error = ClientError.from_call(exc)
             finally:
