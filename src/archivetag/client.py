@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from archivetag.runtime import health_client
+from archivetag.runtime.channels import message_limits
 from archivetag.runtime.errors import REASON_PREFIX, read_call_error
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
 from archivetag.v1 import common_pb2, errors_pb2, tagging_pb2, tagging_pb2_grpc
@@ -38,7 +39,7 @@ CLIENT_OPTIONS = OptionGroup(
 
 TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
 # No client-side size limit: the server's image limit answers with a clear INVALID_ARGUMENT.
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+CHANNEL_OPTIONS = message_limits(-1)
 DEFAULT_DEADLINE = 120.0
 
 
@@ -247,13 +248,9 @@ class AsyncTaggingClient(_Base):
         return await self._unary(self.stub.GetStatus, tagging_pb2.GetStatusRequest(), deadline)
 
     async def health(self, deadline: float = 10.0) -> str:
-        """The orchestrator's health: "SERVING", "NOT_SERVING", ... (no token needed)."""
-        try:
-            reply = await health_pb2_grpc.HealthStub(self.channel).Check(
-                health_pb2.HealthCheckRequest(service=TAGGING_SERVICE), timeout=deadline)
-        except grpc.aio.AioRpcError as exc:
-            raise ClientError.from_call(exc) from None
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        """The orchestrator's health: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNREACHABLE (no token needed)."""
+        status, _ = await health_client.check_async(self.channel, TAGGING_SERVICE, deadline)
+        return status
 
     async def tag_many(self, items: AsyncIterable[TagItem] | Iterable[TagItem], *, window: int = 16,
                        deadline: float | None = None) -> AsyncIterator[ItemResult]:
@@ -349,13 +346,9 @@ class TaggingClient(_Base):
         return self._unary(self.stub.GetStatus, tagging_pb2.GetStatusRequest(), deadline)
 
     def health(self, deadline: float = 10.0) -> str:
-        """The orchestrator's health: "SERVING", "NOT_SERVING", ... (no token needed)."""
-        try:
-            reply = health_pb2_grpc.HealthStub(self.channel).Check(
-                health_pb2.HealthCheckRequest(service=TAGGING_SERVICE), timeout=deadline)
-        except grpc.RpcError as exc:
-            raise ClientError.from_call(exc) from None
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        """The orchestrator's health: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNREACHABLE (no token needed)."""
+        status, _ = health_client.check(self.channel, TAGGING_SERVICE, deadline)
+        return status
 
     def tag_many(self, items: Iterable[TagItem], *, window: int = 16, deadline: float | None = None) -> Iterator[ItemResult]:
         """As AsyncTaggingClient.tag_many, blocking."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from archivetag.runtime.model_service import TAGGER_SERVICE
+from archivetag.runtime.registry import TAGGER_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.support.image_corpus import answers_to_every_case, encode, photo
 from tests.support.servers import ServerProcess, free_port, grpcurl, health_status, python_module
@@ -108,11 +108,21 @@ def test_a_bad_request_option_is_invalid_argument_and_the_server_stays_serving(s
     assert health_status(server.address, TAGGER_SERVICE) == "SERVING"
 
 
-def test_a_message_over_the_size_limit_is_refused_cleanly(tmp_path):
-    with trivial_server(tmp_path, "--max-message-mb", "1") as srv:
+def test_an_image_over_the_image_limit_is_invalid_argument_and_the_transport_limit_sits_above_it(tmp_path):
+    from archivetag.runtime.channels import MESSAGE_HEADROOM_BYTES
+    from archivetag.runtime.errors import read_call_error
+
+    limit = 1024 * 1024
+    with trivial_server(tmp_path, "--max-image-bytes", str(limit)) as srv:
         srv.wait_status(TAGGER_SERVICE, "SERVING")
         with pytest.raises(grpc.RpcError) as info:
-            tag(srv.address, b"\xff\xd8" + os.urandom(2 * 1024 * 1024))
+            tag(srv.address, b"\xff\xd8" + os.urandom(limit))  # just over the image limit
+        error = read_call_error(info.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.reason == "IMAGE_TOO_LARGE"
+        assert error.metadata["limit_bytes"] == str(limit)
+        with pytest.raises(grpc.RpcError) as info:
+            tag(srv.address, os.urandom(limit + MESSAGE_HEADROOM_BYTES + 1))  # past the transport limit
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert health_status(srv.address, TAGGER_SERVICE) == "SERVING"
 

@@ -47,7 +47,7 @@ export class Stack {
       "--orchestrator-port", String(orchestrator), "--florence-port", String(florence),
       "--rampp-port", String(rampp), "--siglip-port", String(siglip),
     ];
-    // Unbuffered, so that up's "all four services are SERVING" arrives when it is printed.
+    // Unbuffered, so that up's "services are SERVING" arrives when it is printed.
     const env = {
       ...process.env,
       PYTHONUNBUFFERED: "1",
@@ -69,7 +69,7 @@ export class Stack {
     this.process.stdout!.on("data", (chunk) => (this.output += chunk));
     this.process.stderr!.on("data", (chunk) => (this.output += chunk));
     const started = Date.now();
-    while (!this.output.includes("all four services are SERVING")) {
+    while (!this.output.includes("services are SERVING")) {
       if (this.process.exitCode !== null) throw new Error(`archivetag up exited ${this.process.exitCode}:\n${this.output}`);
       if (Date.now() - started > timeoutMs) throw new Error(`stack not SERVING after ${timeoutMs} ms:\n${this.output}`);
       await new Promise((r) => setTimeout(r, 250));

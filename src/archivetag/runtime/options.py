@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from archivetag.runtime.registry import ServerSpec
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
 
-DEFAULT_PORTS = {"orchestrator": 50051, "florence": 50052, "rampp": 50053, "siglip": 50054}
-DEFAULT_METRICS_PORTS = {"orchestrator": 9151, "florence": 9152, "rampp": 9153, "siglip": 9154}
 # A string: argparse expands it through parse_path, and the docs show it as written.
 DEFAULT_MODELS_DIR = "~/.cache/archivetag/models"
 
@@ -90,17 +89,6 @@ MODEL_SERVICE_OPTIONS = OptionGroup(
 )
 
 
-# Room for the request's other fields around the image, so that an image just under the
-# image limit is never refused by the transport (RESOURCE_EXHAUSTED means "retry later").
-MESSAGE_HEADROOM_BYTES = 4 * 1024 * 1024
-
-
-def message_limit_bytes(max_image_bytes: int) -> int:
-    """The gRPC message limit for a server (and its backend channels) with this image limit."""
-    return max_image_bytes + MESSAGE_HEADROOM_BYTES
-
-
-def server_options(service: str) -> OptionGroup:
-    return SERVER_OPTIONS.with_defaults(
-        port=DEFAULT_PORTS[service], metrics_port=DEFAULT_METRICS_PORTS[service]
-    )
+def server_options(spec: ServerSpec) -> OptionGroup:
+    """The server options with this server's own default ports."""
+    return SERVER_OPTIONS.with_defaults(port=spec.port, metrics_port=spec.metrics_port)
