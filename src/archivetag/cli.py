@@ -52,6 +52,9 @@ def all_option_groups() -> Iterator[tuple[str, list[OptionGroup]]]:
         module = _optional_module(module_name)
         if module is not None:
             yield command, list(getattr(module, "OPTION_GROUPS", []))
+    from archivetag.pull import OPTION_GROUPS as PULL_OPTION_GROUPS
+
+    yield "models pull", PULL_OPTION_GROUPS
 
 
 def _optional_module(name: str):
