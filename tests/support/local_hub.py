@@ -69,6 +69,13 @@ def describe_file(path: Path, name: str) -> HubFile:
     return HubFile(path, len(data), sha256, blob_id, lfs)
 
 
+@dataclass
+class Response:
+    key: str
+    start: int  # first byte (the Range asked for)
+    sent: int = 0
+
+
 class LocalHub:
     """Start with `with LocalHub() as hub:`; `hub.url` is the HF_ENDPOINT to use."""
 
@@ -76,6 +83,7 @@ class LocalHub:
         self.repos: dict[str, HubRepo] = {}
         self.raw: dict[str, Path] = {}
         self.served: dict[str, int] = {}  # "repo/path" or "raw/path" → body bytes sent
+        self.responses: list[Response] = []  # every body sent, in order
         self.requests: list[tuple[str, str]] = []
         self.stalls: dict[str, int] = {}  # key → stop sending after this many bytes of a response
         self.released = threading.Event()
@@ -99,6 +107,10 @@ class LocalHub:
     def bytes_served(self, key: str) -> int:
         with self.lock:
             return self.served.get(key, 0)
+
+    def responses_for(self, key: str) -> list[Response]:
+        with self.lock:
+            return [r for r in self.responses if r.key == key]
 
     def stall(self, key: str, after_bytes: int) -> None:
         """Responses for key send after_bytes, then wait for release() (or the client to go)."""
@@ -226,10 +238,13 @@ class LocalHub:
                 self.end_headers()
                 if not send_body:
                     return
-                self._stream(data[start:], key)
+                response = Response(key, start)
+                with hub.lock:
+                    hub.responses.append(response)
+                self._stream(data[start:], response)
 
-            def _stream(self, body: bytes, key: str) -> None:
-                sent = 0
+            def _stream(self, body: bytes, response: Response) -> None:
+                key, sent = response.key, 0
                 while sent < len(body):
                     limit = hub.stalls.get(key)
                     if limit is not None and sent >= limit:
@@ -243,6 +258,7 @@ class LocalHub:
                         return
                     with hub.lock:
                         hub.served[key] = hub.served.get(key, 0) + (end - sent)
+                        response.sent += end - sent
                     sent = end
 
             def _error(self, code: int, message: str, headers: dict | None = None) -> None:
