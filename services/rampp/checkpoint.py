@@ -132,8 +132,8 @@ def load_model(path: Path, config: RamPlusConfig | None = None) -> tuple[RamPlus
     """A RAM++ model with the weights of `path` (.pth official layout or converted .safetensors).
 
     config: the architecture of a .pth file (default: the known one its shapes match, see
-    architecture_of); a safetensors file records its own. Returns the model, the unexpected keys that were ignored, and the
-    file's metadata (safetensors only; empty for .pth)."""
+    architecture_of); a safetensors file records its own. Returns the model, the unexpected keys
+    that were ignored, and the file's metadata (safetensors only; empty for .pth)."""
     if path.suffix == ".safetensors":
         state, config, metadata = _read_safetensors(path)
     else:

@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from archivetag.runtime.checksums import sha256_file
@@ -380,8 +380,9 @@ def print_plan(plans: list[Plan]) -> None:
     for p in plans:
         note = "" if p.pinned else " (not pinned: the commit main is at now)"
         resumed = f", {human(p.have)} already here" if p.have else ""
-        print(f"  {p.source.name:<9} {p.source.repo} @ {p.commit[:12]}{note}: {len(p.files)} file{'s' if len(p.files) != 1 else ''}, "
-              f"{human(p.size)}{resumed}", file=sys.stderr)
+        files = f"{len(p.files)} file{'s' if len(p.files) != 1 else ''}"
+        print(f"  {p.source.name:<9} {p.source.repo} @ {p.commit[:12]}{note}: {files}, {human(p.size)}{resumed}",
+              file=sys.stderr)
     print(f"  total {human(sum(p.size for p in plans))}, {human(sum(p.to_download for p in plans))} to download",
           file=sys.stderr)
 

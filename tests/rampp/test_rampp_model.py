@@ -127,6 +127,12 @@ def test_selection_is_strict_sorted_and_honours_threshold_and_cap():
     assert [n for n, _ in select_tags(probs, thresholds, names, threshold=0.0, max_tags=2)] == ["b", "a"]
 
 
+def test_a_tiny_checkpoint_loads_without_being_told_its_size(tiny_pth):
+    """`models pull` and `convert-rampp` pass no size: the shapes say which known architecture it is."""
+    model, _, _ = load_model(tiny_pth)
+    assert model.config == tiny_config(40)
+
+
 # -- broken checkpoints ---------------------------------------------------------------------
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     checkpoint = torch.load(src, weights_only=True)
