@@ -36,7 +36,7 @@ from pathlib import Path
 
 from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.errors import ModelLoadError
-from archivetag.runtime.model_card import ModelCard
+from archivetag.runtime.model_card import CARD_FILE, ModelCard
 from archivetag.runtime.options import MODELS_OPTION
 from archivetag.runtime.settings import Option, OptionGroup, parse_list
 
@@ -328,11 +328,11 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def write_card(p: Plan, build: Path) -> int:
-    """The model card of what was installed; returns the installed size."""
+    """The model card of what was installed (it replaces the converter's); returns the installed size."""
     from huggingface_hub import constants
 
     files = {path.relative_to(build).as_posix(): sha256_file(path)
-             for path in sorted(build.rglob("*")) if path.is_file()}
+             for path in sorted(build.rglob("*")) if path.is_file() and path.name != CARD_FILE}
     ModelCard(family=p.source.name, name=p.source.repo, revision=p.commit, smoke=False,
               source=f"{constants.ENDPOINT}/{p.source.repo}", files=files).write(build)
     return sum((build / name).stat().st_size for name in files)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from archivetag.pull import FLORENCE_REPOS, PINNED, RAMPP_DATA_COMMIT, RAMPP_DATA_FILES, RAMPP_REPO, SIGLIP_REPO
+from archivetag.bundled import RAMPP_TAG_LIST, RAMPP_THRESHOLDS
+from archivetag.pull import FLORENCE_REPOS, PINNED, RAMPP_DATA_COMMIT, RAMPP_REPO, SIGLIP_REPO
 
-SHARED_RAMPP_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rampp"
+# Upstream's files, byte for byte (the package ships them; pull checks them against its SHA-256).
+TAG_DATA = {"ram_tag_list.txt": RAMPP_TAG_LIST, "ram_tag_list_threshold.txt": RAMPP_THRESHOLDS}
 GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n"
                         for s in (".bin", ".model", ".onnx", ".pt", ".pth", ".safetensors"))
 NOT_LOADED = {RAMPP_REPO: ["README.md", ".gitattributes", "ram_plus_tag_embedding_class_4585_des_51.pth"],
@@ -34,7 +36,7 @@ def commit_of(repo: str) -> str:
 
 
 def tag_names() -> list[str]:
-    return (SHARED_RAMPP_DATA / "ram_tag_list.txt").read_text(encoding="utf-8").splitlines()
+    return RAMPP_TAG_LIST.read_text(encoding="utf-8").splitlines()
 
 
 def _extras(folder: Path, title: str) -> None:
@@ -84,6 +86,6 @@ def serve_upstream(hub, folders: dict[str, Path]) -> str:
     """Add the repositories and the RAM++ tag list to a LocalHub; returns the tag-list folder URL."""
     for repo, folder in folders.items():
         hub.add_repo(repo, folder, commit_of(repo))
-    for name in RAMPP_DATA_FILES:
-        url = hub.add_raw(f"xinyu1205/recognize-anything/{RAMPP_DATA_COMMIT}/ram/data/{name}", SHARED_RAMPP_DATA / name)
+    for name, path in TAG_DATA.items():
+        url = hub.add_raw(f"xinyu1205/recognize-anything/{RAMPP_DATA_COMMIT}/ram/data/{name}", path)
     return url.rsplit("/", 1)[0]
