@@ -23,7 +23,7 @@ from archivetag.runtime.registry import MODELS, server
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 from tests.support.image_corpus import encode, photo
 from tests.support.local_hub import LocalHub
-from tests.support.servers import free_port
+from tests.support.servers import free_port, health_status
 from tests.support.upstream_repos import NOT_LOADED, commit_of, serve_upstream, write_upstream
 
 ARCHIVETAG = [sys.executable, "-m", "archivetag.cli"]
@@ -141,8 +141,10 @@ def stack(pulled):
         process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            wait_for(lambda: "all four services are SERVING" in out.read_text() or process.poll() is not None,
-                     300, lambda: out.read_text()[-3000:])
+            specs = [*MODELS, server("orchestrator")]
+            wait_for(lambda: process.poll() is not None or all(
+                health_status(f"127.0.0.1:{ports[s.name]}", s.health_service) == "SERVING" for s in specs),
+                300, lambda: out.read_text()[-3000:])
             assert process.poll() is None, out.read_text()[-3000:]
             yield {"ports": ports}
         finally:
