@@ -64,6 +64,7 @@ RAMPP_DATA_FILES = {
     "ram_tag_list_threshold.txt": "b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447",
 }
 TAG_LIST = "ram_tag_list.txt"
+TAG_DATA_DIR = "ram-data"  # <models>/.staging/ram-data: the tag list, shared by RAM++ and Florence-2
 
 PULL_OPTIONS = OptionGroup("pull", (
     Option("revision", [], "Pull these commits instead of the pinned ones: NAME=COMMIT[,NAME=COMMIT] "
@@ -222,6 +223,8 @@ def fetch(source: Source, commit: str, file: HubFile, folder: Path) -> int:
         if have < file.size:
             try:
                 with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
+                    if response.status_code >= 400:
+                        response.read()  # the hub's error message is in the body
                     hf_raise_for_status(response)
                     if have and response.status_code != 206:  # the server ignored the range: start over
                         have = 0
@@ -266,7 +269,7 @@ def git_blob_id(path: Path) -> str:
 
 def fetch_tag_list(models: Path, base_url: str) -> Path:
     """The RAM++ tag list and thresholds into <models>/.staging/ram-data/, checked against the pinned SHA-256."""
-    folder = models / STAGING / "ram-data"
+    folder = models / STAGING / TAG_DATA_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for name, expected in RAMPP_DATA_FILES.items():
         path = folder / name
@@ -364,6 +367,15 @@ def pull_one(p: Plan, models: Path, tag_data: Path) -> None:
     p.seconds = time.monotonic() - started
 
 
+def remove_staging(models: Path) -> None:
+    """The shared tag-list download, and the staging folder once no other model's downloads wait there."""
+    shutil.rmtree(models / STAGING / TAG_DATA_DIR, ignore_errors=True)
+    try:
+        (models / STAGING).rmdir()
+    except OSError:
+        pass  # not empty: another model's interrupted pull resumes from it
+
+
 # -- the command ----------------------------------------------------------------------------
 def human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -413,19 +425,24 @@ def pull(models: Path, which: list[str], florence_variant: str = "base", siglip_
               "(meaningless tags).", file=sys.stderr)
         return 1
     tag_data: Path | None = None
-    for p in plans:
-        try:
-            if tag_data is None and p.source.name in ("rampp", "florence"):
-                tag_data = fetch_tag_list(models, tag_list_url)
-            pull_one(p, models, tag_data)
-        except PullError as exc:
-            p.error = str(exc)
-        except (ModelLoadError, RuntimeError, OSError) as exc:  # the converter or exporter refused the files
-            p.error = f"the downloaded files could not be made into a model folder: {exc}"
-        if p.error:
-            print(f"{p.source.name}: {p.error}", file=sys.stderr)
+    try:
+        for p in plans:
+            try:
+                if tag_data is None and p.source.name in ("rampp", "florence"):
+                    tag_data = fetch_tag_list(models, tag_list_url)
+                pull_one(p, models, tag_data)
+            except PullError as exc:
+                p.error = str(exc)
+            except (ModelLoadError, RuntimeError, OSError) as exc:  # the converter or exporter refused the files
+                p.error = f"the downloaded files could not be made into a model folder: {exc}"
+            if p.error:
+                print(f"{p.source.name}: {p.error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: what was downloaded is kept in {models / STAGING}; run the pull again to resume",
+              file=sys.stderr)
+        return 130
     if all(not p.error for p in plans):
-        shutil.rmtree(models / STAGING, ignore_errors=True)
+        remove_staging(models)
     print_summary(plans)
     failed = [p.source.name for p in plans if p.error]
     if failed:

@@ -262,3 +262,14 @@ def test_revision_names_a_commit_per_model(hub, tmp_path):
     assert bad.returncode == 1
     assert "expected NAME=COMMIT" in bad.stderr
     assert json.loads((tmp_path / "models" / "siglip" / CARD_FILE).read_text())["revision"] == PINNED[SIGLIP_REPO]
+
+
+def test_an_unreachable_hub_is_named_and_the_offline_way_suggested(tmp_path):
+    port = free_port()  # nothing listens there
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([*ARCHIVETAG, "models", "pull", "--models", str(tmp_path / "models"), "--only", "rampp"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"cannot reach the hub for {RAMPP_REPO}" in result.stderr
+    assert "archivetag models smoke" in result.stderr
+    assert not (tmp_path / "models" / "rampp").exists()
