@@ -168,6 +168,9 @@ def plan(source: Source, models: Path, revision: str | None) -> Plan:
         for s in info.siblings or []
         if any(fnmatch.fnmatch(s.rfilename, p) for p in source.patterns)
     ]
+    unsafe = [f.name for f in files if Path(f.name).is_absolute() or ".." in Path(f.name).parts]
+    if unsafe:
+        raise PullError(f"{source.repo} at {info.sha} lists files outside the repository ({unsafe[0]!r}): refused")
     for pattern in source.required:
         if not any(fnmatch.fnmatch(f.name, pattern) for f in files):
             raise PullError(f"{source.repo} at {info.sha} has no {pattern}: not the checkpoint this service loads")
