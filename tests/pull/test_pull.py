@@ -23,23 +23,12 @@ from archivetag.runtime.registry import MODELS, server
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 from tests.support.image_corpus import encode, photo
 from tests.support.local_hub import LocalHub
-from tests.support.servers import free_port, health_status
+from tests.support.servers import free_port, health_status, wait_for
 from tests.support.upstream_repos import NOT_LOADED, commit_of, serve_upstream, write_upstream
 
 ARCHIVETAG = [sys.executable, "-m", "archivetag.cli"]
 REPOS = {"rampp": RAMPP_REPO, "florence": FLORENCE_REPOS["base"], "siglip": SIGLIP_REPO}
 FLORENCE_WEIGHTS = f"{FLORENCE_REPOS['base']}/model.safetensors"
-
-
-def wait_for(predicate, timeout: float, what):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what() if callable(what) else what)
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +133,7 @@ def stack(pulled):
             specs = [*MODELS, server("orchestrator")]
             wait_for(lambda: process.poll() is not None or all(
                 health_status(f"127.0.0.1:{ports[s.name]}", s.health_service) == "SERVING" for s in specs),
-                300, lambda: out.read_text()[-3000:])
+                300, f"the pulled stack did not come up (log: {out})")
             assert process.poll() is None, out.read_text()[-3000:]
             yield {"ports": ports}
         finally:
