@@ -229,6 +229,8 @@ class Stack:
 
 
 async def run_stack(settings) -> int:
+    # Line by line even into a pipe or file: a supervisor watching for "SERVING" must see it when it happens.
+    sys.stdout.reconfigure(line_buffering=True)
     stack = Stack(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
