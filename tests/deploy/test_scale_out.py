@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import threading
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -12,16 +10,14 @@ import grpc
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 from tests.conftest import model_service, orchestrator
 from tests.support.image_corpus import encode, photo
-from tests.support.servers import free_port
+from tests.support.servers import free_port, metric
 from tests.support.waiting import wait_for
 
 TAGGER = "archivetag.v1.TaggerService"
 
 
 def served_tag_calls(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    match = re.search(r'archivetag_requests_total\{code="OK",method="/archivetag.v1.TaggerService/Tag"\} ([0-9.e+]+)', text)
-    return float(match.group(1)) if match else 0.0
+    return metric(metrics_port, "archivetag_requests_total", code="OK", method="/archivetag.v1.TaggerService/Tag")
 
 
 def request(seed: int) -> tagging_pb2.TagImageRequest:

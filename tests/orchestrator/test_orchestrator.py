@@ -95,14 +95,18 @@ def front(services, tmp_path_factory):
 
 def test_happy_path_tags_from_florence_and_view_type_from_siglip_in_one_answer(front):
     reply = stub(front.address).TagImage(tag_request(), metadata=auth(), timeout=60)
-    assert reply.tagger == "florence" and not reply.fallback_reason
+    assert reply.tagger == "florence"
+    assert not reply.fallback_reason
     assert reply.caption
-    assert all(0 < t.confidence <= 1 and "smoke" in t.source_model for t in reply.tags)
+    assert all(0 < t.confidence <= 1 for t in reply.tags)
+    assert all("smoke" in t.source_model for t in reply.tags)
     assert reply.view_type.name in {"interior", "exterior", "aerial", "detail", "unknown"}
     assert abs(sum(s.probability for s in reply.view_type.scores) - 1) < 1e-4
     assert not reply.degraded
-    assert {m.family for m in reply.models} == {"florence", "siglip"} and all(m.smoke for m in reply.models)
-    assert reply.timings.tagger_seconds > 0 and reply.timings.view_type_seconds > 0
+    assert {m.family for m in reply.models} == {"florence", "siglip"}
+    assert all(m.smoke for m in reply.models)
+    assert reply.timings.tagger_seconds > 0
+    assert reply.timings.view_type_seconds > 0
     assert reply.timings.total_seconds >= reply.timings.tagger_seconds
 
 
@@ -110,7 +114,8 @@ def test_context_is_echoed_and_the_embedding_comes_back_when_asked(front):
     request = tag_request(include_embedding=True)
     request.context.view_type, request.context.region = "interior", "Wallonia"
     reply = stub(front.address).TagImage(request, metadata=auth(), timeout=60)
-    assert reply.context.region == "Wallonia" and reply.context.view_type == "interior"
+    assert reply.context.region == "Wallonia"
+    assert reply.context.view_type == "interior"
     assert abs(sum(v * v for v in reply.embedding) - 1) < 1e-3
 
 
@@ -121,7 +126,8 @@ def test_a_bad_image_is_invalid_argument_without_failover(front):
     request.image.data = b"%PDF-1.4 not a photo"
     with pytest.raises(grpc.RpcError) as info:
         api.TagImage(request, metadata=auth(), timeout=30)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "PDF" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "PDF" in info.value.details()
     after = api.GetStatus(tagging_pb2.GetStatusRequest(), metadata=auth(), timeout=5)
     assert backend(after, "rampp").ok_count == backend(before, "rampp").ok_count  # no failover
     assert backend(after, "florence").error_count == backend(before, "florence").error_count
@@ -150,7 +156,8 @@ def test_calls_without_a_valid_token_are_unauthenticated_and_probes_need_none(fr
     for metadata, fragment in (((), "missing token"), ((("authorization", "Bearer wrong-token-000000000"),), "invalid token")):
         with pytest.raises(grpc.RpcError) as info:
             api.TagImage(tag_request(), metadata=metadata, timeout=10)
-        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and fragment in info.value.details()
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert fragment in info.value.details()
         with pytest.raises(grpc.RpcError) as info:
             list(api.TagImages(iter([tagging_pb2.TagImagesRequest(id="x", request=tag_request())]), metadata=metadata, timeout=10))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -194,7 +201,8 @@ def test_siglip_down_gives_tags_with_unknown_view_type_flagged_degraded(services
         server.wait_status(TAGGING, "SERVING", timeout=60)
         wait_health(server.address, florence=SERVING, rampp=SERVING, siglip=UNREACHABLE)
         reply = stub(server.address).TagImage(tag_request(), timeout=60)
-    assert reply.tagger == "florence" and reply.degraded
+    assert reply.tagger == "florence"
+    assert reply.degraded
     assert reply.view_type.name == "unknown"
     assert any(r.startswith("siglip: UNREACHABLE") for r in reply.degraded_reasons)
 

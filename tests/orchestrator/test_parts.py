@@ -30,13 +30,15 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once_after_the_cool
         breaker.record_failure()
     assert breaker.state == CLOSED
     breaker.record_failure()
-    assert breaker.state == OPEN and not breaker.allow()
+    assert breaker.state == OPEN
+    assert not breaker.allow()
     clock.now += 10
     assert breaker.current_state() == HALF_OPEN
     assert breaker.allow()  # the probe
     assert not breaker.allow()  # only one probe at a time
     breaker.record_success()
-    assert breaker.state == CLOSED and breaker.allow()
+    assert breaker.state == CLOSED
+    assert breaker.allow()
 
 
 def test_a_failed_probe_reopens_the_breaker_for_another_cooldown():
@@ -46,7 +48,8 @@ def test_a_failed_probe_reopens_the_breaker_for_another_cooldown():
     clock.now += 5
     assert breaker.allow()
     breaker.record_failure()
-    assert breaker.state == OPEN and not breaker.allow()
+    assert breaker.state == OPEN
+    assert not breaker.allow()
     assert "next probe in 5 s" in breaker.describe()
 
 
@@ -212,11 +215,14 @@ def test_authenticator_matches_bearer_tokens_only():
 
 def test_targets_name_one_or_several_replicas():
     single = parse_target("127.0.0.1:50053")
-    assert single.channel_target == "ipv4:127.0.0.1:50053" and single.addresses == ("127.0.0.1:50053",)
+    assert single.channel_target == "ipv4:127.0.0.1:50053"
+    assert single.addresses == ("127.0.0.1:50053",)
     listed = parse_target("127.0.0.1:1,127.0.0.2:2")
-    assert listed.channel_target == "ipv4:127.0.0.1:1,127.0.0.2:2" and len(listed.addresses) == 2
+    assert listed.channel_target == "ipv4:127.0.0.1:1,127.0.0.2:2"
+    assert len(listed.addresses) == 2
     named = parse_target("rampp:50053")
-    assert named.channel_target == "dns:///rampp:50053" and named.dns_name == "rampp"
+    assert named.channel_target == "dns:///rampp:50053"
+    assert named.dns_name == "rampp"
     assert parse_target("dns:///rampp:50053").dns_name == "rampp"
     assert parse_target("[::1]:7").channel_target == "ipv6:[::1]:7"
     for bad in ("", "rampp", "127.0.0.1:1,[::1]:2"):

@@ -21,20 +21,13 @@ import pytest
 from archivetag.runtime.model_service import TAGGER_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.support.image_corpus import answers_to_every_case, encode, photo
-from tests.support.servers import ServerProcess, free_port, grpcurl, health_status, python_module
+from tests.support.servers import ServerProcess, free_port, grpcurl, health_status, metric, python_module
 from tests.support.waiting import wait_for
 
 
 def trivial_server(tmp_path: Path, *args: str, metrics_port: int = 0) -> ServerProcess:
     return ServerProcess(python_module("tests.support.trivial_server", *args), log_path=tmp_path / "server.log",
                          metrics_port=metrics_port)
-
-
-def metric(port: int, line_start: str) -> float | None:
-    """The value of the first /metrics line starting with `line_start`, None if absent."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
-    return values[0] if values else None
 
 
 def batch_sizes(log: Path) -> list[int]:
@@ -75,7 +68,8 @@ def test_grpcurl_health_check_and_tag_call_with_base64_image(server):
     bad = grpcurl(server.address, "archivetag.v1.TaggerService/Tag",
                   data=json.dumps({"image": {"data": base64.b64encode(b"not a photo").decode()}}))
     assert bad.returncode != 0
-    assert "InvalidArgument" in bad.stderr and "text, not an image" in bad.stderr
+    assert "InvalidArgument" in bad.stderr
+    assert "text, not an image" in bad.stderr
 
 
 def test_every_corpus_file_gets_its_status_and_the_server_stays_serving(server):
@@ -197,7 +191,7 @@ def test_sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_0(tmp_pa
         image = encode(photo(), "PNG")
         with ThreadPoolExecutor(3) as pool:
             in_flight = [pool.submit(tag, srv.address, image, 300) for _ in range(3)]
-            wait_for(lambda: (batch_sizes(log)[warm_up:], metric(metrics_port, 'archivetag_queue_depth{model="trivial"}')),
+            wait_for(lambda: (batch_sizes(log)[warm_up:], metric(metrics_port, "archivetag_queue_depth", model="trivial")),
                      lambda seen: seen == ([1], 2.0), timeout=120,
                      describe="one call in inference and two queued (batches, queue depth)")
             srv.proc.send_signal(signal.SIGTERM)

@@ -54,7 +54,8 @@ def test_help_shows_each_flag_with_its_environment_variable():
     result = subprocess.run([sys.executable, "-m", "archivetag.cli", "serve", "rampp", "--help"],
                             capture_output=True, text=True)
     assert result.returncode == 0
-    assert "--max-batch-size" in result.stdout and "ARCHIVETAG_MAX_BATCH_SIZE" in result.stdout
+    assert "--max-batch-size" in result.stdout
+    assert "ARCHIVETAG_MAX_BATCH_SIZE" in result.stdout
     assert "default: 50053" in result.stdout
 
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -37,6 +38,19 @@ def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
                 return "SERVICE_UNKNOWN"
             return "UNREACHABLE"
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """The sum of the Prometheus samples `name` whose labels include `labels` (0 if none)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    wanted = {f'{key}="{value}"' for key, value in labels.items()}
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, sample_labels = sample.partition("{")
+        if sample_name == name and wanted <= set(sample_labels.rstrip("}").split(",")):
+            total += float(value)
+    return total
 
 
 class ServerProcess:
