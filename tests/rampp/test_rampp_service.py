@@ -35,7 +35,7 @@ def call(address: str, method: str = "Tag", **fields):
         stub = tagger_pb2_grpc.TaggerServiceStub(channel)
         if method == "GetModelInfo":
             return stub.GetModelInfo(tagger_pb2.TaggerServiceGetModelInfoRequest(), timeout=10)
-        return stub.Tag(tagger_pb2.TagRequest(**fields), timeout=30)
+        return stub.Tag(tagger_pb2.TagRequest(**fields), timeout=120)
 
 
 def image(data: bytes) -> common_pb2.Image:

@@ -34,7 +34,7 @@ def batch_sizes(log: Path) -> list[int]:
     return [json.loads(line)["size"] for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def tag(address: str, data: bytes, timeout: float = 10.0, **fields) -> tagger_pb2.TagResponse:
+def tag(address: str, data: bytes, timeout: float = 60.0, **fields) -> tagger_pb2.TagResponse:
     with grpc.insecure_channel(address) as channel:
         return tagger_pb2_grpc.TaggerServiceStub(channel).Tag(
             tagger_pb2.TagRequest(image=common_pb2.Image(data=data), **fields), timeout=timeout

@@ -30,7 +30,7 @@ def tiny():
 def server(tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("siglip-serve")
     with model_service("siglip", models_dir_with(tmp, tiny.a.export), tmp) as srv:
-        srv.wait_status(VIEW_TYPE_SERVICE, "SERVING", timeout=90)
+        srv.wait_status(VIEW_TYPE_SERVICE, "SERVING", timeout=180)
         yield srv
 
 
@@ -43,7 +43,7 @@ def classify(address: str, data: bytes, include_embedding: bool = False) -> view
     channel, client = stub(address)
     with channel:
         return client.Classify(view_type_pb2.ClassifyRequest(image=common_pb2.Image(data=data),
-                                                             include_embedding=include_embedding), timeout=30)
+                                                             include_embedding=include_embedding), timeout=120)
 
 
 def model_info(address: str) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:

@@ -116,7 +116,7 @@ class ServerProcess:
 def grpcurl(*args: str, data: str | None = None) -> subprocess.CompletedProcess:
     """The real grpcurl against a plaintext server: `grpcurl(address, "list")`."""
     argv = [GRPCURL, "-plaintext", *(["-d", data] if data is not None else []), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
 def python_module(module: str, *args: str) -> list[str]:
