@@ -249,16 +249,17 @@ def test_florence_hung_breaker_opens_so_later_requests_do_not_wait_and_closes_af
     florence.start()
     florence.wait_status("archivetag.v1.TaggerService", "SERVING", timeout=180)
     addresses = {"florence": florence.address, "rampp": services["rampp"].address, "siglip": services["siglip"].address}
-    # The cooldown is long enough that the open breaker is still open when checked on a busy
-    # machine, short enough to wait for the probe after SIGCONT.
-    args = ("--no-auth", "--florence-deadline-seconds", "1.5", "--breaker-failures", "2",
+    # The deadline is long enough for a Florence answer on a busy machine; the cooldown long
+    # enough that the open breaker is still open when checked, short enough to wait for the probe.
+    args = ("--no-auth", "--florence-deadline-seconds", "5", "--breaker-failures", "2",
             "--breaker-cooldown-seconds", "20", "--reconnect-max-seconds", "0.5", *targets(**addresses))
     try:
         with orchestrator(tmp_path, *args) as server:
             server.wait_status(TAGGING, "SERVING", timeout=60)
             wait_health(server.address, **ALL_SERVING)
             api = stub(server.address)
-            api.TagImage(tag_request(), timeout=60)  # warm: Florence answers
+            wait_for(lambda: api.TagImage(tag_request(), timeout=60), lambda r: r.tagger == "florence",
+                     timeout=180, describe="Florence to answer before it hangs")  # and the failure count is 0
             florence.proc.send_signal(signal.SIGSTOP)
             for i in range(2):
                 reply = api.TagImage(tag_request(i), timeout=60)

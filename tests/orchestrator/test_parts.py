@@ -95,46 +95,44 @@ class Jobs:
             lambda: (task.done(), len(self.granted) - sum(t.done() for t in self.tasks) - self.scheduler.running),
             lambda seen: seen == (True, 0), describe=f"job {oldest} to end and the next to start (ended, unrecorded)")
 
+    async def finish_all(self) -> None:
+        for finish in self.finish.values():
+            finish.set()
+        await asyncio.gather(*self.tasks)
 
-async def test_fair_scheduler_gives_a_single_photo_the_next_free_slot_ahead_of_a_flood():
-    scheduler = FairScheduler(capacity=2, per_client=2, max_queued=100)
-    jobs = Jobs(scheduler)
+
+async def flood_then_desk(desk_photos: int) -> Jobs:
+    """Two slots held by an import of 20 photos (18 waiting), then a desk client's photos queued."""
+    jobs = Jobs(FairScheduler(capacity=2, per_client=2, max_queued=100))
     jobs.start("import", 20)
     await jobs.settle(running=2, queued=18)
-    jobs.start("desk", 1)
-    await jobs.settle(running=2, queued=19)
+    jobs.start("desk", desk_photos)
+    await jobs.settle(running=2, queued=18 + desk_photos)
     assert jobs.granted == [("import", 0), ("import", 1)]
+    return jobs
+
+
+async def test_fair_scheduler_gives_a_single_photo_the_next_free_slot_ahead_of_a_flood():
+    jobs = await flood_then_desk(1)
     await jobs.finish_oldest_running()
     assert jobs.granted[2] == ("desk", 0)  # the first freed slot, though 18 import photos came first
     while len(jobs.granted) < 21:
         await jobs.finish_oldest_running()
     assert jobs.granted == [("import", 0), ("import", 1), ("desk", 0), *(("import", n) for n in range(2, 20))]
-    for finish in jobs.finish.values():
-        finish.set()
-    await asyncio.gather(*jobs.tasks)
-    assert scheduler.running == 0
-    assert scheduler.queued == 0
+    await jobs.finish_all()
+    assert jobs.scheduler.running == 0
+    assert jobs.scheduler.queued == 0
 
 
 async def test_fair_scheduler_alternates_freed_slots_between_a_flood_and_a_client_with_a_few_photos():
-    scheduler = FairScheduler(capacity=2, per_client=2, max_queued=100)
-    jobs = Jobs(scheduler)
-    jobs.start("import", 20)
-    await jobs.settle(running=2, queued=18)
-    jobs.start("desk", 3)
-    await jobs.settle(running=2, queued=21)
+    jobs = await flood_then_desk(3)
     while len(jobs.granted) < 8:
         await jobs.finish_oldest_running()
     # Each freed slot goes to the client with less work running: the desk's three photos are
     # granted one freed slot after another, never behind more than one import photo.
     clients = [client for client, _ in jobs.granted]
-    assert clients[:2] == ["import", "import"]
-    assert clients[2:8].count("desk") == 3
-    desk_turns = [i for i, client in enumerate(clients) if client == "desk"]
-    assert desk_turns == [2, 4, 6], clients
-    for finish in jobs.finish.values():
-        finish.set()
-    await asyncio.gather(*jobs.tasks)
+    assert [i for i, client in enumerate(clients) if client == "desk"] == [2, 4, 6], clients
+    await jobs.finish_all()
 
 
 async def test_fair_scheduler_caps_each_clients_in_flight_work():
