@@ -8,7 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from archivetag.runtime.model_service import TAGGER_SERVICE
+from archivetag.stack import archivetag_command
+from archivetag.runtime.registry import TAGGER_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.florence import tiny_models_dir
 from tests.support.image_corpus import encode, photo
@@ -25,8 +26,8 @@ sys.modules["einops"] = None
 
 def florence_server(logs: Path, *args: str, metrics_port: int = 0) -> ServerProcess:
     (logs / "sitecustomize.py").write_text(BLOCKER)
-    argv = [sys.executable, "-m", "archivetag.cli", "serve", "florence", "--models", str(tiny_models_dir()),
-            "--florence-max-new-tokens", "8", "--florence-num-beams", "1", "--stall-seconds", "60", *args]
+    argv = archivetag_command("serve", "florence", "--models", str(tiny_models_dir()), "--florence-max-new-tokens", "8",
+                              "--florence-num-beams", "1", "--stall-seconds", "60", *args)
     env = {"PYTHONPATH": f"{logs}:{Path(__file__).resolve().parents[2]}", "HF_HUB_OFFLINE": "1"}
     return ServerProcess(argv, env=env, log_path=logs / "florence.log", metrics_port=metrics_port)
 

@@ -10,8 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from archivetag.runtime.health_client import check_address
 
 from tests.support.waiting import wait_for
 
@@ -28,16 +27,7 @@ def free_port() -> int:
 
 def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
     """SERVING / NOT_SERVING / SERVICE_UNKNOWN / UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return "SERVICE_UNKNOWN"
-            return "UNREACHABLE"
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return check_address(address, service, timeout)[0]
 
 
 def metric(port: int, name: str, **labels: str) -> float:
