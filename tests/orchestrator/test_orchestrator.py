@@ -249,36 +249,37 @@ def test_florence_hung_breaker_opens_so_later_requests_do_not_wait_and_closes_af
     florence.start()
     florence.wait_status("archivetag.v1.TaggerService", "SERVING", timeout=180)
     addresses = {"florence": florence.address, "rampp": services["rampp"].address, "siglip": services["siglip"].address}
-    # The deadline is long enough for a Florence answer on a busy machine; the cooldown long
-    # enough that the open breaker is still open when checked, short enough to wait for the probe.
-    args = ("--no-auth", "--florence-deadline-seconds", "5", "--breaker-failures", "2",
-            "--breaker-cooldown-seconds", "20", "--reconnect-max-seconds", "0.5", *targets(**addresses))
+    # A fresh orchestrator: the breaker is closed with no failures, so the first failed call opens it.
+    # Florence keeps its default deadline (a busy machine must still meet it after SIGCONT); the
+    # cooldown is long enough that the open breaker is still open when checked.
+    args = ("--no-auth", "--breaker-failures", "1", "--breaker-cooldown-seconds", "20",
+            "--reconnect-max-seconds", "0.5", *targets(**addresses))
     try:
         with orchestrator(tmp_path, *args) as server:
             server.wait_status(TAGGING, "SERVING", timeout=60)
             wait_health(server.address, **ALL_SERVING)
             api = stub(server.address)
-            wait_for(lambda: api.TagImage(tag_request(), timeout=60), lambda r: r.tagger == "florence",
-                     timeout=180, describe="Florence to answer before it hangs")  # and the failure count is 0
             florence.proc.send_signal(signal.SIGSTOP)
-            for i in range(2):
-                reply = api.TagImage(tag_request(i), timeout=60)
-                assert reply.tagger == "rampp"
-                assert "florence: DEADLINE_EXCEEDED" in reply.fallback_reason  # each paid Florence's deadline
-            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=5)
+            reply = api.TagImage(tag_request(1), timeout=120)
+            assert reply.tagger == "rampp"
+            # It waited for the hung Florence: its deadline, or the connection's keepalive, whichever ends first.
+            assert reply.fallback_reason.startswith(("florence: DEADLINE_EXCEEDED", "florence: UNAVAILABLE")), \
+                reply.fallback_reason
+            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=10)
             assert backend(status, "florence").breaker == tagging_pb2.BREAKER_STATE_OPEN
             errors_while_open = backend(status, "florence").error_count
-            reply = api.TagImage(tag_request(5), timeout=60)
+            reply = api.TagImage(tag_request(5), timeout=120)
             assert reply.tagger == "rampp"
-            assert "florence: breaker open" in reply.fallback_reason  # skipped: no deadline paid
-            assert "DEADLINE_EXCEEDED" not in reply.fallback_reason
-            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=5)
+            # Skipped without a wait: the open breaker (or the health watch, once keepalive saw the hang).
+            assert reply.fallback_reason.startswith(("florence: breaker open", "florence: UNREACHABLE")), \
+                reply.fallback_reason
+            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=10)
             assert backend(status, "florence").error_count == errors_while_open  # Florence was not called
 
             florence.proc.send_signal(signal.SIGCONT)
-            reply = wait_for(lambda: api.TagImage(tag_request(), timeout=60), lambda r: r.tagger == "florence",
-                             timeout=180, describe="Florence to answer the probe after SIGCONT")
-            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=5)
+            reply = wait_for(lambda: api.TagImage(tag_request(), timeout=120), lambda r: r.tagger == "florence",
+                             timeout=300, describe="Florence to answer the probe after SIGCONT")
+            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=10)
             assert backend(status, "florence").breaker == tagging_pb2.BREAKER_STATE_CLOSED
     finally:
         if florence.proc and florence.proc.poll() is None:
