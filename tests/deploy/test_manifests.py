@@ -128,7 +128,8 @@ def test_the_orchestrator_finds_each_model_service_through_its_headless_service(
     services = by_kind(rendered, "Service")
     for spec in registry.MODELS:
         host, port = env[f"ARCHIVETAG_{spec.name.upper()}_TARGET"].split(":")
-        assert host in services and int(port) == spec.port
+        assert host in services
+        assert int(port) == spec.port
     secret = deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
     assert secret in by_kind(rendered, "Secret")
     assert env["ARCHIVETAG_API_TOKENS_FILE"].startswith(container["volumeMounts"][0]["mountPath"])
@@ -226,12 +227,14 @@ def test_dockerfiles_pass_hadolint_and_run_as_non_root_without_models(dockerfile
     result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     text = dockerfile.read_text()
-    assert "USER 10001" in text and "HEALTHCHECK" in text
+    assert "USER 10001" in text
+    assert "HEALTHCHECK" in text
     assert 'VOLUME ["/models"]' in text
     assert "COPY models" not in text
     assert "models pull" not in text  # never baked in
     # One HEALTHCHECK for every service: the server that ARCHIVETAG_SERVER names (default: the CMD's).
     assert 'CMD ["archivetag", "probe"]' in text
-    assert "ARCHIVETAG_SERVER=orchestrator" in text and 'CMD ["serve", "orchestrator"]' in text
+    assert "ARCHIVETAG_SERVER=orchestrator" in text
+    assert 'CMD ["serve", "orchestrator"]' in text
     for argument in ("ARG BASE_IMAGE=python:", "ARG TORCH_INDEX_URL="):
         assert argument in text

@@ -4,18 +4,19 @@ Not a model: it "tags" an image with its dominant colour channel, so tests of th
 runtime (batching, health, shutdown, decoding) can run in milliseconds. The model
 services never use it.
 
-    python -m tests.support.trivial_server --port N [--load-seconds S] [--infer-seconds S]
-        [--fail-file PATH] [--hang-file PATH]
+    python -m tests.support.trivial_server --port N [--load-gate-file PATH]
+        [--fail-file PATH] [--hang-file PATH] [--batch-log PATH]
 
+--load-gate-file: while that file exists, loading the model does not finish.
 --fail-file / --hang-file: while that file exists, inference raises / blocks, so tests
-can make the model fail or stall from outside and watch health change.
+can make the model fail or stall from outside and watch health change (no timing involved).
+--batch-log: one JSON line per batch, written when its inference starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -37,17 +38,17 @@ class DominantColourBackend(ModelBackend):
     service = TAGGER_SERVICE
     input_edge = 32
 
-    def __init__(self, load_seconds: float, infer_seconds: float, fail_file: Path | None,
-                 hang_file: Path | None, batch_log: Path | None):
-        self.load_seconds = load_seconds
-        self.infer_seconds = infer_seconds
+    def __init__(self, load_gate_file: Path | None, fail_file: Path | None, hang_file: Path | None,
+                 batch_log: Path | None):
+        self.load_gate_file = load_gate_file
         self.fail_file = fail_file
         self.hang_file = hang_file
         self.batch_log = batch_log
         self.lock = threading.Lock()
 
     def load(self) -> None:
-        time.sleep(self.load_seconds)
+        while self.load_gate_file and self.load_gate_file.exists():
+            time.sleep(0.05)
 
     def warmup_input(self):
         return Image.new("RGB", (32, 32), (200, 10, 10)), None
@@ -68,7 +69,6 @@ class DominantColourBackend(ModelBackend):
             raise RuntimeError("simulated device failure")
         if any(poison for _, poison in items):
             raise RuntimeError("poison item in batch")
-        time.sleep(self.infer_seconds)
         names = ("red", "green", "blue")
         results = []
         for means, _ in items:
@@ -86,13 +86,12 @@ class DominantColourBackend(ModelBackend):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     add_option_groups(parser, [SERVER_OPTIONS, MODEL_SERVICE_OPTIONS])
-    parser.add_argument("--load-seconds", type=float, default=0.0)
-    parser.add_argument("--infer-seconds", type=float, default=0.0)
+    parser.add_argument("--load-gate-file", type=Path)
     parser.add_argument("--fail-file", type=Path)
     parser.add_argument("--hang-file", type=Path)
     parser.add_argument("--batch-log", type=Path)
     args = parser.parse_args(argv)
-    backend = DominantColourBackend(args.load_seconds, args.infer_seconds, args.fail_file, args.hang_file, args.batch_log)
+    backend = DominantColourBackend(args.load_gate_file, args.fail_file, args.hang_file, args.batch_log)
     return run(ModelServiceApp(backend, args), args)
 
 
