@@ -3,7 +3,8 @@
     primary tagger (default Florence-2), if SERVING and its breaker allows,
         with deadline = min(its setting, the caller's time left − a reserve for the fallback)
     on DEADLINE_EXCEEDED, UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN (any failure but
-        INVALID_ARGUMENT), or when not SERVING / breaker open → the fallback tagger, and say why
+        INVALID_ARGUMENT), or when not SERVING / breaker open → the fallback tagger, and say why;
+        only the backend's own faults count against its breaker (backends.is_backend_fault)
     INVALID_ARGUMENT → the image's fault: back to the caller, no failover
     SigLIP runs concurrently; if it cannot answer, the result is degraded, not an error
 """
@@ -117,7 +118,7 @@ class Router:
                 continue
             attempt_started = time.monotonic()
             try:
-                response = await backend.call(backend.stub.Tag, tag_request, timeout)
+                response = await backend.call(backend.stub.Tag, tag_request, timeout, timeout >= backend.deadline)
             except grpc.aio.AioRpcError as exc:
                 spent = time.monotonic() - attempt_started
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -151,7 +152,7 @@ class Router:
         classify = view_type_pb2.ClassifyRequest(include_embedding=request.include_embedding)
         classify.image.data = image
         try:
-            reply = await backend.call(backend.stub.Classify, classify, timeout)
+            reply = await backend.call(backend.stub.Classify, classify, timeout, timeout >= backend.deadline)
         except grpc.aio.AioRpcError as exc:
             spent = time.monotonic() - started
             return ViewOutcome(unknown, spent, f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")
