@@ -173,9 +173,11 @@ class Backend:
             ("grpc.max_send_message_length", self.max_message_bytes),
             # A replica that stops answering (SIGSTOP, a wedged host) loses its connection within
             # time + timeout, so round-robin stops sending it calls; the servers accept pings this
-            # often (runtime/server.py: min_recv_ping_interval_without_data_ms).
+            # often (runtime/server.py: grpc.http2.min_ping_interval_without_data_ms).
             ("grpc.keepalive_time_ms", KEEPALIVE_MS),
             ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            # Core waits this long for any ping's ack (default 60 s), the keepalive's included.
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.initial_reconnect_backoff_ms", 200),

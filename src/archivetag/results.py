@@ -21,6 +21,7 @@ import os
 import socket
 import sqlite3
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -80,7 +81,7 @@ CREATE TABLE IF NOT EXISTS result_models (
 );
 CREATE TABLE IF NOT EXISTS claims (
     path TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,                 -- 'host:pid:started' of the run
+    owner TEXT NOT NULL,                 -- 'host:pid:random' of the run
     expires_at REAL NOT NULL             -- unix time; the run renews it while alive
 );
 CREATE INDEX IF NOT EXISTS tags_by_name ON tags(name);
@@ -160,7 +161,7 @@ def _check_usable(path: Path) -> None:
 class ResultStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -76,8 +76,10 @@ def channel_options(settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
-        # Accept clients' keepalive pings as often as every 10 s.
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # Accept clients' keepalive pings as often as every 2 s, also on idle streams (the
+        # orchestrator pings its backends every 4 s to see a hung one): with the 5 min default
+        # the server answers them with GOAWAY too_many_pings and the client backs its pings off.
+        ("grpc.http2.min_ping_interval_without_data_ms", 2_000),
         ("grpc.http2.max_pings_without_data", 0),
         # Without this a second server on the same port starts silently and steals calls.
         ("grpc.so_reuseport", 0),
