@@ -23,14 +23,17 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from archivetag.runtime.channels import client_channel_options
 from archivetag.runtime.logs import fields
+from archivetag.runtime.registry import ServerSpec
 from archivetag.v1 import common_pb2, tagging_pb2
 from archivetag.orchestrator.breaker import CircuitBreaker
 
 log = logging.getLogger("archivetag.orchestrator.backends")
 
 SERVING, NOT_SERVING, UNREACHABLE = "SERVING", "NOT_SERVING", "UNREACHABLE"
-KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS = 4_000, 3_000
+# Ping backends this often, and drop a connection whose ping is unanswered this long.
+KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS = 4.0, 3.0
 
 
 class TargetError(ValueError):
@@ -122,12 +125,8 @@ class Backend:
 
     def __init__(
         self,
-        name: str,
-        role: str,
+        spec: ServerSpec,
         target: str,
-        health_service: str,
-        stub_class: type,
-        info_request: Any,
         *,
         deadline: float,
         enabled: bool,
@@ -135,15 +134,14 @@ class Backend:
         reconnect_max: float,
         resolve_every: float,
         max_message_bytes: int,
-        health_check_every: float = 2.0,
-        health_check_timeout: float = 3.0,
+        health_check_every: float,
+        health_check_timeout: float,
     ):
-        self.name = name
-        self.role = role
+        self.spec = spec
+        self.name = spec.name
+        self.role = spec.role
         self.target_text = target
-        self.health_service = health_service
-        self.stub_class = stub_class
-        self.info_request = info_request
+        self.health_service = spec.health_service
         self.deadline = deadline
         self.enabled = enabled
         self.breaker = breaker
@@ -154,7 +152,7 @@ class Backend:
         self.health_check_timeout = health_check_timeout
         self.target = parse_target(target) if enabled else None
         self.replicas: dict[str, Replica] = {}
-        self.model = common_pb2.ModelIdentity(family=name)
+        self.model = common_pb2.ModelIdentity(family=spec.name)
         self.not_serving_reason = ""
         self.latencies: deque[float] = deque(maxlen=256)
         self.ok_count = 0
@@ -169,20 +167,12 @@ class Backend:
     # -- lifecycle ----------------------------------------------------------------
     def _channel_options(self, balanced: bool) -> list[tuple[str, Any]]:
         options = [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
             # A replica that stops answering (SIGSTOP, a wedged host) loses its connection within
-            # time + timeout, so round-robin stops sending it calls; the servers accept pings this
-            # often (runtime/server.py: grpc.http2.min_ping_interval_without_data_ms).
-            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            # Core waits this long for any ping's ack (default 60 s), the keepalive's included.
-            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", int(self.reconnect_max * 1000)),
+            # keepalive time + timeout, so round-robin stops sending it calls; the servers accept
+            # pings this often (runtime/channels.py server_channel_options).
+            *client_channel_options(self.max_message_bytes, keepalive_seconds=KEEPALIVE_SECONDS,
+                                    keepalive_timeout_seconds=KEEPALIVE_TIMEOUT_SECONDS,
+                                    reconnect_max_seconds=self.reconnect_max),
             ("grpc.dns_min_time_between_resolutions_ms", int(self.resolve_every * 1000)),
         ]
         if balanced:
@@ -211,7 +201,7 @@ class Backend:
         if not self.enabled:
             return
         self.channel = grpc.aio.insecure_channel(self.target.channel_target, options=self._channel_options(True))
-        self.stub = self.stub_class(self.channel)
+        self.stub = self.spec.stub(self.channel)
         if self.target.dns_name:
             self._resolver = asyncio.get_running_loop().create_task(self._resolve_loop(), name=f"{self.name}-resolve")
         else:
@@ -301,7 +291,7 @@ class Backend:
     async def _watch_stream(self, address: str, channel: grpc.aio.Channel) -> None:
         backoff = 0.2
         health = health_pb2_grpc.HealthStub(channel)
-        info_stub = self.stub_class(channel)
+        info_stub = self.spec.stub(channel)
         while True:
             try:
                 call = health.Watch(health_pb2.HealthCheckRequest(service=self.health_service))
@@ -322,7 +312,7 @@ class Backend:
     async def _model_info(self, stub: Any, status: str) -> str:
         """Refresh the model identity; return why the replica does not serve ('' if it does)."""
         try:
-            info = await stub.GetModelInfo(self.info_request, timeout=5)
+            info = await stub.GetModelInfo(self.spec.model_info_request(), timeout=5)
         except grpc.aio.AioRpcError:
             return ""
         if info.model.name:
