@@ -6,8 +6,9 @@ orchestrator, tokens on):
   2. the same good clients while hostile ones run: corrupt files in a loop (the breaker
      must stay closed), byte hogs sending many 8 MiB junk requests at once (refused by
      the byte budget), a stream reusing item ids, and open health Watch streams.
-Printed side by side: the good clients' success rate, p50/p95/p99 latency and which
-tagger answered; the hostile clients' status codes; the breakers at the end.
+Printed side by side: the good clients' success rate, p50/p95/p99 latency, which tagger
+answered and the orchestrator's peak memory; the hostile clients' status codes; the
+breakers at the end.
 
     python benchmarks/soak_bench.py [--phase-seconds 40] [--watch-streams 128] [--out benchmarks/results/soak.json]
 
@@ -60,8 +61,10 @@ def percentile(values: list[float], p: float) -> float:
 class Phase:
     """Runs clients until `stop` is set; each records (ok, seconds, tagger or status)."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, pid: int):
         self.address = address
+        self.pid = pid
+        self.peak_rss = 0
         self.stop = threading.Event()
         self.good: dict[str, list[tuple[bool, float, str]]] = {c: [] for c in GOOD}
         self.hostile: dict[str, Counter] = {}
@@ -135,8 +138,16 @@ class Phase:
         self.hostile["hostile-watches"] = Counter({"open streams": count})
         return [channel, *calls]
 
+    def sample_rss(self) -> None:
+        """The orchestrator's peak resident memory during the phase (sampled every 0.1 s)."""
+        while not self.stop.is_set():
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            rss = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024
+            self.peak_rss = max(self.peak_rss, rss)
+            time.sleep(0.1)
+
     def run(self, seconds: float, hostile: bool, watch_streams: int) -> dict:
-        workers = [lambda c=c: self.good_client(c) for c in GOOD]
+        workers = [self.sample_rss, *(lambda c=c: self.good_client(c) for c in GOOD)]
         held = []
         if hostile:
             workers += [self.corrupt_files, self.byte_hog, self.reused_ids]
@@ -166,6 +177,7 @@ class Phase:
             "good_mean_ms": statistics.mean(latencies) * 1000 if latencies else 0.0,
             "good_taggers": dict(Counter(r[2] for r in ok)),
             "good_errors": dict(Counter(r[2] for r in good if not r[0])),
+            "orchestrator_peak_rss_mb": self.peak_rss / 2**20,
             "hostile": {name: dict(counter) for name, counter in self.hostile.items()},
         }
 
@@ -201,8 +213,8 @@ def main() -> int:
 
         results = {"machine": {"cpus": os.cpu_count()}, "phase_seconds": args.phase_seconds,
                    "watch_streams": args.watch_streams}
-        results["good_only"] = Phase(front.address).run(args.phase_seconds, False, 0)
-        results["with_hostile"] = Phase(front.address).run(args.phase_seconds, True, args.watch_streams)
+        results["good_only"] = Phase(front.address, front.proc.pid).run(args.phase_seconds, False, 0)
+        results["with_hostile"] = Phase(front.address, front.proc.pid).run(args.phase_seconds, True, args.watch_streams)
         status = api.GetStatus(tagging_pb2.GetStatusRequest(), metadata=metadata("desk"), timeout=10)
         results["breakers_at_end"] = {b.name: tagging_pb2.BreakerState.Name(b.breaker) for b in status.backends}
         results["backend_errors_at_end"] = {b.name: b.error_count for b in status.backends}
@@ -210,11 +222,13 @@ def main() -> int:
         for server in reversed(started):
             server.__exit__(None, None, None)
 
-    print(f"{'good clients':22} {'requests':>9} {'success':>8} {'ok/s':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}  taggers")
+    print(f"{'good clients':22} {'requests':>9} {'success':>8} {'ok/s':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+          f"{'orch. RSS MB':>12}  taggers")
     for key, label in (("good_only", "alone"), ("with_hostile", "beside hostile ones")):
         r = results[key]
         print(f"{label:22} {r['good_requests']:9d} {r['good_success_rate']:8.1%} {r['good_per_second']:6.2f} "
-              f"{r['good_p50_ms']:7.0f} {r['good_p95_ms']:7.0f} {r['good_p99_ms']:7.0f}  {r['good_taggers']}"
+              f"{r['good_p50_ms']:7.0f} {r['good_p95_ms']:7.0f} {r['good_p99_ms']:7.0f} "
+              f"{r['orchestrator_peak_rss_mb']:12.0f}  {r['good_taggers']}"
               + (f"  errors {r['good_errors']}" if r["good_errors"] else ""))
     for name, outcomes in results["with_hostile"]["hostile"].items():
         print(f"  {name:20} {outcomes}")

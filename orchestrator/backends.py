@@ -159,7 +159,7 @@ class Backend:
         self.error_count = 0
         self.last_error = ""
         self.channel: grpc.aio.Channel | None = None
-        self.stub: Any = None
+        self._raw_methods: dict[str, Any] = {}
         self._watchers: dict[str, asyncio.Task] = {}
         self._resolver: asyncio.Task | None = None
         self.health_changed = asyncio.Event()
@@ -201,12 +201,21 @@ class Backend:
         if not self.enabled:
             return
         self.channel = grpc.aio.insecure_channel(self.target.channel_target, options=self._channel_options(True))
-        self.stub = self.spec.stub(self.channel)
         if self.target.dns_name:
             self._resolver = asyncio.get_running_loop().create_task(self._resolve_loop(), name=f"{self.name}-resolve")
         else:
             for address in self.target.addresses:
                 self._start_watch(address)
+
+    def raw_method(self, name: str, response_class: type) -> Any:
+        """A unary method of the service that sends a request already serialized (bytes), so a
+        large image is not copied again for the call (routing.with_image)."""
+        method = self._raw_methods.get(name)
+        if method is None:
+            method = self._raw_methods[name] = self.channel.unary_unary(
+                f"/{self.health_service}/{name}", response_deserializer=response_class.FromString
+            )
+        return method
 
     async def stop(self) -> None:
         tasks = [*self._watchers.values(), *([self._resolver] if self._resolver else [])]

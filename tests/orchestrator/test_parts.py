@@ -14,6 +14,8 @@ from archivetag.orchestrator.auth import (
 from archivetag.orchestrator.backends import TargetError, is_backend_fault, parse_target
 from archivetag.orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler
+from archivetag.orchestrator.routing import with_image
+from archivetag.v1 import tagger_pb2, view_type_pb2
 from archivetag.runtime.errors import QueueFull
 
 
@@ -230,3 +232,17 @@ def test_without_auth_only_a_local_caller_may_name_itself():
     assert client_without_auth(header, "ipv4:127.0.0.1:5000") == "desk"
     assert client_without_auth((), "ipv4:127.0.0.1:5000") == "local"
     assert client_without_auth(header, "ipv4:10.0.0.5:5000") == "peer 10.0.0.5"
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, 3_000_000])
+def test_a_request_serialized_around_the_image_reads_back_as_the_same_message(size):
+    image = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    tag = tagger_pb2.TagRequest(max_tags=5, threshold=0.25)
+    tag.context.region = "Wallonia"
+    parsed = tagger_pb2.TagRequest.FromString(with_image(tag, image))
+    assert parsed.image.data == image
+    assert (parsed.max_tags, parsed.threshold, parsed.context.region) == (5, 0.25, "Wallonia")
+    classify = view_type_pb2.ClassifyRequest.FromString(
+        with_image(view_type_pb2.ClassifyRequest(include_embedding=True), image))
+    assert classify.image.data == image
+    assert classify.include_embedding
