@@ -79,7 +79,7 @@ CLIENT_OPTIONS = OptionGroup(
             "MiB of images held at once (waiting or in flight) over all clients; more are refused "
             "with RESOURCE_EXHAUSTED (TagImages streams wait instead).", int,
         ),
-        Option("client_max_mb_in_flight", 128, "MiB of images one client may have held at once (as --max-mb-in-flight).", int),
+        Option("client_max_mb_in_flight", 64, "MiB of images one client may have held at once (as --max-mb-in-flight).", int),
         Option("stream_window", 16, "TagImages items read ahead and in flight per stream (flow control).", int),
     ),
 )
