@@ -177,6 +177,12 @@ class ResultStore:
             raise StoreError(f"cannot use {self.path} as the results database: {exc}") from None
 
     def close(self) -> None:
+        """Let go of this run's claims (photos sent but not answered: another run may take them) and close."""
+        try:
+            with self._writing():
+                self.db.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+        except sqlite3.Error:
+            pass  # a run that dies leaves its claims too; they are taken over once it is gone
         self.db.close()
 
     @contextmanager

@@ -143,6 +143,32 @@ def test_a_stopped_florence_is_marked_unreachable_skipped_then_serves_again_afte
         florence.__exit__(None, None, None)
 
 
+def test_a_stopped_replica_is_skipped_while_its_sibling_keeps_florence_serving(smoke_models, services, tmp_path):
+    replicas = [model_service("florence", smoke_models, tmp_path, *FLORENCE_FAST).start() for _ in range(2)]
+    try:
+        for replica in replicas:
+            replica.wait_status(TAGGER, "SERVING", timeout=240)
+        florence = ",".join(r.address for r in replicas)
+        args = ("--no-auth", "--florence-deadline-seconds", "300", *targets(**addresses(services, florence=florence)))
+        with orchestrator(tmp_path, *args) as server:
+            server.wait_status(TAGGING, "SERVING", timeout=60)
+            wait_backends_serving(server.address)
+            api = stub(server.address)
+            replicas[0].proc.send_signal(signal.SIGSTOP)
+            seen = wait_for(lambda: (b := backend(status(server.address), "florence")).serving_replicas == 1 and b,
+                            120, "the stopped replica counted out")
+            assert seen.health == tagging_pb2.BACKEND_HEALTH_SERVING
+            # A call that reached the stopped replica is retried on the other once keepalive drops that
+            # connection: every call is answered by Florence.
+            replies = [api.TagImage(tag_request(i), timeout=120) for i in range(4)]
+            assert [r.tagger for r in replies] == ["florence"] * 4
+    finally:
+        for replica in replicas:
+            if replica.proc.poll() is None:
+                replica.proc.send_signal(signal.SIGCONT)
+            replica.__exit__(None, None, None)
+
+
 def test_sigterm_mid_stream_answers_what_was_read_and_the_rest_is_resumed_elsewhere_none_lost_none_twice(
         services, tmp_path):
     args = ("--no-auth", "--stream-window", "4", *targets(**addresses(services)))

@@ -218,13 +218,18 @@ def ok_paths(db: Path) -> list:
             return []
 
 
+def png_folder(folder: Path, count: int) -> list[Path]:
+    """A new folder of `count` small PNGs, each different (so none is another's duplicate content)."""
+    folder.mkdir()
+    paths = [folder / f"p-{i:02d}.png" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_bytes(encode(photo(60 + i, 48 + i % 7), "PNG"))
+    return paths
+
+
 def test_tag_goes_past_an_oversized_file_and_stores_a_non_utf8_name_exactly(stack, tmp_path):
     folder = tmp_path / "photos"
-    folder.mkdir()
-    goods = []
-    for i in range(4):
-        goods.append(folder / f"good-{i}.png")
-        goods[-1].write_bytes(encode(photo(70 + i, 50), "PNG"))
+    goods = png_folder(folder, 4)
     odd = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9-\xff.jpg"))
     odd.write_bytes(encode(photo(90, 60), "JPEG"))
     huge = folder / "huge.jpg"
@@ -244,11 +249,24 @@ def test_tag_goes_past_an_oversized_file_and_stores_a_non_utf8_name_exactly(stac
     assert sorted(p for p in stored if isinstance(p, str)) == sorted(str(g) for g in goods)
 
 
+def test_a_photo_that_ends_the_orchestrators_stream_is_failed_alone_and_the_rest_are_tagged(stack, tmp_path):
+    folder = tmp_path / "photos"
+    png_folder(folder, 6)
+    big = folder / "big.jpg"
+    big.write_bytes(os.urandom(35 * 1024 * 1024))  # under the client's limit below, over the orchestrator's 32 MiB
+    argv = tag_argv(stack, folder, db=tmp_path / "results.sqlite") + ["--max-photo-mb", "40"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    counts = summary_counts(result.stderr)
+    assert counts["tagged"] == 6
+    assert counts["failed"] == 1
+    assert f"failed: {big}: RESOURCE_EXHAUSTED: the orchestrator ended the stream over this photo" in result.stderr
+
+
 def test_two_tag_runs_on_one_database_tag_each_photo_once(stack, tmp_path):
     folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(24):
-        (folder / f"p-{i:02d}.png").write_bytes(encode(photo(60 + i, 40 + i % 9), "PNG"))
+    png_folder(folder, 24)
     db = tmp_path / "shared.sqlite"
     runs = [subprocess.Popen(tag_argv(stack, folder, db=db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
@@ -262,9 +280,7 @@ def test_two_tag_runs_on_one_database_tag_each_photo_once(stack, tmp_path):
 
 def test_tag_resumes_after_the_orchestrator_drains_on_sigterm_none_lost_none_twice(stack, tmp_path):
     folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(40):
-        (folder / f"p-{i:02d}.png").write_bytes(encode(photo(64 + i, 48 + i % 7), "PNG"))
+    png_folder(folder, 40)
     db = tmp_path / "results.sqlite"
     run = subprocess.Popen(tag_argv(stack, folder, db=db, concurrency=2) + ["--retries", "10"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
