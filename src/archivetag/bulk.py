@@ -187,6 +187,8 @@ class Tagger:
                 elif code != grpc.StatusCode.UNAVAILABLE and attempt.in_flight:
                     suspects = {i: todo[i] for i in attempt.in_flight}
                     failures = 0
+                    self.say(f"stream ended ({code.name}: {exc.details()}); sending the {len(suspects)} photos "
+                             "that were in flight one at a time, to find one that causes it")
                 elif failures > self.settings.retries:
                     raise
                 else:

@@ -288,7 +288,10 @@ def test_tag_resumes_after_the_orchestrator_drains_on_sigterm_none_lost_none_twi
     os.kill(pid_of(stack, "orchestrator"), signal.SIGTERM)  # `up` starts it again
     _, stderr = run.communicate(timeout=900)
     assert run.returncode == 0, stderr
-    assert "draining" in stderr  # the stream really ended early, and the run went on
+    # The stream really ended early and the run went on. (The asyncio client reports the end as
+    # INTERNAL "Internal error from Core" when its next write races the server's status, so the
+    # drain's own UNAVAILABLE text is checked by tests/orchestrator/test_faults.py instead.)
+    assert "stream ended" in stderr
     counts = summary_counts(stderr)
     assert counts["tagged"] == 40  # each photo answered once, none lost
     assert len(ok_paths(db)) == 40
