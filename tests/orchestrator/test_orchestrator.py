@@ -229,7 +229,9 @@ def test_florence_killed_mid_stream_every_item_still_answered_then_florence_serv
             assert not reply.fallback_reason
 
 
-def test_florence_hung_breaker_opens_so_later_requests_do_not_wait_and_closes_after_sigcont(smoke_models, services, tmp_path):
+def test_a_hung_florence_stops_costing_its_deadline_and_its_breaker_closes_after_sigcont(smoke_models, services, tmp_path):
+    """Two failed calls open the breaker, or the health check marks Florence UNREACHABLE first (whichever
+    comes first on this machine): either way later calls skip it without an attempt."""
     florence = model_service("florence", smoke_models, tmp_path, *FLORENCE_FAST)
     florence.start()
     florence.wait_status("archivetag.v1.TaggerService", "SERVING", timeout=180)
@@ -243,18 +245,14 @@ def test_florence_hung_breaker_opens_so_later_requests_do_not_wait_and_closes_af
             api = stub(server.address)
             api.TagImage(tag_request(), timeout=60)  # warm: Florence answers
             florence.proc.send_signal(signal.SIGSTOP)
-            for i in range(2):
-                reply = api.TagImage(tag_request(i), timeout=60)
+
+            def skipped_without_an_attempt():
+                reply = api.TagImage(tag_request(5), timeout=60)
                 assert reply.tagger == "rampp"
-                # Florence's deadline, or its health check saw the hang first and the call was abandoned.
-                assert "DEADLINE_EXCEEDED" in reply.fallback_reason or "abandoned" in reply.fallback_reason
-            status = api.GetStatus(tagging_pb2.GetStatusRequest(), timeout=5)
-            assert backend(status, "florence").breaker == tagging_pb2.BREAKER_STATE_OPEN
-            started = time.monotonic()
-            reply = api.TagImage(tag_request(5), timeout=60)
-            assert reply.tagger == "rampp" and "florence:" in reply.fallback_reason
+                return reply.fallback_reason.startswith(("florence: breaker open", "florence: UNREACHABLE")) and reply
+
+            reply = wait_for(skipped_without_an_attempt, timeout=120)
             assert "DEADLINE_EXCEEDED" not in reply.fallback_reason
-            assert time.monotonic() - started < 1.0  # no deadline paid while the breaker is open
 
             florence.proc.send_signal(signal.SIGCONT)
             reply = wait_for(lambda: (r := api.TagImage(tag_request(), timeout=60)).tagger == "florence" and r, timeout=60)
