@@ -16,6 +16,8 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
+from archivetag.runtime.errors import Unauthenticated, abort_with
+
 # The authenticated client of the call being handled (set by the interceptor).
 current_client: contextvars.ContextVar[str] = contextvars.ContextVar("archivetag_client", default="anonymous")
 
@@ -110,22 +112,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = details.invocation_metadata
         if self.authenticator is None:
-            return _with_client(handler, lambda context: (client_without_auth(metadata, context.peer()), ""))
+            return _with_client(handler, lambda context: (client_without_auth(metadata, context.peer()), None))
         client = self.authenticator.client_for(metadata)
         has_header = any(k == "authorization" for k, _ in (metadata or ()))
-        problem = "" if client else (
-            "invalid token" if has_header
-            else "missing token: send metadata 'authorization: Bearer <token>'"
+        problem = None if client else (
+            Unauthenticated("invalid token", reason="TOKEN_INVALID") if has_header
+            else Unauthenticated("missing token: send metadata 'authorization: Bearer <token>'")
         )
         return _with_client(handler, lambda context: (client, problem))
 
 
 def _with_client(handler: grpc.RpcMethodHandler,
-                 identify: Callable[[grpc.aio.ServicerContext], tuple[str | None, str]]) -> grpc.RpcMethodHandler:
+                 identify: Callable[[grpc.aio.ServicerContext], tuple[str | None, Unauthenticated | None]]
+                 ) -> grpc.RpcMethodHandler:
     async def check(context: grpc.aio.ServicerContext) -> None:
         client, problem = identify(context)
         if problem:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+            await abort_with(context, problem)
         current_client.set(client)
 
     if handler.unary_unary:

@@ -49,7 +49,9 @@ class FairScheduler:
         if len(queue) >= self.max_queued:
             raise QueueFull(
                 f"client {client!r} has {len(queue)} images waiting; the limit is {self.max_queued} "
-                "(ARCHIVETAG_CLIENT_MAX_QUEUED): wait for answers before sending more"
+                "(ARCHIVETAG_CLIENT_MAX_QUEUED): wait for answers before sending more",
+                reason="CLIENT_QUEUE_FULL",
+                metadata={"client": client, "limit": self.max_queued, "setting": "ARCHIVETAG_CLIENT_MAX_QUEUED"},
             )
         future = asyncio.get_running_loop().create_future()
         queue.append(future)
@@ -148,7 +150,8 @@ class ByteBudget:
         """Hold `size` bytes for `client` now, or raise QueueFull (RESOURCE_EXHAUSTED) saying why."""
         refusal = self._refusal(client, size)
         if refusal:
-            raise QueueFull(refusal)
+            over_share = self.held_by_client.get(client, 0) + size > self.per_client
+            raise QueueFull(refusal, reason="CLIENT_QUEUE_FULL" if over_share else None)
         self.held += size
         self.held_by_client[client] = self.held_by_client.get(client, 0) + size
 

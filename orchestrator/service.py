@@ -11,8 +11,8 @@ from archivetag.orchestrator.auth import current_client
 from archivetag.orchestrator.backends import Backend
 from archivetag.orchestrator.fairness import ByteBudget, FairScheduler
 from archivetag.orchestrator.routing import Router
-from archivetag.runtime.errors import DeadlineExpired, InvalidInput, QueueFull, abort_with, status_for
-from archivetag.runtime.images import read_image_source
+from archivetag.runtime.errors import DeadlineExpired, InvalidInput, NotServing, QueueFull, abort_with, status_for
+from archivetag.runtime.images import check_image_size, read_image_source
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 
 
@@ -21,9 +21,7 @@ class Draining(Exception):
 
 
 def _error_answer(item_id: str, exc: BaseException) -> tagging_pb2.TagImagesResponse:
-    code, message = status_for(exc)
-    error = tagging_pb2.ItemError(code=code.value[0], status=code.name, message=message)
-    return tagging_pb2.TagImagesResponse(id=item_id, error=error)
+    return tagging_pb2.TagImagesResponse(id=item_id, error=status_for(exc).item_error())
 
 
 class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
@@ -55,10 +53,12 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                 if request.image.WhichOneof("source") == "uri":  # read here: count what was read
                     self.budget.take(client, len(image))
                     held += len(image)
+                check_image_size(image, self.settings.max_image_bytes)
                 async with self.scheduler.slot(client) as waited:
                     return await self.router.tag_image(request, image, deadline, waited)
         except TimeoutError:
-            raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged") from None
+            raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged",
+                                  metadata={"deadline_seconds": round(time_left, 3)}) from None
         finally:
             if held:
                 self.budget.give_back(client, held)
@@ -118,7 +118,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
         def refuse(item_id: str, message: str) -> None:
             answered.add(item_id)
-            answers.put_nowait(_error_answer(item_id, InvalidInput(message)))
+            answers.put_nowait(_error_answer(item_id, InvalidInput(message, reason="ITEM_ID_INVALID", field="id")))
 
         async def read() -> None:
             items = request_iterator.__aiter__()
@@ -167,11 +167,10 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                 if response is DONE:
                     return
                 if response is DRAINED:
-                    await context.abort(
-                        grpc.StatusCode.UNAVAILABLE,
+                    await abort_with(context, NotServing(
                         "orchestrator draining (shutting down): every item read was answered, the rest were not "
                         "read; send the unanswered items again (another replica, or once it is back)",
-                    )
+                    ))
                 yield response
                 window.release()
         finally:

@@ -1,6 +1,6 @@
 """Tag photos (files and folders, recursively) through the orchestrator into SQLite.
 
-Photos are streamed through TagImages with a bounded window; every answer is committed
+Photos are streamed through TagImages (archivetag.client) with a bounded window; every answer is committed
 as it arrives, so an interrupted import loses nothing. A re-run skips photos whose
 content (SHA-256) was already tagged by the same models.
 """
@@ -13,16 +13,14 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 
-from archivetag.client import CLIENT_OPTIONS, call_metadata, open_channel
+from archivetag.client import CLIENT_OPTIONS, AsyncTaggingClient, ClientError, ItemResult, RetryPolicy, TagItem
 from archivetag.results import CLAIM_SECONDS, ResultStore, StoreError, default_db_path, models_key
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
-from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
 
@@ -108,23 +106,12 @@ class Summary:
     seconds: float = 0.0
 
 
-@dataclass
-class Attempt:
-    """One TagImages stream: which photos went out and which are finished."""
-
-    photos: dict[str, Path]  # item id → path: what this stream is to send
-    answered: int = 0
-    in_flight: dict[str, Photo] = field(default_factory=dict)  # sent, not answered yet
-    finished: set[str] = field(default_factory=set)  # answered, or dealt with without sending
-
-
 class Tagger:
     """One import run: stream the photos, store or print each answer.
 
-    No single file stops it: one that cannot be read or is too large is a failed item, and
-    one that makes the orchestrator end the stream is found (the photos are then sent one at
-    a time) and failed with that status. Every answer is kept as it arrives; a stream that
-    ends early (the orchestrator draining or gone) is resumed with the photos not answered.
+    No single file stops it: one that cannot be read or is over the size limit is reported
+    and the rest go on; item ids are a counter, so any file name is fine. Photos another run
+    on the same database has claimed are left to it (taken over if it goes away).
     """
 
     def __init__(self, settings, store: ResultStore | None, key: str, progress):
@@ -143,17 +130,18 @@ class Tagger:
         self.progress.update(1)
         self.progress.set_postfix(failed=self.summary.failed + self.summary.unreadable, refresh=False)
 
-    def _record(self, photo: Photo, response: tagging_pb2.TagImagesResponse) -> None:
-        ok = response.WhichOneof("outcome") == "result"
-        if ok:
+    def _record(self, photo: Photo, answer: ItemResult) -> None:
+        if answer.ok:
             self.summary.tagged += 1
         else:
             self.summary.failed += 1
-            self.say(f"failed: {shown(photo.path)}: {response.error.status}: {response.error.message}")
+            self.say(f"failed: {shown(photo.path)}: {answer.error.code.name} ({answer.error.reason_name}): "
+                     f"{answer.error.message}")
         if self.store is not None:
-            self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, response)
+            self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, answer.response)
         else:
-            print(json.dumps({"path": str(photo.path), "sha256": photo.sha256, **MessageToDict(response)}), flush=True)
+            print(json.dumps({"path": str(photo.path), "sha256": photo.sha256, **MessageToDict(answer.response)}),
+                  flush=True)
         self._advance()
 
     def _not_sent(self, path: Path, reason: str) -> None:
@@ -163,46 +151,46 @@ class Tagger:
             self.store.release(path)
         self._advance()
 
-    async def run(self, photos: list[Path]) -> None:
-        # Item ids are ours (a counter), so any file name is fine.
-        todo = {str(index): path for index, path in enumerate(photos)}
-        suspects: dict[str, Path] = {}  # in flight when the orchestrator ended a stream: sent one at a time
-        failures = 0  # streams in a row that ended without an answer
-        while todo:
-            attempt = Attempt(dict(suspects or todo))
-            try:
-                await self._stream(attempt, 1 if suspects else self.settings.concurrency)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    raise
-                failures = 0 if attempt.answered else failures + 1
-                if code != grpc.StatusCode.UNAVAILABLE and suspects and attempt.in_flight:
-                    # The one photo out, and the orchestrator ended the stream over it: it is the cause.
-                    item_id, photo = next(iter(attempt.in_flight.items()))
-                    self._record(photo, _item_error(code, f"the orchestrator ended the stream over this photo: "
-                                                          f"{exc.details()}"))
-                    attempt.finished.add(item_id)
-                    failures = 0
-                elif code != grpc.StatusCode.UNAVAILABLE and attempt.in_flight:
-                    suspects = {i: todo[i] for i in attempt.in_flight}
-                    failures = 0
-                    self.say(f"stream ended ({code.name}: {exc.details()}); sending the {len(suspects)} photos "
-                             "that were in flight one at a time, to find one that causes it")
-                elif failures > self.settings.retries:
-                    raise
-                else:
-                    # Draining, restarting or gone: resume with the photos not answered.
-                    wait = 0.2 if attempt.answered else min(30.0, 2.0 ** failures)
-                    self.say(f"stream ended ({code.name}: {exc.details()}); resuming in {wait:.1f} s")
-                    await asyncio.sleep(wait)
-            for item_id in attempt.finished:
-                todo.pop(item_id, None)
-                suspects.pop(item_id, None)
-            if not todo and self.deferred:
-                todo = await self._take_deferred(len(photos))
+    async def run(self, client: AsyncTaggingClient, photos: list[Path]) -> None:
+        """Stream the photos; the client keeps the window, reopens a broken stream and resends."""
+        next_id = 0
+        while photos:
+            await self._stream(client, photos, next_id)
+            next_id += len(photos)
+            photos = await self._take_deferred() if self.deferred else []
 
-    async def _take_deferred(self, first_id: int) -> dict[str, Path]:
+    async def _stream(self, client: AsyncTaggingClient, photos: list[Path], first_id: int) -> None:
+        sent: dict[str, Photo] = {}
+        max_bytes = self.settings.max_photo_mb * MIB - REQUEST_OVERHEAD
+
+        async def items():
+            for index, path in enumerate(photos, first_id):
+                if self.store is not None and self.store.claim(path):
+                    self.deferred.append(path)  # another run on this database is tagging it
+                    continue
+                try:
+                    photo = await asyncio.to_thread(read_photo, path, max_bytes)
+                except NotSent as exc:
+                    self._not_sent(path, str(exc))
+                    continue
+                if self.store is not None and self.store.is_done(photo.sha256, self.key):
+                    # Same content under another path, tagged earlier in this run or before.
+                    self.store.link(photo.path, photo.sha256, photo.size, photo.mtime, self.key)
+                    self.summary.skipped += 1
+                    self._advance()
+                    continue
+                sent[str(index)] = photo
+                yield TagItem(photo.data, id=str(index), max_tags=self.settings.max_tags)
+
+        renewer = asyncio.create_task(self._renew_claims()) if self.store is not None else None
+        try:
+            async for answer in client.tag_many(items(), window=max(1, self.settings.concurrency)):
+                self._record(sent.pop(answer.id), answer)
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+
+    async def _take_deferred(self) -> list[Path]:
         """Photos another run had claimed: done by it now, or ours once it lets them go."""
         waiting, self.deferred = self.deferred, []
         announced = False
@@ -218,62 +206,12 @@ class Tagger:
                     waiting.remove(path)
             if mine:
                 self.deferred = waiting
-                return {str(first_id + index): path for index, path in enumerate(mine)}
+                return mine
             if waiting and not announced:
                 self.say(f"waiting for another `archivetag tag` on {self.store.path} to finish {len(waiting)} photos")
                 announced = True
             await asyncio.sleep(0.5)
-        return {}
-
-    async def _stream(self, attempt: Attempt, concurrency: int) -> None:
-        """Stream the attempt's photos, noting each one finished as it is."""
-        window = asyncio.Semaphore(max(1, concurrency))
-        max_bytes = self.settings.max_photo_mb * MIB - REQUEST_OVERHEAD
-
-        async def requests():
-            for item_id, path in attempt.photos.items():
-                await window.acquire()
-                if self.store is not None and self.store.claim(path):
-                    self.deferred.append(path)  # another run on this database is tagging it
-                    attempt.finished.add(item_id)
-                    window.release()
-                    continue
-                try:
-                    photo = await asyncio.to_thread(read_photo, path, max_bytes)
-                except NotSent as exc:
-                    attempt.finished.add(item_id)
-                    self._not_sent(path, str(exc))
-                    window.release()
-                    continue
-                if self.store is not None and self.store.is_done(photo.sha256, self.key):
-                    # Same content under another path, tagged earlier in this run or before.
-                    self.store.link(photo.path, photo.sha256, photo.size, photo.mtime, self.key)
-                    self.summary.skipped += 1
-                    attempt.finished.add(item_id)
-                    self._advance()
-                    window.release()
-                    continue
-                attempt.in_flight[item_id] = photo
-                request = tagging_pb2.TagImageRequest(max_tags=self.settings.max_tags)
-                request.image.data = photo.data
-                yield tagging_pb2.TagImagesRequest(id=item_id, request=request)
-
-        renewer = asyncio.create_task(self._renew_claims()) if self.store is not None else None
-        try:
-            async with open_channel(self.settings) as channel:
-                stub = tagging_pb2_grpc.TaggingServiceStub(channel)
-                call = stub.TagImages(requests(), metadata=call_metadata(self.settings))
-                async for response in call:
-                    photo = attempt.in_flight.pop(response.id, None)
-                    if photo is None:
-                        continue  # not ours (cannot happen with a correct server)
-                    self._record(photo, response)
-                    attempt.finished.add(response.id)
-                    attempt.answered += 1
-                    window.release()
-        finally:
-            if renewer is not None:
-                renewer.cancel()
+        return []
 
     async def _renew_claims(self) -> None:
         while True:
@@ -281,29 +219,23 @@ class Tagger:
             self.store.renew_claims()
 
 
-def _item_error(code: grpc.StatusCode, message: str) -> tagging_pb2.TagImagesResponse:
-    return tagging_pb2.TagImagesResponse(
-        error=tagging_pb2.ItemError(code=code.value[0], status=code.name, message=message)
-    )
-
-
 async def tag_photos(settings, photos: list[Path], store: ResultStore | None, progress) -> Summary:
-    async with open_channel(settings) as channel:
-        status = await tagging_pb2_grpc.TaggingServiceStub(channel).GetStatus(
-            tagging_pb2.GetStatusRequest(), metadata=call_metadata(settings), timeout=10
-        )
-    key = models_key([b.model for b in status.backends])
-    runner = Tagger(settings, store, key, progress)
-    runner.summary.total = len(photos)
-    todo = photos
-    if store is not None:
-        store.remember_models(key, [b.model for b in status.backends])
-        todo = [p for p in photos if not store.path_is_done(p, key)]
-        runner.summary.skipped = len(photos) - len(todo)
-        progress.update(runner.summary.skipped)
-    started = time.monotonic()
-    await runner.run(todo)
-    runner.summary.seconds = time.monotonic() - started
+    # A lost connection is retried with backoff (2 s doubling to 30 s), `--retries` times.
+    retry = RetryPolicy(max_attempts=settings.retries + 1, initial_backoff=2.0, max_backoff=30.0)
+    async with AsyncTaggingClient.from_settings(settings, retry=retry) as client:
+        status = await client.status()
+        key = models_key([b.model for b in status.backends])
+        runner = Tagger(settings, store, key, progress)
+        runner.summary.total = len(photos)
+        todo = photos
+        if store is not None:
+            store.remember_models(key, [b.model for b in status.backends])
+            todo = [p for p in photos if not store.path_is_done(p, key)]
+            runner.summary.skipped = len(photos) - len(todo)
+            progress.update(runner.summary.skipped)
+        started = time.monotonic()
+        await runner.run(client, todo)
+        runner.summary.seconds = time.monotonic() - started
     return runner.summary
 
 
@@ -325,9 +257,9 @@ def run(args: argparse.Namespace) -> int:
                     dynamic_ncols=True)
     try:
         summary = asyncio.run(tag_photos(args, photos, store, progress))
-    except grpc.aio.AioRpcError as exc:
+    except ClientError as exc:
         progress.close()
-        print(f"archivetag tag: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"archivetag tag: {args.target}: {exc}", file=sys.stderr)
         print("everything answered so far is saved; run the same command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -249,21 +249,6 @@ def test_tag_goes_past_an_oversized_file_and_stores_a_non_utf8_name_exactly(stac
     assert sorted(p for p in stored if isinstance(p, str)) == sorted(str(g) for g in goods)
 
 
-def test_a_photo_that_ends_the_orchestrators_stream_is_failed_alone_and_the_rest_are_tagged(stack, tmp_path):
-    folder = tmp_path / "photos"
-    png_folder(folder, 6)
-    big = folder / "big.jpg"
-    big.write_bytes(os.urandom(35 * 1024 * 1024))  # under the client's limit below, over the orchestrator's 32 MiB
-    argv = tag_argv(stack, folder, db=tmp_path / "results.sqlite") + ["--max-photo-mb", "40"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 1, result.stderr
-    counts = summary_counts(result.stderr)
-    assert counts["tagged"] == 6
-    assert counts["failed"] == 1
-    assert f"failed: {big}: RESOURCE_EXHAUSTED: the orchestrator ended the stream over this photo" in result.stderr
-
-
 def test_two_tag_runs_on_one_database_tag_each_photo_once(stack, tmp_path):
     folder = tmp_path / "photos"
     png_folder(folder, 24)
@@ -288,10 +273,6 @@ def test_tag_resumes_after_the_orchestrator_drains_on_sigterm_none_lost_none_twi
     os.kill(pid_of(stack, "orchestrator"), signal.SIGTERM)  # `up` starts it again
     _, stderr = run.communicate(timeout=900)
     assert run.returncode == 0, stderr
-    # The stream really ended early and the run went on. (The asyncio client reports the end as
-    # INTERNAL "Internal error from Core" when its next write races the server's status, so the
-    # drain's own UNAVAILABLE text is checked by tests/orchestrator/test_faults.py instead.)
-    assert "stream ended" in stderr
     counts = summary_counts(stderr)
     assert counts["tagged"] == 40  # each photo answered once, none lost
     assert len(ok_paths(db)) == 40

@@ -84,23 +84,32 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.0f} MP" if pixels >= 1e6 else f"{pixels} pixels"
 
 
-def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+def check_image_size(data: bytes, max_bytes: int) -> None:
+    """InvalidInput unless 0 < len(data) <= max_bytes (the orchestrator checks this before forwarding)."""
     if not data:
-        raise InvalidInput("image is empty (0 bytes)")
-    if len(data) > limits.max_bytes:
+        raise InvalidInput("image is empty (0 bytes)", reason="IMAGE_EMPTY", field="image.data")
+    if len(data) > max_bytes:
         raise InvalidInput(
-            f"image is {len(data)} bytes; the limit is {limits.max_bytes} bytes (set ARCHIVETAG_MAX_IMAGE_BYTES)"
+            f"image is {len(data)} bytes; the limit is {max_bytes} bytes (set ARCHIVETAG_MAX_IMAGE_BYTES)",
+            reason="IMAGE_TOO_LARGE", field="image.data",
+            metadata={"size_bytes": len(data), "limit_bytes": max_bytes, "setting": "ARCHIVETAG_MAX_IMAGE_BYTES"},
         )
+
+
+def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    check_image_size(data, limits.max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
+        what = _describe_non_image(data)
         raise InvalidInput(
-            f"image format not recognised: {_describe_non_image(data)}; accepted formats: {_FORMAT_NAMES}"
+            f"image format not recognised: {what}; accepted formats: {_FORMAT_NAMES}",
+            reason="IMAGE_CORRUPT" if what.startswith("a corrupt") else "IMAGE_FORMAT_UNSUPPORTED",
         ) from None
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"image is too large to decode: {exc}") from None
+        raise _too_many_pixels(exc) from None
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise InvalidInput(f"image header is corrupt: {exc}") from None
     width, height = image.size
@@ -110,9 +119,17 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     if pixels > limits.max_pixels:
         raise InvalidInput(
             f"image is {width}×{height} ({_megapixels(pixels)}); the limit is {_megapixels(limits.max_pixels)} "
-            "(set ARCHIVETAG_MAX_IMAGE_PIXELS)"
+            "(set ARCHIVETAG_MAX_IMAGE_PIXELS)",
+            reason="IMAGE_TOO_MANY_PIXELS",
+            metadata={"width": width, "height": height, "limit_pixels": limits.max_pixels,
+                      "setting": "ARCHIVETAG_MAX_IMAGE_PIXELS"},
         )
     return image
+
+
+def _too_many_pixels(exc: Exception) -> InvalidInput:
+    return InvalidInput(f"image is too large to decode: {exc}", reason="IMAGE_TOO_MANY_PIXELS",
+                        metadata={"setting": "ARCHIVETAG_MAX_IMAGE_PIXELS"})
 
 
 def _high_depth_grey_to_l(image: Image.Image) -> Image.Image:
@@ -163,7 +180,7 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int
     except InvalidInput:
         raise
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"image is too large to decode: {exc}") from None
+        raise _too_many_pixels(exc) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
         raise InvalidInput(f"image data is truncated or corrupt ({fmt}): {exc}") from None
 
@@ -203,21 +220,26 @@ def read_image_source(image_proto, allowed_roots: list[Path] | list[str]) -> byt
     if source == "data":
         return image_proto.data
     if source != "uri":
-        raise InvalidInput("request has no image: set image.data (the file's bytes) or image.uri")
+        raise InvalidInput("request has no image: set image.data (the file's bytes) or image.uri",
+                           reason="IMAGE_MISSING", field="image")
     if not allowed_roots:
         raise InvalidInput(
             "image.uri is not accepted by this server (no allowed roots; set ARCHIVETAG_ALLOWED_ROOTS) "
-            "- send the file's bytes in image.data"
+            "- send the file's bytes in image.data",
+            reason="IMAGE_URI_REFUSED", field="image.uri",
         )
     uri = image_proto.uri
     path_text = uri[len("file://"):] if uri.startswith("file://") else uri
     if "://" in path_text:
-        raise InvalidInput(f"image.uri {uri!r}: only local paths and file:// URIs are accepted")
+        raise InvalidInput(f"image.uri {uri!r}: only local paths and file:// URIs are accepted",
+                           reason="IMAGE_URI_REFUSED", field="image.uri")
     path = Path(path_text).resolve()
     roots = [Path(r).expanduser().resolve() for r in allowed_roots]
     if not any(path.is_relative_to(root) for root in roots):
-        raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots")
+        raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots", reason="IMAGE_URI_REFUSED",
+                           field="image.uri")
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror}") from None
+        raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror}", reason="IMAGE_URI_REFUSED",
+                           field="image.uri") from None

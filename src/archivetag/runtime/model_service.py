@@ -64,7 +64,7 @@ class TagOptions:
             return cls(None, 0, [])
         threshold = float(request.threshold) if request.HasField("threshold") else None
         if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise InvalidInput(f"threshold {threshold} is outside [0, 1]")
+            raise InvalidInput(f"threshold {threshold} is outside [0, 1]", reason="FIELD_INVALID", field="threshold")
         return cls(threshold, int(request.max_tags), list(request.vocabulary))
 
 
@@ -192,7 +192,8 @@ class ModelServiceApp:
         """Decode, prepare and infer one request through the batcher."""
         assert self.health is not None
         if self.health.phase not in (SERVING, DRAINING):
-            raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}")
+            raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}",
+                             metadata={"model": self.backend.family, "phase": self.health.phase})
         started = time.perf_counter()
         item = await self.decoder.decode(image_proto, then=lambda image: self.backend.prepare(image, request))
         decoded = time.perf_counter()
