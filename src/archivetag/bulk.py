@@ -19,7 +19,7 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToDict
 
 from archivetag.client import CLIENT_OPTIONS, AsyncTaggingClient, ClientError, ItemResult, RetryPolicy, TagItem
-from archivetag.results import ResultStore, default_db_path, models_key
+from archivetag.results import CLAIM_SECONDS, ResultStore, StoreError, default_db_path, models_key
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
@@ -32,9 +32,14 @@ TAG_OPTIONS = OptionGroup(
         Option("concurrency", 8, "Photos in flight at once.", int),
         Option("max_tags", 0, "At most this many tags per photo; 0: all.", int),
         Option("retries", 5, "Times a broken connection is retried (with backoff) before giving up.", int),
+        Option("max_photo_mb", 32, "Largest photo sent, in MiB (as the orchestrator's --max-message-mb); "
+               "larger files are reported, not sent.", int),
     ),
 )
 OPTION_GROUPS = [CLIENT_OPTIONS, TAG_OPTIONS]
+MIB = 1024 * 1024
+# Room in a request for the fields around the image (item id, options).
+REQUEST_OVERHEAD = 4096
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON result per photo instead of writing the database")
     parser.add_argument("--all-files", action="store_true", help="send every file, not only known photo extensions")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def shown(path: Path) -> str:
+    """A path for messages: a name that is not valid UTF-8 shows its odd bytes escaped (\\udcff)."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def find_photos(paths: list[Path], all_files: bool = False) -> tuple[list[Path], list[str]]:
@@ -52,8 +62,10 @@ def find_photos(paths: list[Path], all_files: bool = False) -> tuple[list[Path],
             found += [p for p in sorted(path.rglob("*")) if p.is_file() and (all_files or p.suffix.lower() in PHOTO_SUFFIXES)]
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            problems.append(f"{shown(path)}: not a regular file or folder")
         else:
-            problems.append(f"{path}: no such file or folder")
+            problems.append(f"{shown(path)}: no such file or folder")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return unique, problems
 
@@ -67,10 +79,21 @@ class Photo:
     mtime: float
 
 
-def read_photo(path: Path) -> Photo:
-    data = path.read_bytes()
-    stat = path.stat()
-    return Photo(path, data, hashlib.sha256(data).hexdigest(), stat.st_size, stat.st_mtime)
+class NotSent(Exception):
+    """A photo that cannot be sent (unreadable, over the size limit); the message says why."""
+
+
+def read_photo(path: Path, max_bytes: int) -> Photo:
+    """The photo's bytes, its size checked before reading (an over-limit file would end the stream)."""
+    try:
+        stat = path.stat()
+        if stat.st_size > max_bytes:
+            raise NotSent(f"{stat.st_size / MIB:.1f} MiB, over the {max_bytes / MIB:.1f} MiB a request may carry "
+                          "(--max-photo-mb; the orchestrator's --max-message-mb must allow it too)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise NotSent(f"cannot read it: {exc.strerror}") from None
+    return Photo(path, data, hashlib.sha256(data).hexdigest(), len(data), stat.st_mtime)
 
 
 @dataclass
@@ -84,7 +107,12 @@ class Summary:
 
 
 class Tagger:
-    """One import run: stream the photos, store or print each answer."""
+    """One import run: stream the photos, store or print each answer.
+
+    No single file stops it: one that cannot be read or is over the size limit is reported
+    and the rest go on; item ids are a counter, so any file name is fine. Photos another run
+    on the same database has claimed are left to it (taken over if it goes away).
+    """
 
     def __init__(self, settings, store: ResultStore | None, key: str, progress):
         self.settings = settings
@@ -92,48 +120,103 @@ class Tagger:
         self.key = key
         self.progress = progress
         self.summary = Summary()
+        self.deferred: list[Path] = []  # claimed by another run on the same database
 
     def say(self, message: str) -> None:
         """A line above the progress bar, on stderr (tqdm.write defaults to stdout, even with the bar off)."""
         self.progress.write(message, file=sys.stderr)
+
+    def _advance(self) -> None:
+        self.progress.update(1)
+        self.progress.set_postfix(failed=self.summary.failed + self.summary.unreadable, refresh=False)
 
     def _record(self, photo: Photo, answer: ItemResult) -> None:
         if answer.ok:
             self.summary.tagged += 1
         else:
             self.summary.failed += 1
-            self.say(f"failed: {photo.path}: {answer.error.code.name} ({answer.error.reason_name}): {answer.error.message}")
+            self.say(f"failed: {shown(photo.path)}: {answer.error.code.name} ({answer.error.reason_name}): "
+                     f"{answer.error.message}")
         if self.store is not None:
             self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, answer.response)
         else:
-            print(json.dumps({"path": str(photo.path), "sha256": photo.sha256, **MessageToDict(answer.response)}), flush=True)
-        self.progress.update(1)
-        self.progress.set_postfix(failed=self.summary.failed, refresh=False)
+            print(json.dumps({"path": str(photo.path), "sha256": photo.sha256, **MessageToDict(answer.response)}),
+                  flush=True)
+        self._advance()
+
+    def _not_sent(self, path: Path, reason: str) -> None:
+        self.summary.unreadable += 1
+        self.say(f"unreadable: {shown(path)}: {reason}")
+        if self.store is not None:
+            self.store.release(path)
+        self._advance()
 
     async def run(self, client: AsyncTaggingClient, photos: list[Path]) -> None:
         """Stream the photos; the client keeps the window, reopens a broken stream and resends."""
+        next_id = 0
+        while photos:
+            await self._stream(client, photos, next_id)
+            next_id += len(photos)
+            photos = await self._take_deferred() if self.deferred else []
+
+    async def _stream(self, client: AsyncTaggingClient, photos: list[Path], first_id: int) -> None:
         sent: dict[str, Photo] = {}
+        max_bytes = self.settings.max_photo_mb * MIB - REQUEST_OVERHEAD
 
         async def items():
-            for path in photos:
+            for index, path in enumerate(photos, first_id):
+                if self.store is not None and self.store.claim(path):
+                    self.deferred.append(path)  # another run on this database is tagging it
+                    continue
                 try:
-                    photo = await asyncio.to_thread(read_photo, path)
-                except OSError as exc:
-                    self.summary.unreadable += 1
-                    self.say(f"unreadable: {path}: {exc.strerror}")
-                    self.progress.update(1)
+                    photo = await asyncio.to_thread(read_photo, path, max_bytes)
+                except NotSent as exc:
+                    self._not_sent(path, str(exc))
                     continue
                 if self.store is not None and self.store.is_done(photo.sha256, self.key):
                     # Same content under another path, tagged earlier in this run or before.
                     self.store.link(photo.path, photo.sha256, photo.size, photo.mtime, self.key)
                     self.summary.skipped += 1
-                    self.progress.update(1)
+                    self._advance()
                     continue
-                sent[str(path)] = photo
-                yield TagItem(photo.data, id=str(path), max_tags=self.settings.max_tags)
+                sent[str(index)] = photo
+                yield TagItem(photo.data, id=str(index), max_tags=self.settings.max_tags)
 
-        async for answer in client.tag_many(items(), window=max(1, self.settings.concurrency)):
-            self._record(sent.pop(answer.id), answer)
+        renewer = asyncio.create_task(self._renew_claims()) if self.store is not None else None
+        try:
+            async for answer in client.tag_many(items(), window=max(1, self.settings.concurrency)):
+                self._record(sent.pop(answer.id), answer)
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+
+    async def _take_deferred(self) -> list[Path]:
+        """Photos another run had claimed: done by it now, or ours once it lets them go."""
+        waiting, self.deferred = self.deferred, []
+        announced = False
+        while waiting:
+            mine = []
+            for path in list(waiting):
+                if self.store.path_is_done(path, self.key, ok_only=False):
+                    self.summary.skipped += 1
+                    self._advance()
+                    waiting.remove(path)
+                elif not self.store.claim(path):
+                    mine.append(path)
+                    waiting.remove(path)
+            if mine:
+                self.deferred = waiting
+                return mine
+            if waiting and not announced:
+                self.say(f"waiting for another `archivetag tag` on {self.store.path} to finish {len(waiting)} photos")
+                announced = True
+            await asyncio.sleep(0.5)
+        return []
+
+    async def _renew_claims(self) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_SECONDS / 3)
+            self.store.renew_claims()
 
 
 async def tag_photos(settings, photos: list[Path], store: ResultStore | None, progress) -> Summary:
@@ -165,7 +248,11 @@ def run(args: argparse.Namespace) -> int:
     if not photos:
         print("archivetag tag: no photos found", file=sys.stderr)
         return 2
-    store = None if args.json else ResultStore(args.db or default_db_path())
+    try:
+        store = None if args.json else ResultStore(args.db or default_db_path())
+    except StoreError as exc:
+        print(f"archivetag tag: {exc}", file=sys.stderr)
+        return 2
     progress = tqdm(total=len(photos), unit="photo", desc="tagging", disable=args.no_progress, file=sys.stderr,
                     dynamic_ncols=True)
     try:
