@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import grpc
 import pytest
 
 from archivetag.client import AsyncTaggingClient, ClientError, TagItem, TaggingClient
 from archivetag.v1 import errors_pb2, tagging_pb2
+from tests.support.waiting import wait_for
 from tests.clients.conftest import MAX_IMAGE_BYTES, SAMPLES, TOKEN
 
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0" + b"\x07" * 64
@@ -24,18 +24,9 @@ def error_of(call) -> ClientError:
     return caught.value
 
 
-def wait_for(probe, what: str, timeout: float = 120.0):
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-            last = value
-        except ClientError as exc:
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"{what}: not seen after {timeout} s; last: {last}")
+def wait_until(probe, what: str, timeout: float = 120.0):
+    """The shared wait, with the client's errors counting as "not yet"."""
+    return wait_for(probe, timeout=timeout, describe=what, ignore=(ClientError,))
 
 
 @pytest.fixture
@@ -128,7 +119,7 @@ def test_fallback_after_florence_is_stopped_is_typed_and_status_marks_the_error_
         return client.tag(SAMPLES[0].read_bytes()).tagger == "florence"
 
     # Earlier slow answers on a busy machine may have opened the breaker: start from Florence answering.
-    wait_for(florence_answers, "Florence answers", timeout=300)
+    wait_until(florence_answers, "Florence answers", timeout=300)
     florence = stack.pid("florence")
     os.kill(florence, signal.SIGSTOP)
     try:
@@ -142,6 +133,6 @@ def test_fallback_after_florence_is_stopped_is_typed_and_status_marks_the_error_
         assert not backend.last_error_resolved
     finally:
         os.kill(florence, signal.SIGCONT)
-    wait_for(florence_answers, "Florence answers again", timeout=300)
+    wait_until(florence_answers, "Florence answers again", timeout=300)
     backend = next(b for b in client.status().backends if b.name == "florence")
     assert backend.last_error_resolved

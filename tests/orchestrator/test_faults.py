@@ -19,10 +19,10 @@ from archivetag.stack import archivetag_command
 from archivetag.v1 import tagging_pb2
 from tests.conftest import model_service, orchestrator
 from tests.orchestrator.test_orchestrator import (
-    FLORENCE_FAST, TAGGING, TOKEN_ARGS, auth, backend, stub, tag_request, targets, wait_backends_serving,
+    FLORENCE_FAST, TAGGING, TOKEN_ARGS, auth, backend, stub, tag_request, targets, wait_health, ALL_SERVING,
 )
 from tests.support.image_corpus import encode, photo
-from tests.support.servers import wait_for
+from tests.support.waiting import wait_for
 
 TAGGER = "archivetag.v1.TaggerService"
 VIEW_TYPE = "archivetag.v1.ViewTypeService"
@@ -86,7 +86,7 @@ def test_a_corrupt_file_sent_again_and_again_opens_no_breaker_and_another_client
     args = (*TOKEN_ARGS, "--breaker-failures", "2", *targets(**addresses(services)))
     with orchestrator(tmp_path, *args) as server:
         server.wait_status(TAGGING, "SERVING", timeout=60)
-        wait_backends_serving(server.address, auth())
+        wait_health(server.address, auth(), **ALL_SERVING)
         api = stub(server.address)
         before = status(server.address, auth())
         request = tagging_pb2.TagImageRequest()
@@ -114,14 +114,14 @@ def test_a_stopped_florence_is_marked_unreachable_skipped_then_serves_again_afte
                 *targets(**addresses(services, florence=florence.address)))
         with orchestrator(tmp_path, *args) as server:
             server.wait_status(TAGGING, "SERVING", timeout=60)
-            wait_backends_serving(server.address)
+            wait_health(server.address, **ALL_SERVING)
             api = stub(server.address)
             assert api.TagImage(tag_request(), timeout=60).tagger == "florence"
 
             florence.proc.send_signal(signal.SIGSTOP)
             in_flight = api.TagImage.future(tag_request(1), timeout=120)
             wait_for(lambda: backend(status(server.address), "florence").health == tagging_pb2.BACKEND_HEALTH_UNREACHABLE,
-                     120, "florence marked UNREACHABLE while stopped")
+                     timeout=120, describe="florence marked UNREACHABLE while stopped")
             caught = in_flight.result()
             assert caught.tagger == "rampp"
             # Not waited out to Florence's deadline: its connection was dropped (keepalive) or the
@@ -133,9 +133,9 @@ def test_a_stopped_florence_is_marked_unreachable_skipped_then_serves_again_afte
 
             florence.proc.send_signal(signal.SIGCONT)
             wait_for(lambda: backend(status(server.address), "florence").health == tagging_pb2.BACKEND_HEALTH_SERVING,
-                     120, "florence SERVING again after SIGCONT")
-            reply = wait_for(lambda: (r := api.TagImage(tag_request(3), timeout=60)).tagger == "florence" and r,
-                             60, "florence tags again")
+                     timeout=120, describe="florence SERVING again after SIGCONT")
+            reply = wait_for(lambda: (r := api.TagImage(tag_request(3),
+                             timeout=60)).tagger == "florence" and r, timeout=60, describe="florence tags again")
             assert not reply.fallback_reason
     finally:
         if florence.proc.poll() is None:
@@ -152,11 +152,11 @@ def test_a_stopped_replica_is_skipped_while_its_sibling_keeps_florence_serving(s
         args = ("--no-auth", "--florence-deadline-seconds", "300", *targets(**addresses(services, florence=florence)))
         with orchestrator(tmp_path, *args) as server:
             server.wait_status(TAGGING, "SERVING", timeout=60)
-            wait_backends_serving(server.address)
+            wait_health(server.address, **ALL_SERVING)
             api = stub(server.address)
             replicas[0].proc.send_signal(signal.SIGSTOP)
             seen = wait_for(lambda: (b := backend(status(server.address), "florence")).serving_replicas == 1 and b,
-                            120, "the stopped replica counted out")
+                            timeout=120, describe="the stopped replica counted out")
             assert seen.health == tagging_pb2.BACKEND_HEALTH_SERVING
             # A call that reached the stopped replica is retried on the other once keepalive drops that
             # connection: every call is answered by Florence.
@@ -177,7 +177,7 @@ def test_sigterm_mid_stream_answers_what_was_read_and_the_rest_is_resumed_elsewh
     first = orchestrator(tmp_path, *args, name="first").start()
     try:
         first.wait_status(TAGGING, "SERVING", timeout=60)
-        wait_backends_serving(first.address)
+        wait_health(first.address, **ALL_SERVING)
         items = (tagging_pb2.TagImagesRequest(id=i, request=tag_request(n)) for n, i in enumerate(ids))
         with pytest.raises(grpc.RpcError) as info:
             for answer in stub(first.address).TagImages(items, timeout=600):
@@ -197,7 +197,7 @@ def test_sigterm_mid_stream_answers_what_was_read_and_the_rest_is_resumed_elsewh
     rest = [i for i in ids if i not in set(answered)]
     with orchestrator(tmp_path, *args, name="second") as second:
         second.wait_status(TAGGING, "SERVING", timeout=60)
-        wait_backends_serving(second.address)
+        wait_health(second.address, **ALL_SERVING)
         items = (tagging_pb2.TagImagesRequest(id=i, request=tag_request(ids.index(i))) for i in rest)
         resumed = list(stub(second.address).TagImages(items, timeout=600))
     assert sorted(a.id for a in resumed) == sorted(rest)
@@ -207,7 +207,7 @@ def test_sigterm_mid_stream_answers_what_was_read_and_the_rest_is_resumed_elsewh
 def test_a_duplicate_item_id_is_answered_once_with_invalid_argument(services, tmp_path):
     with orchestrator(tmp_path, "--no-auth", *targets(**addresses(services))) as server:
         server.wait_status(TAGGING, "SERVING", timeout=60)
-        wait_backends_serving(server.address)
+        wait_health(server.address, **ALL_SERVING)
         items = [tagging_pb2.TagImagesRequest(id="a", request=tag_request(0)),
                  tagging_pb2.TagImagesRequest(id="a", request=tag_request(1)),  # read while "a" is in flight
                  tagging_pb2.TagImagesRequest(id="b", request=tag_request(2))]
@@ -224,7 +224,7 @@ def test_a_client_over_its_byte_budget_is_refused_and_a_stream_waits_for_room_in
             *targets(**addresses(services)))
     with orchestrator(tmp_path, *args) as server:
         server.wait_status(TAGGING, "SERVING", timeout=60)
-        wait_backends_serving(server.address)
+        wait_health(server.address, **ALL_SERVING)
         api = stub(server.address)
         big = tagging_pb2.TagImageRequest()
         big.image.data = b"\x00" * (3 * 1024 * 1024 // 2)

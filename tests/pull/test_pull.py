@@ -23,7 +23,8 @@ from archivetag.runtime.registry import MODELS, server
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 from tests.support.image_corpus import encode, photo
 from tests.support.local_hub import LocalHub
-from tests.support.servers import free_port, health_status, wait_for
+from tests.support.servers import free_port, health_status
+from tests.support.waiting import wait_for
 from tests.support.upstream_repos import NOT_LOADED, commit_of, serve_upstream, write_upstream
 
 ARCHIVETAG = [sys.executable, "-m", "archivetag.cli"]
@@ -132,8 +133,7 @@ def stack(pulled):
         try:
             specs = [*MODELS, server("orchestrator")]
             wait_for(lambda: process.poll() is not None or all(
-                health_status(f"127.0.0.1:{ports[s.name]}", s.health_service) == "SERVING" for s in specs),
-                300, f"the pulled stack did not come up (log: {out})")
+                health_status(f"127.0.0.1:{ports[s.name]}", s.health_service) == "SERVING" for s in specs), timeout=300, describe=f"the pulled stack did not come up (log: {out})")
             assert process.poll() is None, out.read_text()[-3000:]
             yield {"ports": ports}
         finally:
@@ -171,8 +171,8 @@ def test_a_killed_pull_resumes_without_downloading_again_what_it_had(hub, tmp_pa
     first = subprocess.Popen(pull_argv(models, hub, "--only", "florence"), env=pull_env(hub, tmp_path / "hf-home"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: (part.is_file() and part.stat().st_size >= size // 4) or first.poll() is not None, 300,
-                 "the first pull wrote nothing of the weights")
+        wait_for(lambda: (part.is_file() and part.stat().st_size >= size // 4) or first.poll() is not None,
+                 timeout=300, describe="the first pull wrote nothing of the weights")
         assert first.poll() is None, first.stderr.read()
         first.send_signal(signal.SIGKILL)
         first.wait(30)
