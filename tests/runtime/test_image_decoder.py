@@ -67,8 +67,9 @@ def test_large_jpeg_is_decoded_at_reduced_scale_but_never_below_the_model_input(
     reduced = decode_image(big, min_edge=384)
     assert reduced.size == (750, 500)  # 1/4 scale: the smallest DCT scale keeping both sides ≥ 384
     assert min(reduced.size) >= 384
-    full = decode_image(big, ImageLimits(jpeg_draft=False), min_edge=384)
-    assert full.size == (3000, 2000)
+    undrafted = decode_image(big, ImageLimits(jpeg_draft=False), min_edge=384)
+    assert undrafted.size == (600, 400)  # decoded in full, then shrunk by the integer factor 5 at once
+    assert decode_image(big).size == (3000, 2000)  # no model edge: nothing is shrunk
 
 
 def test_small_jpeg_is_not_reduced():
