@@ -477,15 +477,16 @@ def read_image_source(
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as exc:  # ELOOP (a symlink loop), ENOENT, EACCES, a NUL in the path
         raise InvalidInput(f"image.uri {uri!r} cannot be opened: {getattr(exc, 'strerror', None) or exc}") from None
-    with os.fdopen(fd, "rb", buffering=0) as file:
-        info = os.fstat(file.fileno())
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+        os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             raise InvalidInput(f"image.uri {uri!r} is not a regular file ({_file_kind(info.st_mode)})")
-        if info.st_size > max_bytes:
-            raise InvalidInput(
-                f"image.uri {uri!r} is {info.st_size} bytes; the limit is {max_bytes} bytes "
-                "(set ARCHIVETAG_MAX_IMAGE_BYTES)"
-            )
+        raise InvalidInput(
+            f"image.uri {uri!r} is {info.st_size} bytes; the limit is {max_bytes} bytes "
+            "(set ARCHIVETAG_MAX_IMAGE_BYTES)"
+        )
+    with os.fdopen(fd, "rb", buffering=0) as file:
         chunks, size = [], 0
         try:
             while chunk := file.read(min(_READ_CHUNK, max_bytes + 1 - size)):
