@@ -163,7 +163,9 @@ def _plan(image: Image.Image, stored_size: tuple[int, int], min_edge: int | None
         # progressive file, whatever the output scale.
         codec = stored_size[0] * stored_size[1] * len(image.getbands()) * 2
     elif image.format == "WEBP":
-        codec = width * height * 4 * 2  # libwebp's frame and the bytes Pillow copies it through
+        # libwebp's animation decoder (Pillow's only WebP path) keeps two canvases, and the
+        # frame reaches Pillow through a bytes copy; it cannot decode at a reduced scale.
+        codec = width * height * 4 * 3
     elif image.format in ("HEIF", "TIFF"):
         codec = width * height * 4  # libheif's frame; libtiff's strip buffer or RGBA raster
     factor = max(1, min(width, height) // min_edge) if min_edge else 1
