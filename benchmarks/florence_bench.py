@@ -50,7 +50,7 @@ def bench_size(size: str, device: torch.device, dtype: torch.dtype, batches, bea
     from archivetag.services.florence.loading import load_florence
     from archivetag.services.florence.smoke import build_tokenizer, smoke_processor
 
-    from archivetag.smoke import smoke_vocabulary
+    from archivetag.bundled import smoke_vocabulary
 
     torch.manual_seed(0)
     model = Florence2ForConditionalGeneration(full_config(size)).eval()

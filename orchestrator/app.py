@@ -16,13 +16,10 @@ from archivetag.orchestrator.fairness import FairScheduler
 from archivetag.orchestrator.routing import Router
 from archivetag.orchestrator.service import TaggingServicer
 from archivetag.runtime.logs import fields
-from archivetag.runtime.model_service import TAGGER_SERVICE, VIEW_TYPE_SERVICE
-from archivetag.v1 import tagger_pb2, tagger_pb2_grpc, tagging_pb2, tagging_pb2_grpc, view_type_pb2, view_type_pb2_grpc
+from archivetag.runtime.registry import MODEL_NAMES, MODELS, TAGGER_NAMES, TAGGING_SERVICE, ServerSpec, view_type_model
+from archivetag.v1 import tagging_pb2_grpc
 
 log = logging.getLogger("archivetag.orchestrator")
-
-TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
-BACKEND_NAMES = ("florence", "rampp", "siglip")
 
 
 class OrchestratorApp:
@@ -31,18 +28,20 @@ class OrchestratorApp:
 
     def __init__(self, settings):
         self.settings = settings
-        unknown = set(settings.disabled_backends) - set(BACKEND_NAMES)
+        unknown = set(settings.disabled_backends) - set(MODEL_NAMES)
         if unknown:
-            raise SystemExit(f"--disabled-backends: unknown backend(s) {sorted(unknown)}; use {', '.join(BACKEND_NAMES)}")
+            raise SystemExit(f"--disabled-backends: unknown backend(s) {sorted(unknown)}; use {', '.join(MODEL_NAMES)}")
         try:
-            self.backends = {name: self._backend(name) for name in BACKEND_NAMES}
+            self.backends = {spec.name: self._backend(spec) for spec in MODELS}
         except TargetError as exc:
             raise SystemExit(f"bad backend target: {exc}") from None
-        primary = settings.primary_tagger
-        fallback = "rampp" if primary == "florence" else "florence"
-        self.backends[primary].role, self.backends[fallback].role = "primary tagger", "fallback tagger"
+        # The primary tagger first, then the other taggers in registry order.
+        taggers = [settings.primary_tagger, *(n for n in TAGGER_NAMES if n != settings.primary_tagger)]
+        for position, name in enumerate(taggers):
+            self.backends[name].role = "primary tagger" if position == 0 else "fallback tagger"
         self.router = Router(
-            [self.backends[primary], self.backends[fallback]], self.backends["siglip"], settings.fallback_reserve_seconds
+            [self.backends[name] for name in taggers], self.backends[view_type_model().name],
+            settings.fallback_reserve_seconds,
         )
         self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight, settings.client_max_queued)
         self.interceptors = [AuthInterceptor(self._authenticator())]
@@ -65,18 +64,13 @@ class OrchestratorApp:
         log.info("client authentication on", extra=fields(clients=sorted(set(tokens.values()))))
         return TokenAuthenticator(tokens)
 
-    def _backend(self, name: str) -> Backend:
+    def _backend(self, spec: ServerSpec) -> Backend:
         s = self.settings
-        is_tagger = name != "siglip"
         return Backend(
-            name,
-            "view type",
-            getattr(s, f"{name}_target"),
-            TAGGER_SERVICE if is_tagger else VIEW_TYPE_SERVICE,
-            tagger_pb2_grpc.TaggerServiceStub if is_tagger else view_type_pb2_grpc.ViewTypeServiceStub,
-            tagger_pb2.TaggerServiceGetModelInfoRequest() if is_tagger else view_type_pb2.ViewTypeServiceGetModelInfoRequest(),
-            deadline=getattr(s, f"{name}_deadline_seconds"),
-            enabled=name not in s.disabled_backends,
+            spec,
+            getattr(s, f"{spec.name}_target"),
+            deadline=getattr(s, f"{spec.name}_deadline_seconds"),
+            enabled=spec.name not in s.disabled_backends,
             breaker=CircuitBreaker(s.breaker_failures, s.breaker_cooldown_seconds),
             reconnect_max=s.reconnect_max_seconds,
             resolve_every=s.resolve_seconds,

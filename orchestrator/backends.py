@@ -23,7 +23,9 @@ from typing import Any, Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from archivetag.runtime.channels import client_channel_options
 from archivetag.runtime.logs import fields
+from archivetag.runtime.registry import ServerSpec
 from archivetag.v1 import common_pb2, tagging_pb2
 from archivetag.orchestrator.breaker import CircuitBreaker
 
@@ -101,12 +103,8 @@ class Backend:
 
     def __init__(
         self,
-        name: str,
-        role: str,
+        spec: ServerSpec,
         target: str,
-        health_service: str,
-        stub_class: type,
-        info_request: Any,
         *,
         deadline: float,
         enabled: bool,
@@ -115,12 +113,11 @@ class Backend:
         resolve_every: float,
         max_message_bytes: int,
     ):
-        self.name = name
-        self.role = role
+        self.spec = spec
+        self.name = spec.name
+        self.role = spec.role
         self.target_text = target
-        self.health_service = health_service
-        self.stub_class = stub_class
-        self.info_request = info_request
+        self.health_service = spec.health_service
         self.deadline = deadline
         self.enabled = enabled
         self.breaker = breaker
@@ -129,7 +126,7 @@ class Backend:
         self.max_message_bytes = max_message_bytes
         self.target = parse_target(target) if enabled else None
         self.replicas: dict[str, Replica] = {}
-        self.model = common_pb2.ModelIdentity(family=name)
+        self.model = common_pb2.ModelIdentity(family=spec.name)
         self.not_serving_reason = ""
         self.latencies: deque[float] = deque(maxlen=256)
         self.ok_count = 0
@@ -144,15 +141,7 @@ class Backend:
     # -- lifecycle ----------------------------------------------------------------
     def _channel_options(self, balanced: bool) -> list[tuple[str, Any]]:
         options = [
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", int(self.reconnect_max * 1000)),
+            *client_channel_options(self.max_message_bytes, reconnect_max_seconds=self.reconnect_max),
             ("grpc.dns_min_time_between_resolutions_ms", int(self.resolve_every * 1000)),
         ]
         if balanced:
@@ -181,7 +170,7 @@ class Backend:
         if not self.enabled:
             return
         self.channel = grpc.aio.insecure_channel(self.target.channel_target, options=self._channel_options(True))
-        self.stub = self.stub_class(self.channel)
+        self.stub = self.spec.stub(self.channel)
         if self.target.dns_name:
             self._resolver = asyncio.get_running_loop().create_task(self._resolve_loop(), name=f"{self.name}-resolve")
         else:
@@ -239,7 +228,7 @@ class Backend:
         backoff = 0.2
         async with grpc.aio.insecure_channel(address, options=self._channel_options(False)) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            info_stub = self.stub_class(channel)
+            info_stub = self.spec.stub(channel)
             while True:
                 try:
                     call = health.Watch(health_pb2.HealthCheckRequest(service=self.health_service))
@@ -260,7 +249,7 @@ class Backend:
     async def _model_info(self, stub: Any, status: str) -> str:
         """Refresh the model identity; return why the replica does not serve ('' if it does)."""
         try:
-            info = await stub.GetModelInfo(self.info_request, timeout=5)
+            info = await stub.GetModelInfo(self.spec.model_info_request(), timeout=5)
         except grpc.aio.AioRpcError:
             return ""
         if info.model.name:

@@ -1,25 +1,38 @@
 """Settings of the orchestrator (flags and ARCHIVETAG_* variables)."""
 
+from archivetag.runtime.registry import MODEL_NAMES, MODELS, TAGGER, TAGGER_NAMES, VIEW_TYPE
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
+
+# Longest wait per role before giving up on a backend (failing over, or answering degraded).
+DEFAULT_DEADLINES = {TAGGER: 30.0, VIEW_TYPE: 10.0}
+
+
+def _per_backend_options() -> tuple[Option, ...]:
+    """A target and a deadline for every model in the registry."""
+    options = []
+    for spec in MODELS:
+        options.append(Option(
+            f"{spec.name}_target", f"127.0.0.1:{spec.port}",
+            f"{spec.title} service: host:port (a DNS name resolving to several replicas is balanced "
+            "round-robin) or a comma-separated list of replicas.",
+        ))
+    for spec in MODELS:
+        after = "failing over" if spec.role == TAGGER else "answering degraded"
+        options.append(Option(f"{spec.name}_deadline_seconds", DEFAULT_DEADLINES[spec.role],
+                              f"Longest wait for {spec.title} before {after}.", float))
+    return tuple(options)
+
 
 BACKEND_OPTIONS = OptionGroup(
     "orchestrator backends",
     (
-        Option(
-            "florence_target", "127.0.0.1:50052",
-            "Florence-2 service: host:port (a DNS name resolving to several replicas is balanced round-robin) "
-            "or a comma-separated list of replicas.",
-        ),
-        Option("rampp_target", "127.0.0.1:50053", "RAM++ service target, as --florence-target."),
-        Option("siglip_target", "127.0.0.1:50054", "SigLIP service target, as --florence-target."),
-        Option("primary_tagger", "florence", "Tagger tried first; the other is the fallback.", choices=("florence", "rampp")),
+        *_per_backend_options(),
+        Option("primary_tagger", TAGGER_NAMES[0], "Tagger tried first; the others are fallbacks in registry order.",
+               choices=TAGGER_NAMES),
         Option(
             "disabled_backends", [],
-            "Comma-separated backends never called (florence, rampp, siglip).", parse_list,
+            f"Comma-separated backends never called ({', '.join(MODEL_NAMES)}).", parse_list,
         ),
-        Option("florence_deadline_seconds", 30.0, "Longest wait for Florence-2 before failing over.", float),
-        Option("rampp_deadline_seconds", 30.0, "Longest wait for RAM++.", float),
-        Option("siglip_deadline_seconds", 10.0, "Longest wait for SigLIP; past it the answer is degraded.", float),
         Option(
             "fallback_reserve_seconds", 5.0,
             "Time kept from the client's deadline for the fallback tagger when calling the primary.", float,

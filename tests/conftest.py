@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from archivetag.stack import archivetag_command
 from tests.support.servers import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO / ".." / "shared"
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +26,10 @@ def smoke_models(tmp_path_factory) -> Path:
 def model_service(name: str, models: Path, log_dir: Path, *args: str, port: int | None = None,
                   metrics_port: int = 0) -> ServerProcess:
     """`archivetag serve <name>` on a free loopback port (not started)."""
-    import sys
-
-    argv = [sys.executable, "-m", "archivetag.cli", "serve", name, "--models", str(models), "--stall-seconds", "60", *args]
+    argv = archivetag_command("serve", name, "--models", str(models), "--stall-seconds", "60", *args)
     return ServerProcess(argv, port=port, log_path=log_dir / f"{name}-{port or 'auto'}.log", metrics_port=metrics_port)
 
 
 def orchestrator(log_dir: Path, *args: str, name: str = "orchestrator") -> ServerProcess:
-    import sys
-
-    argv = [sys.executable, "-m", "archivetag.cli", "serve", "orchestrator", *args]
+    argv = archivetag_command("serve", "orchestrator", *args)
     return ServerProcess(argv, log_path=log_dir / f"{name}.log")

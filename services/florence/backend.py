@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 
+from archivetag.bundled import RAMPP_TAG_LIST as RAMPP_TAG_LIST_BUNDLED
 from archivetag.runtime.checksums import sha256_file
-from archivetag.runtime.errors import InvalidInput, ModelLoadError
+from archivetag.runtime.errors import ModelLoadError
+from archivetag.runtime.model_card import model_identity
 from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagOptions, TagResult
+from archivetag.runtime.tags import TagVocabulary, select_tags
 from archivetag.services.florence import tags as tagging
-from archivetag.services.florence.layout import MODEL_ID_FILE, REVISION_FILE, SMOKE_MARKER_FILE, VOCABULARY_FILE
-from archivetag.smoke import SMOKE_MARK
+from archivetag.services.florence.layout import VOCABULARY_FILE
 from archivetag.v1 import common_pb2
 
 log = logging.getLogger("archivetag.florence")
@@ -39,27 +42,12 @@ class FlorenceItem:
 
 
 def default_vocabulary_path(models: Path) -> Path:
-    own = models / MODEL_DIR / VOCABULARY_FILE
-    if own.exists():
-        return own
-    rampp = models / RAMPP_TAG_LIST
-    if rampp.exists():
-        return rampp
-    raise ModelLoadError(
-        f"no tag vocabulary: neither {own} nor {rampp} exists; set --florence-tag-vocabulary FILE "
-        "(one tag per line) or pull RAM++ (`archivetag models pull --only rampp`)"
-    )
-
-
-def read_vocabulary(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelLoadError(f"tag vocabulary {path} cannot be read: {exc}") from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise ModelLoadError(f"tag vocabulary {path} is empty")
-    return names
+    """The model folder's own vocabulary, else RAM++'s beside it, else the RAM++ list shipped with archivetag:
+    either way both taggers speak the same tags."""
+    for path in (models / MODEL_DIR / VOCABULARY_FILE, models / RAMPP_TAG_LIST):
+        if path.exists():
+            return path
+    return RAMPP_TAG_LIST_BUNDLED
 
 
 def processor_edge(folder: Path) -> int:
@@ -108,7 +96,8 @@ class FlorenceBackend(ModelBackend):
         self.processor = None
         self.device = None
         self.dtype = None
-        self.vocab: tagging.Vocabulary | None = None
+        self.vocab: TagVocabulary | None = None
+        self.phrases: tagging.PhraseIndex | None = None
         self.vocabulary_path: Path | None = None
         self._identity: common_pb2.ModelIdentity | None = None
 
@@ -126,31 +115,23 @@ class FlorenceBackend(ModelBackend):
             raise ModelLoadError(str(exc)) from None
         set_threads(self.settings.torch_threads)
         self.vocabulary_path = self.settings.florence_tag_vocabulary or default_vocabulary_path(Path(self.settings.models))
-        self.vocab = tagging.Vocabulary.from_names(read_vocabulary(Path(self.vocabulary_path)))
+        # Florence-2 has no per-tag thresholds: every tag's own threshold is the minimum confidence.
+        self.vocab = TagVocabulary.read(Path(self.vocabulary_path), default_threshold=self.min_confidence,
+                                        what="tag vocabulary")
+        self.phrases = tagging.PhraseIndex.from_names(self.vocab.names)
         loaded = load_florence(self.folder, self.device, self.dtype, self.settings.florence_attn_implementation)
         self.model, self.processor = loaded.model, loaded.processor
         self.input_edge = int(self.processor.image_processor.size.get("height", self.input_edge))
         self._identity = self._make_identity(dtype_name(self.dtype))
 
     def _make_identity(self, dtype: str) -> common_pb2.ModelIdentity:
-        smoke = (self.folder / SMOKE_MARKER_FILE).exists()
-        name = ""
-        if (self.folder / MODEL_ID_FILE).exists():
-            name = (self.folder / MODEL_ID_FILE).read_text(encoding="utf-8").strip()
-        name = name or getattr(self.model.config, "_name_or_path", "") or "florence-2"
-        if name == str(self.folder):
-            name = "florence-2 (" + self.folder.name + ")"
-        if smoke and SMOKE_MARK not in name:
-            name = f"{name} ({SMOKE_MARK})"
-        revision = ""
-        if (self.folder / REVISION_FILE).exists():
-            revision = (self.folder / REVISION_FILE).read_text(encoding="utf-8").strip()
+        name = getattr(self.model.config, "_name_or_path", "")
+        if not name or name == str(self.folder):
+            name = f"florence-2 ({self.folder.name})"
         weights = self.folder / "model.safetensors"
-        return common_pb2.ModelIdentity(
-            family=self.family, name=name, revision=revision,
-            weights_sha256=sha256_file(weights) if weights.exists() else "",
-            device=str(self.device), dtype=dtype, smoke=smoke,
-        )
+        return model_identity(self.family, self.folder, default_name=name,
+                              weights_sha256=sha256_file(weights) if weights.exists() else "",
+                              device=str(self.device), dtype=dtype)
 
     def identity(self) -> common_pb2.ModelIdentity:
         return self._identity or common_pb2.ModelIdentity(family=self.family)
@@ -163,7 +144,7 @@ class FlorenceBackend(ModelBackend):
         }
 
     def vocabulary(self) -> list[str]:
-        return list(self.vocab.names) if self.vocab else []
+        return list(self.phrases.names) if self.phrases else []
 
     # -- requests -------------------------------------------------------------------
     def warmup_input(self):
@@ -173,16 +154,10 @@ class FlorenceBackend(ModelBackend):
 
     def prepare(self, image: Image.Image, request) -> FlorenceItem:
         options = TagOptions.of(request)
-        threshold, max_tags, allowed = options.threshold, options.max_tags, None
+        allowed = None
         if options.vocabulary:
-            known = set(self.vocab.names) if self.vocab else set()
-            unknown = [name for name in options.vocabulary if name not in known]
-            if unknown:
-                raise InvalidInput(f"not in the Florence-2 tag vocabulary: {', '.join(sorted(unknown)[:10])}")
-            allowed = frozenset(options.vocabulary)
-        if threshold is None and self.min_confidence > 0:
-            threshold = self.min_confidence
-        return FlorenceItem(image.convert("RGB"), threshold, max_tags, allowed)
+            allowed = frozenset(self.vocab.names[i] for i in self.vocab.subset(options.vocabulary, "Florence-2"))
+        return FlorenceItem(image.convert("RGB"), options.threshold, options.max_tags, allowed)
 
     # -- inference ------------------------------------------------------------------
     def generate(self, images: list[Image.Image], abandoned: Callable[[], bool] = lambda: False):
@@ -224,7 +199,7 @@ class FlorenceBackend(ModelBackend):
             pieces.append("" if special else tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens([token_id])))
             values.append(lp)
             scored.append(not special and lp > float("-inf"))
-        found = tagging.tag_confidences("".join(pieces), pieces, values, self.vocab, scored)
+        found = tagging.tag_confidences("".join(pieces), pieces, values, self.phrases, scored)
         return TagResult(tags=found, caption=caption)
 
     def _special_ids(self) -> frozenset[int]:
@@ -234,13 +209,20 @@ class FlorenceBackend(ModelBackend):
             self._specials = frozenset(tokenizer.all_special_ids) | frozenset(tokenizer.added_tokens_decoder)
         return self._specials
 
+    def select(self, found: list[tuple[str, float]], item: FlorenceItem) -> list[tuple[str, float]]:
+        """The request's tags among those the caption spells, by the one tag-selection rule."""
+        candidates = sorted((self.vocab.index[n], n, c) for n, c in found
+                            if item.allowed is None or n in item.allowed)
+        names = [n for _, n, _ in candidates]
+        confidences = np.array([c for _, _, c in candidates], dtype=np.float32)
+        return select_tags(names, confidences, self.min_confidence, item.threshold, item.max_tags)
+
     def infer_batch(self, items: list[FlorenceItem], abandoned: Callable[[], bool]):
         sequences, logprobs = self.generate([item.image for item in items], abandoned)
         results = []
         for item, sequence, logp in zip(items, sequences, logprobs):
             described = self.describe_sequence(sequence, logp, item.image.size)
-            results.append(TagResult(tags=tagging.select(described.tags, item.threshold, item.max_tags, item.allowed),
-                                     caption=described.caption))
+            results.append(TagResult(tags=self.select(described.tags, item), caption=described.caption))
         return results
 
 

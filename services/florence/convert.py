@@ -1,7 +1,7 @@
 """Original-layout Florence-2 (microsoft/Florence-2-*, remote code) → native transformers layout.
 
 Offline and without remote code: the state dict is renamed key by key (the table in
-../shared/specs/florence.md), `image_projection` is transposed, the `<image>` token (51289)
+docs/models/florence.md), `image_projection` is transposed, the `<image>` token (51289)
 is added and the embeddings are padded to 51328 rows; the config is rebuilt from the
 original's (`dim_embed` → `embed_dim`, ...); the tokenizer gets Florence-2's special tokens
 that the old remote processor added at run time. `to_original_state_dict` is the inverse,
@@ -15,8 +15,9 @@ import re
 import shutil
 from pathlib import Path
 
+from archivetag.runtime.model_card import ModelCard
 from archivetag.services.florence.layout import (
-    IMAGENET_MEAN, IMAGENET_STD, IMAGE_TOKEN_ID, MODEL_ID_FILE, NATIVE_VOCAB, ORIGINAL_VOCAB, VOCABULARY_FILE,
+    IMAGENET_MEAN, IMAGENET_STD, IMAGE_TOKEN_ID, NATIVE_VOCAB, ORIGINAL_VOCAB, VOCABULARY_FILE,
     build_processor, with_florence_tokens,
 )
 
@@ -249,9 +250,9 @@ def convert(src: Path, dst: Path) -> Path:
     model.config._name_or_path = original_config.get("_name_or_path") or src.name
     model.save_pretrained(str(dst))
     convert_processor(src, dst)
-    for extra in (VOCABULARY_FILE, MODEL_ID_FILE):
-        if (src / extra).exists():
-            shutil.copyfile(src / extra, dst / extra)
+    if (src / VOCABULARY_FILE).exists():
+        shutil.copyfile(src / VOCABULARY_FILE, dst / VOCABULARY_FILE)
+    ModelCard(family="florence", name=model.config._name_or_path, source=f"converted from {src}").write(dst)
     return dst
 
 

@@ -1,7 +1,7 @@
 """Florence-2's fixed layout: the files our model folders carry, token ids, and the processor.
 
 One place for the facts the converter (real checkpoints) and the smoke model both rely on
-(../shared/specs/florence.md): `<mask>` 50264, `<loc_0>` 50269, `<image>` 51289, embeddings
+(docs/models/florence.md): `<mask>` 50264, `<loc_0>` 50269, `<image>` 51289, embeddings
 padded to 51328, a processor of 768×768 bicubic, ImageNet mean/std, no crop.
 """
 
@@ -11,9 +11,6 @@ import tempfile
 
 # Files beside the weights in <models>/florence.
 VOCABULARY_FILE = "tag_vocabulary.txt"  # the tag vocabulary (pull copies the RAM++ list here)
-SMOKE_MARKER_FILE = "SMOKE"  # present: random weights, meaningless output
-MODEL_ID_FILE = "model_id"
-REVISION_FILE = "revision"
 
 MASK_ID = 50264  # BART's last token; BART has MASK_ID + 1 tokens
 ORIGINAL_VOCAB = 51289  # microsoft/Florence-2-*: BART + Florence-2's 1024 added tokens

@@ -14,7 +14,8 @@ OPTIONS = OptionGroup(
         Option(
             "florence_tag_vocabulary", None,
             "Tag vocabulary, one tag per line. Default: <models>/florence/tag_vocabulary.txt, "
-            "else RAM++'s <models>/rampp/ram_tag_list.txt (so both taggers speak the same tags).",
+            "else RAM++'s <models>/rampp/ram_tag_list.txt, else the RAM++ list shipped with archivetag "
+            "(so both taggers speak the same tags).",
             parse_path, metavar="FILE",
         ),
         Option("florence_min_confidence", 0.0,
@@ -23,3 +24,5 @@ OPTIONS = OptionGroup(
                choices=("sdpa", "eager")),
     ),
 )
+
+OPTION_GROUPS = [OPTIONS]

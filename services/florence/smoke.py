@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from archivetag.services.florence.layout import (
-    IMAGE_TOKEN_ID, MASK_ID, MODEL_ID_FILE, NATIVE_VOCAB, SMOKE_MARKER_FILE, VOCABULARY_FILE, build_processor,
+    IMAGE_TOKEN_ID, MASK_ID, NATIVE_VOCAB, VOCABULARY_FILE, build_processor,
     with_florence_tokens,
 )
-from archivetag.smoke import SMOKE_MARK, smoke_vocabulary
+from archivetag.runtime.model_card import ModelCard
+from archivetag.bundled import smoke_vocabulary
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
@@ -115,7 +116,7 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
 
     torch.manual_seed(0)
     config = tiny_config()
-    config._name_or_path = f"florence-2-{SMOKE_MARK}"
+    config._name_or_path = ModelCard.smoke_name("florence")
     model = Florence2ForConditionalGeneration(config).eval()
     bias_towards(model, word_token_ids(tokenizer, words))
     model.generation_config = GenerationConfig(
@@ -126,5 +127,5 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
     model.save_pretrained(target)
     processor.save_pretrained(target)
     (target / VOCABULARY_FILE).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
-    (target / SMOKE_MARKER_FILE).write_text("random weights: captions and tags are meaningless\n", encoding="utf-8")
-    (target / MODEL_ID_FILE).write_text(f"florence-2-{SMOKE_MARK}\n", encoding="utf-8")
+    ModelCard.for_smoke("florence").write(target)
+

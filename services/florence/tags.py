@@ -33,15 +33,15 @@ def phrase_key(phrase: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Vocabulary:
-    """Tag names, indexed by their folded word sequence."""
+class PhraseIndex:
+    """A tag vocabulary's names, indexed by their folded word sequence, for finding them in text."""
 
     names: tuple[str, ...]
     by_key: dict
     longest: int
 
     @classmethod
-    def from_names(cls, names: Iterable[str]) -> "Vocabulary":
+    def from_names(cls, names: Iterable[str]) -> "PhraseIndex":
         by_key: dict[tuple[str, ...], str] = {}
         kept = []
         for name in names:
@@ -61,7 +61,7 @@ class PhraseMatch:
     end: int
 
 
-def find_phrases(caption: str, vocabulary: Vocabulary) -> list[PhraseMatch]:
+def find_phrases(caption: str, vocabulary: PhraseIndex) -> list[PhraseMatch]:
     """Vocabulary phrases in the caption, left to right, the longest phrase at each place first."""
     words = [(m.group(0), m.start(), m.end()) for m in _WORD.finditer(caption.lower())]
     keys = [fold(w) for w, _, _ in words]
@@ -92,7 +92,7 @@ def tag_confidences(
     text: str,
     pieces: Sequence[str],
     logprobs: Sequence[float],
-    vocabulary: Vocabulary,
+    vocabulary: PhraseIndex,
     scored: Sequence[bool] | None = None,
 ) -> list[tuple[str, float]]:
     """Tags of `text` (the concatenation of `pieces`), each with exp(mean logp) of its tokens.
@@ -116,10 +116,3 @@ def tag_confidences(
         if confidence > best.get(match.name, 0.0):
             best[match.name] = confidence
     return sorted(best.items(), key=lambda item: (-item[1], item[0]))
-
-
-def select(tags: list[tuple[str, float]], threshold: float | None, max_tags: int,
-           allowed: frozenset[str] | None) -> list[tuple[str, float]]:
-    """A request's view of the tags: only allowed names, above the threshold, at most max_tags."""
-    kept = [(n, c) for n, c in tags if (allowed is None or n in allowed) and (threshold is None or c > threshold)]
-    return kept[:max_tags] if max_tags else kept

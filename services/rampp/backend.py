@@ -10,21 +10,23 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from archivetag.bundled import RAMPP_TAG_LIST, RAMPP_THRESHOLDS
 from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
-from archivetag.runtime.errors import ModelLoadError
+from archivetag.runtime.errors import ModelLoadError, abandoned_batch
 from archivetag.runtime.logs import fields
+from archivetag.runtime.model_card import model_identity
 from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagOptions, TagResult
+from archivetag.runtime.tags import TagVocabulary, select_tags
 from archivetag.services.rampp.checkpoint import load_model
+from archivetag.services.rampp.layout import CONVERTED, OFFICIAL, OFFICIAL_NAME, TAG_LIST_FILE, THRESHOLD_FILE
 from archivetag.services.rampp.preprocess import synthetic_image, to_array
-from archivetag.services.rampp.vocabulary import THRESHOLD_FILE, TAG_LIST_FILE, Vocabulary, select_tags
 from archivetag.v1 import common_pb2
 
 log = logging.getLogger("archivetag.rampp")
 
-CONVERTED = "model.safetensors"
-OFFICIAL = "ram_plus_swin_large_14m.pth"
-OFFICIAL_NAME = "ram_plus_swin_large_14m"
+DEFAULT_THRESHOLD = 0.68  # upstream's default, used only where a threshold file is absent
+
 
 
 class RamPlusItem(NamedTuple):
@@ -34,6 +36,15 @@ class RamPlusItem(NamedTuple):
     threshold: float | None
     max_tags: int
     subset: list[int] | None  # tag indices, sorted; None: every tag
+
+
+def default_vocabulary_files(folder: Path, settings) -> tuple[Path, Path]:
+    """The tag list and thresholds: as set, else beside the weights, else the official ones shipped with archivetag."""
+    if settings.rampp_tag_list:
+        return Path(settings.rampp_tag_list), Path(settings.rampp_thresholds or folder / THRESHOLD_FILE)
+    if (folder / TAG_LIST_FILE).is_file():
+        return folder / TAG_LIST_FILE, Path(settings.rampp_thresholds or folder / THRESHOLD_FILE)
+    return RAMPP_TAG_LIST, Path(settings.rampp_thresholds or RAMPP_THRESHOLDS)
 
 
 def find_weights(folder: Path) -> Path:
@@ -55,13 +66,12 @@ class RamPlusBackend(ModelBackend):
         folder = Path(settings.models) / "rampp"
         self.folder = folder
         self.weights_setting = settings.rampp_weights
-        self.tag_list = settings.rampp_tag_list or folder / TAG_LIST_FILE
-        self.threshold_file = settings.rampp_thresholds or folder / THRESHOLD_FILE
+        self.tag_list, self.threshold_file = default_vocabulary_files(folder, settings)
         self.device_setting = settings.device
         self.dtype_setting = settings.dtype
         self.threads = settings.torch_threads
         self.model = None
-        self.vocab: Vocabulary | None = None
+        self.vocab: TagVocabulary | None = None
         self._identity = common_pb2.ModelIdentity(family=self.family)
 
     # -- loading --------------------------------------------------------------------
@@ -70,7 +80,11 @@ class RamPlusBackend(ModelBackend):
         weights = Path(self.weights_setting) if self.weights_setting else find_weights(self.folder)
         if not weights.is_file():
             raise ModelLoadError(f"RAM++ weights {weights} do not exist")
-        self.vocab = Vocabulary.read(Path(self.tag_list), Path(self.threshold_file))
+        if not Path(self.tag_list).is_file():
+            raise ModelLoadError(f"RAM++ tag list {self.tag_list} is missing; "
+                                 "`archivetag models pull --only rampp` fetches it")
+        self.vocab = TagVocabulary.read(Path(self.tag_list), Path(self.threshold_file),
+                                        default_threshold=DEFAULT_THRESHOLD, what="RAM++ tag list")
         started = time.monotonic()
         model, unexpected, metadata = load_model(weights)
         if unexpected:
@@ -86,20 +100,16 @@ class RamPlusBackend(ModelBackend):
             raise ModelLoadError(str(exc)) from None
         dtype = pick_dtype(self.dtype_setting, device)
         model = model.to(device=device, dtype=dtype)
-        model.label_embed.data = model.label_embed.data.float()  # re-weighting runs in fp32 (spec §10.6)
+        model.label_embed.data = model.label_embed.data.float()  # re-weighting runs in fp32 (docs/models/rampp.md §10.6)
         self.model, self.device, self.dtype = model, device, dtype
-        smoke = metadata.get("smoke") == "true"
-        self._identity = common_pb2.ModelIdentity(
-            family=self.family,
-            name=metadata.get("name", OFFICIAL_NAME),
-            revision=metadata.get("revision") or metadata.get("source_sha256", "")[:12] or "official-pth",
-            weights_sha256=sha256_file(weights),
-            device=str(device),
-            dtype=dtype_name(dtype),
-            smoke=smoke,
+        # A converted file names the official checkpoint it came from by its SHA-256.
+        self._identity = model_identity(
+            self.family, self.folder, default_name=OFFICIAL_NAME,
+            default_revision=metadata.get("source_sha256", "")[:12] or "official-pth",
+            weights_sha256=sha256_file(weights), device=str(device), dtype=dtype_name(dtype),
         )
         log.info("RAM++ weights loaded", extra=fields(path=str(weights), seconds=round(time.monotonic() - started, 2),
-                                                      tags=len(self.vocab.names), smoke=smoke))
+                                                      tags=len(self.vocab.names), smoke=self._identity.smoke))
 
     @property
     def input_edge(self) -> int:
@@ -112,7 +122,7 @@ class RamPlusBackend(ModelBackend):
 
     def prepare(self, image, request):
         options = TagOptions.of(request)
-        subset = self.vocab.subset(options.vocabulary) if options.vocabulary else None
+        subset = self.vocab.subset(options.vocabulary, "RAM++") if options.vocabulary else None
         return RamPlusItem(to_array(image, self.model.config.image_size), options.threshold, options.max_tags, subset)
 
     @torch.inference_mode()
@@ -120,7 +130,7 @@ class RamPlusBackend(ModelBackend):
         pixels = torch.from_numpy(np.stack([item.pixels for item in items])).to(self.device, self.dtype)
         image = self.model.encode_image(pixels)
         if abandoned():  # every caller has gone: skip the tagging head (a third of the compute)
-            return [TimeoutError("abandoned") for _ in items]
+            return abandoned_batch(len(items))
         # One head pass over the union of the tags the batch asks for (tags are independent queries).
         subsets = [item.subset for item in items]
         wanted = None if any(s is None for s in subsets) else sorted(set().union(*subsets))
@@ -132,7 +142,7 @@ class RamPlusBackend(ModelBackend):
             keep = np.searchsorted(columns, item.subset) if item.subset is not None else slice(None)
             ids = columns[keep]
             names = [self.vocab.names[i] for i in ids]
-            tags = select_tags(row[keep], self.vocab.thresholds[ids], names, item.threshold, item.max_tags)
+            tags = select_tags(names, row[keep], self.vocab.thresholds[ids], item.threshold, item.max_tags)
             results.append(TagResult(tags=tags))
         return results
 

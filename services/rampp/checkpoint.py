@@ -1,6 +1,6 @@
 """RAM++ checkpoints: the official `.pth` layout in, a model-only safetensors file out.
 
-Official layout (spec §2, §9): `torch.load(path)` gives `{'model': state_dict, ...}` with 402
+Official layout (docs/models/rampp.md §2, §9): `torch.load(path)` gives `{'model': state_dict, ...}` with 402
 keys named after the original Swin code. Our model uses timm's Swin, whose names differ in one
 place (patch merging sits at the start of the next stage), and recomputes the 35 position-index
 and shift-mask buffers. `official_name` / `model_name` translate between the two; every check

@@ -7,16 +7,20 @@ import sys
 import time
 from pathlib import Path
 
-from archivetag.services.rampp.backend import CONVERTED
+from archivetag.services.rampp.layout import CONVERTED
 
 
 def convert_checkpoint_file(pth: Path, folder: Path) -> Path:
     """The official .pth → <folder>/model.safetensors, strictly checked. Used by `models pull` too."""
     from archivetag.services.rampp.checkpoint import convert
 
+    from archivetag.runtime.model_card import ModelCard
+    from archivetag.services.rampp.layout import OFFICIAL_NAME
+
     out = Path(folder) / CONVERTED
     started = time.monotonic()
     ignored = convert(Path(pth), out)
+    ModelCard(family="rampp", name=OFFICIAL_NAME, source=f"converted from {pth}").write(folder)
     print(f"converted {pth} → {out} in {time.monotonic() - started:.1f}s"
           + (f"; ignored {len(ignored)} unused key(s)" if ignored else ""), file=sys.stderr)
     return out

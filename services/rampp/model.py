@@ -1,6 +1,6 @@
 """RAM++ (Recognize Anything Plus, swin_l / 384) for tagging inference, in plain torch + timm.
 
-Written from ../shared/specs/rampp.md (section numbers below refer to it). The pipeline:
+Written from docs/models/rampp.md (section numbers below refer to it). The pipeline:
 
     pixels [B,3,S,S] ─ SwinImageEncoder ─► V [B,1+N,vision_width]  (pooled token first)
     V ─ image_proj ─► E [B,1+N,512]

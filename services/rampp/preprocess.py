@@ -1,4 +1,4 @@
-"""RAM++ preprocessing (spec §1): PIL bilinear resize to a square, /255, ImageNet normalisation.
+"""RAM++ preprocessing (docs/models/rampp.md §1): PIL bilinear resize to a square, /255, ImageNet normalisation.
 
 PIL does the resize, as the official transform does: a tensor interpolate gives other pixels.
 The runtime's decoder has already applied EXIF orientation (the official code does not; a

@@ -1,7 +1,7 @@
 """Randomly initialised RAM++ checkpoints in the official layout, for tests, benchmarks and smoke models.
 
 Random weights check arithmetic, not semantics. A freshly initialised head gives nearly the
-same probability for every tag (spec §11), so tag selection would go untested; `calibrate`
+same probability for every tag (docs/models/rampp.md §11), so tag selection would go untested; `calibrate`
 reshapes the random head so that the logits spread out and roughly `target_share` of the tags
 pass a 0.65 threshold on photographs.
 """

@@ -6,12 +6,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from archivetag.smoke import SMOKE_MARK, smoke_vocabulary
-from archivetag.services.rampp.backend import CONVERTED
+from archivetag.runtime.model_card import ModelCard
+from archivetag.bundled import smoke_vocabulary
 from archivetag.services.rampp.checkpoint import save_safetensors
 from archivetag.services.rampp.model import tiny_config
 from archivetag.services.rampp.random_checkpoint import random_model
-from archivetag.services.rampp.vocabulary import TAG_LIST_FILE, THRESHOLD_FILE
+from archivetag.services.rampp.layout import CONVERTED, TAG_LIST_FILE, THRESHOLD_FILE
 
 
 def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Path | None = None) -> None:
@@ -27,5 +27,5 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
     else:
         (target / THRESHOLD_FILE).write_text("\n".join("0.65" for _ in names), encoding="utf-8")
     model = random_model(tiny_config(len(names)), target_share=0.08)
-    save_safetensors(model, target / CONVERTED,
-                     extra_metadata={"smoke": "true", "revision": "smoke-seed0", "name": f"ram_plus tiny ({SMOKE_MARK}, random weights)"})
+    save_safetensors(model, target / CONVERTED)
+    ModelCard.for_smoke("rampp").write(target)

@@ -15,13 +15,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from archivetag.runtime.errors import DeadlineExpired, ModelLoadError
+from archivetag.runtime.errors import ModelLoadError, abandoned_batch
 from archivetag.runtime.logs import fields
+from archivetag.runtime.model_card import model_identity
 from archivetag.runtime.model_service import VIEW_TYPE_SERVICE, ModelBackend
 from archivetag.services.siglip import layout
 from archivetag.services.siglip.layout import Preprocessor, read_json, sha256_file
 from archivetag.services.siglip.scoring import Thresholds, logits_for, view_types
-from archivetag.smoke import SMOKE_MARK
 from archivetag.v1 import common_pb2, view_type_pb2
 
 log = logging.getLogger("archivetag.siglip")
@@ -48,14 +48,14 @@ class SiglipBackend(ModelBackend):
     family = "siglip"
     service = VIEW_TYPE_SERVICE
 
-    def __init__(self, folder: Path, device: str = "auto", thresholds: Thresholds = Thresholds(),
-                 ort_threads: int = 0, precision: str = "fp32", probe_tolerance: float = 0.995):
-        self.folder = Path(folder)
-        self.device_setting = device
-        self.thresholds = thresholds
-        self.ort_threads = ort_threads
-        self.precision = precision
-        self.probe_tolerance = probe_tolerance
+    def __init__(self, settings):
+        self.folder = Path(settings.models) / self.family
+        self.device_setting = settings.device
+        self.thresholds = Thresholds(unknown=settings.siglip_unknown_threshold,
+                                     min_match=settings.siglip_min_match_probability)
+        self.ort_threads = settings.siglip_ort_threads
+        self.precision = settings.siglip_precision
+        self.probe_tolerance = settings.siglip_probe_tolerance
         self.manifest: dict[str, Any] = {}
         self.session = None
         self.providers: list[str] = []
@@ -230,7 +230,7 @@ class SiglipBackend(ModelBackend):
 
     def infer_batch(self, items: list[tuple[np.ndarray, bool]], abandoned: Callable[[], bool]) -> Sequence[Any]:
         if abandoned():
-            return [DeadlineExpired("every caller of this batch has gone")] * len(items)
+            return abandoned_batch(len(items))
         pixels = np.stack([pixels for pixels, _ in items])
         embeddings = self._embed(pixels)
         results = view_types(embeddings, self.class_embeddings, self.classes, self.logit_scale, self.logit_bias,
@@ -244,19 +244,12 @@ class SiglipBackend(ModelBackend):
         return results
 
     # -- identity ---------------------------------------------------------------------------
-    @property
-    def smoke(self) -> bool:
-        return bool(self.manifest.get("smoke"))
-
     def identity(self) -> common_pb2.ModelIdentity:
         model = self.manifest.get("model", {})
-        name = model.get("id", "siglip")
-        if self.smoke:
-            name += f" ({SMOKE_MARK})"
-        return common_pb2.ModelIdentity(
-            family=self.family, name=name, revision=model.get("revision", ""), weights_sha256=self.onnx_sha256,
-            device=self._device_name(),
-            dtype="int8" if self.precision == "int8" else "float32", smoke=self.smoke,
+        return model_identity(
+            self.family, self.folder, default_name=model.get("id", "siglip"),
+            default_revision=model.get("revision", ""), weights_sha256=self.onnx_sha256,
+            device=self._device_name(), dtype="int8" if self.precision == "int8" else "float32",
         )
 
     def _device_name(self) -> str:
@@ -284,12 +277,4 @@ class SiglipBackend(ModelBackend):
 
 
 def create_backend(settings) -> SiglipBackend:
-    return SiglipBackend(
-        Path(settings.models) / "siglip",
-        device=getattr(settings, "device", "auto"),
-        thresholds=Thresholds(unknown=settings.siglip_unknown_threshold,
-                              min_match=settings.siglip_min_match_probability),
-        ort_threads=settings.siglip_ort_threads,
-        precision=settings.siglip_precision,
-        probe_tolerance=settings.siglip_probe_tolerance,
-    )
+    return SiglipBackend(settings)

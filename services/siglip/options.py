@@ -32,3 +32,5 @@ OPTIONS = OptionGroup(
         ),
     ),
 )
+
+OPTION_GROUPS = [OPTIONS]

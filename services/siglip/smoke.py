@@ -12,10 +12,10 @@ import math
 import tempfile
 from pathlib import Path
 
-from archivetag.smoke import smoke_vocabulary
+from archivetag.runtime.model_card import ModelCard
+from archivetag.bundled import smoke_vocabulary
 from archivetag.services.siglip.prompts import DEFAULT_CLASSES
 
-SMOKE_MODEL_ID = "archivetag/siglip-tiny-random"
 IMAGE_SIZE = 64
 # Realistic scoring parameters (google/siglip-base-patch16-224 has exp(scale) ≈ 112, bias ≈ -17):
 # a fresh SiglipModel has 0 and 0, which makes every sigmoid 0.5.
@@ -80,4 +80,5 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
     transformers_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_random_checkpoint(Path(tmp) / "checkpoint")
-        export_folder(str(checkpoint), Path(target), model_id=SMOKE_MODEL_ID, smoke=True)
+        export_folder(str(checkpoint), Path(target), model_id=ModelCard.smoke_name("siglip"))
+    ModelCard.for_smoke("siglip").write(Path(target))

@@ -8,7 +8,8 @@
     archivetag probe                                        health check (for containers)
     archivetag models {smoke,pull,...}                      models in and out
 
-Heavy modules (torch, transformers) are imported only by the commands that need them.
+The control plane never imports torch, transformers or timm: building the parser reads only
+option declarations, and a model's heavy modules are imported by `serve <that model>` alone.
 """
 
 from __future__ import annotations
@@ -16,66 +17,63 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable, Iterator
+from typing import Any, Iterator
 
 from archivetag.runtime.options import MODEL_SERVICE_OPTIONS, server_options
-from archivetag.runtime.settings import OptionGroup, add_option_groups
+from archivetag.runtime.registry import SERVERS, server
+from archivetag.runtime.settings import OptionGroup, add_option_groups, settings_from
 
-MODEL_SERVICES = ("florence", "rampp", "siglip")
-SERVERS = (*MODEL_SERVICES, "orchestrator")
-
-# Commands outside `serve`: name → (module with OPTION_GROUPS, add_arguments(parser), run(args)).
+# Commands beside `serve`: each module has a docstring, OPTION_GROUPS, add_arguments(parser), run(args).
 COMMAND_MODULES = {
     "up": "archivetag.stack",
     "tag": "archivetag.bulk",
     "status": "archivetag.status",
     "demo": "archivetag.demo",
     "probe": "archivetag.probe",
+    "models": "archivetag.models",
 }
-MODELS_MODULE = "archivetag.models"
 
 
-def serve_option_groups(server: str) -> list[OptionGroup]:
-    if server == "orchestrator":
-        from archivetag.orchestrator.options import OPTION_GROUPS
+def serve_option_groups(name: str) -> list[OptionGroup]:
+    """Every option of `archivetag serve <name>`, in the order --help shows them."""
+    spec = server(name)
+    own = spec.module("options").OPTION_GROUPS
+    shared = [MODEL_SERVICE_OPTIONS] if spec.is_model else []
+    return [server_options(spec), *shared, *own]
 
-        return [server_options(server), *OPTION_GROUPS]
-    options = importlib.import_module(f"archivetag.services.{server}.options")
-    return [server_options(server), MODEL_SERVICE_OPTIONS, options.OPTIONS]
+
+def serve_settings(name: str, args: Any) -> Any:
+    """The typed settings of one server, from parsed arguments."""
+    return settings_from(args, serve_option_groups(name), f"{name.capitalize()}Settings")
+
+
+def parse_serve_settings(name: str, *argv: str) -> Any:
+    """`archivetag serve <name> ARGV...` parsed into its typed settings (tests, benchmarks)."""
+    return serve_settings(name, build_parser().parse_args(["serve", name, *argv]))
 
 
 def all_option_groups() -> Iterator[tuple[str, list[OptionGroup]]]:
     """Every command's settings, for docs/configuration.md."""
-    for server in SERVERS:
-        yield f"serve {server}", serve_option_groups(server)
+    for spec in SERVERS:
+        yield f"serve {spec.name}", serve_option_groups(spec.name)
     for command, module_name in COMMAND_MODULES.items():
-        module = _optional_module(module_name)
-        if module is not None:
-            yield command, list(getattr(module, "OPTION_GROUPS", []))
-
-
-def _optional_module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
+        groups = list(getattr(importlib.import_module(module_name), "OPTION_GROUPS", []))
+        if groups:
+            yield command, groups
 
 
 def run_server(args: argparse.Namespace) -> int:
     from archivetag.runtime.logs import configure_logging
     from archivetag.runtime.server import run
 
-    configure_logging(args.log_level, args.log_format)
-    if args.server == "orchestrator":
-        from archivetag.orchestrator.app import create_app
-
-        return run(create_app(args), args)
+    spec = server(args.server)
+    settings = serve_settings(spec.name, args)
+    configure_logging(settings.log_level, settings.log_format)
+    if not spec.is_model:
+        return run(spec.module("app").create_app(settings), settings)
     from archivetag.runtime.model_service import ModelServiceApp
 
-    backend_module = importlib.import_module(f"archivetag.services.{args.server}.backend")
-    return run(ModelServiceApp(backend_module.create_backend(args), args), args)
+    return run(ModelServiceApp(spec.module("backend").create_backend(settings), settings), settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,36 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run one server")
     servers = serve.add_subparsers(dest="server", required=True, metavar="SERVER")
-    for server in SERVERS:
-        sub = servers.add_parser(server, help=f"the {server} server", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        add_option_groups(sub, serve_option_groups(server))
+    for spec in SERVERS:
+        sub = servers.add_parser(spec.name, help=f"the {spec.title} server",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_option_groups(sub, serve_option_groups(spec.name))
         sub.set_defaults(func=run_server)
 
     for command, module_name in COMMAND_MODULES.items():
-        module = _optional_module(module_name)
-        sub = commands.add_parser(command, help=module.__doc__.strip().splitlines()[0] if module else "(not built yet)")
-        if module is not None:
-            add_option_groups(sub, getattr(module, "OPTION_GROUPS", []))
-            module.add_arguments(sub)
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(command, help=module.__doc__.strip().splitlines()[0])
+        add_option_groups(sub, getattr(module, "OPTION_GROUPS", []))
+        module.add_arguments(sub)
+        if hasattr(module, "run"):
             sub.set_defaults(func=module.run)
-        else:
-            sub.set_defaults(func=_not_built(command))
-
-    models = _optional_module(MODELS_MODULE)
-    sub = commands.add_parser("models", help="models in and out: smoke, pull, export and convert")
-    if models is not None:
-        models.add_arguments(sub)
-    else:
-        sub.set_defaults(func=_not_built("models"))
     return parser
-
-
-def _not_built(command: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"archivetag {command}: not available in this build", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from archivetag.runtime.channels import message_limits
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
 
 CLIENT_OPTIONS = OptionGroup(
@@ -21,10 +22,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def open_channel(settings) -> grpc.aio.Channel:
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
+    options = message_limits(MAX_MESSAGE_BYTES)
     if settings.tls_ca:
         cert = settings.tls_client_cert.read_bytes() if settings.tls_client_cert else None
         key = settings.tls_client_key.read_bytes() if settings.tls_client_key else None

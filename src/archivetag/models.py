@@ -8,21 +8,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 from archivetag.runtime.options import MODELS_OPTION
+from archivetag.runtime.registry import MODEL_NAMES, MODELS, server
 from archivetag.runtime.settings import OptionGroup, add_option_groups
 
-SERVICES = ("florence", "rampp", "siglip")
-SERVICE_COMMAND_MODULES = tuple(f"archivetag.services.{name}.commands" for name in SERVICES)
-
-
-def read_vocabulary(path: Path | None) -> list[str] | None:
-    if path is None:
-        return None
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+SERVICES = MODEL_NAMES
 
 
 def write_smoke_models(models: Path, which: tuple[str, ...] = SERVICES, tag_list: Path | None = None,
@@ -33,7 +26,7 @@ def write_smoke_models(models: Path, which: tuple[str, ...] = SERVICES, tag_list
         target = models / name
         if target.exists() and any(target.iterdir()) and not overwrite:
             continue
-        smoke = importlib.import_module(f"archivetag.services.{name}.smoke")
+        smoke = server(name).module("smoke")
         target.mkdir(parents=True, exist_ok=True)
         print(f"smoke model: {name} → {target}", file=sys.stderr)
         smoke.write_smoke_model(target, tag_list=tag_list, thresholds=thresholds)
@@ -76,11 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pull.add_argument("--siglip-model", default="google/siglip-base-patch16-224", help="SigLIP checkpoint to export")
     pull.set_defaults(func=_run_pull)
 
-    for module_name in SERVICE_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.add_commands(commands)
+    # Each model's own commands (convert-florence, convert-rampp, export-siglip, ...): their modules
+    # import nothing heavy until a command runs.
+    for spec in MODELS:
+        spec.module("commands").add_commands(commands)

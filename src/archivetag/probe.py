@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from archivetag.runtime.health_client import check_address
 from archivetag.runtime.settings import Option, OptionGroup
 
 PROBE_OPTIONS = OptionGroup(
@@ -26,14 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.probe_address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.probe_service), timeout=args.probe_timeout_seconds
-            )
-        except grpc.RpcError as exc:
-            print(f"{args.probe_address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    status, detail = check_address(args.probe_address, args.probe_service, args.probe_timeout_seconds)
+    if detail:
+        print(f"{args.probe_address}: {status}: {detail}", file=sys.stderr)
+        return 1
     print(f"{args.probe_address} {args.probe_service or '(process)'}: {status}")
     return 0 if status == "SERVING" else 1

@@ -1,7 +1,7 @@
 """Run the whole stack on this machine: the three model services and the orchestrator.
 
 Each runs as its own local process (as in a deployment, where each scales on its own).
-The model services listen on loopback only. `up` waits until all four are SERVING,
+The model services listen on loopback only. `up` waits until every one is SERVING,
 prints the endpoints, restarts a crashed service with backoff, and stops all of them
 cleanly on Ctrl-C / SIGTERM.
 """
@@ -19,19 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from archivetag.runtime.options import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, MODELS_OPTION
+from archivetag.runtime.health_client import check_async
+from archivetag.runtime.options import MODELS_OPTION
+from archivetag.runtime.registry import MODEL_NAMES, MODELS, ORCHESTRATOR, SERVERS, ServerSpec
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_path
-from archivetag.v1 import tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
-
-MODEL_SERVICES = ("florence", "rampp", "siglip")
-HEALTH_NAMES = {
-    "florence": "archivetag.v1.TaggerService",
-    "rampp": "archivetag.v1.TaggerService",
-    "siglip": "archivetag.v1.ViewTypeService",
-    "orchestrator": "archivetag.v1.TaggingService",
-}
 MISSING_MODELS_HELP = (
     "run `archivetag models pull` (the real weights; needs network) "
     "or `archivetag models smoke` (small random models, offline; meaningless tags)"
@@ -42,10 +34,7 @@ UP_OPTIONS = OptionGroup(
     (
         MODELS_OPTION,
         Option("orchestrator_host", "127.0.0.1", "Address the orchestrator listens on; the model services stay on loopback."),
-        Option("orchestrator_port", DEFAULT_PORTS["orchestrator"], "Orchestrator port.", int),
-        Option("florence_port", DEFAULT_PORTS["florence"], "Florence-2 service port.", int),
-        Option("rampp_port", DEFAULT_PORTS["rampp"], "RAM++ service port.", int),
-        Option("siglip_port", DEFAULT_PORTS["siglip"], "SigLIP service port.", int),
+        *(Option(f"{spec.name}_port", spec.port, f"{spec.title} port.", int) for spec in SERVERS),
         Option("metrics", True, "Serve Prometheus metrics (ports 9151-9154).", parse_bool),
         Option(
             "api_tokens_file", None,
@@ -60,17 +49,23 @@ UP_OPTIONS = OptionGroup(
 OPTION_GROUPS = [UP_OPTIONS]
 
 
+def archivetag_command(*args: str) -> list[str]:
+    """argv that runs `archivetag ARGS` with this Python. -P keeps the working directory off sys.path,
+    so a folder named archivetag/ where `up` was started can never shadow the installed package."""
+    return [sys.executable, "-P", "-m", "archivetag", *args]
+
+
 class StackError(RuntimeError):
     """The stack cannot start; the message says why and what to do."""
 
 
 def missing_models(models: Path) -> list[str]:
-    return [name for name in MODEL_SERVICES if not (models / name).is_dir() or not any((models / name).iterdir())]
+    return [name for name in MODEL_NAMES if not (models / name).is_dir() or not any((models / name).iterdir())]
 
 
 @dataclass
 class Service:
-    name: str
+    spec: ServerSpec
     argv: list[str]
     port: int
     log_path: Path
@@ -79,6 +74,10 @@ class Service:
     backoff: float = 1.0
     restart_at: float | None = None
     started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @property
     def address(self) -> str:
@@ -92,20 +91,19 @@ class Stack:
         self.stopping = False
         self.services: list[Service] = []
         s = settings
-        ports = {name: getattr(s, f"{name}_port") for name in (*MODEL_SERVICES, "orchestrator")}
+        ports = {spec.name: getattr(s, f"{spec.name}_port") for spec in SERVERS}
         s.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in (*MODEL_SERVICES, "orchestrator"):
-            metrics = DEFAULT_METRICS_PORTS[name] if s.metrics else 0
-            argv = [sys.executable, "-m", "archivetag.cli", "serve", name,
-                    "--port", str(ports[name]), "--metrics-port", str(metrics)]
-            if name == "orchestrator":
+        for spec in SERVERS:
+            metrics = spec.metrics_port if s.metrics else 0
+            argv = archivetag_command("serve", spec.name, "--port", str(ports[spec.name]), "--metrics-port", str(metrics))
+            if spec is ORCHESTRATOR:
                 argv += ["--host", s.orchestrator_host]
-                for backend in MODEL_SERVICES:
-                    argv += [f"--{backend}-target", f"127.0.0.1:{ports[backend]}"]
+                for backend in MODELS:
+                    argv += [f"--{backend.name}-target", f"127.0.0.1:{ports[backend.name]}"]
                 argv += ["--auth", "--api-tokens-file", str(s.api_tokens_file)] if s.api_tokens_file else ["--no-auth"]
             else:
                 argv += ["--host", "127.0.0.1", "--models", str(s.models)]
-            self.services.append(Service(name, argv, ports[name], s.log_dir / f"{name}.log"))
+            self.services.append(Service(spec, argv, ports[spec.name], s.log_dir / f"{spec.name}.log"))
 
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, service: Service) -> None:
@@ -163,22 +161,13 @@ class Stack:
     async def _state(self, service: Service) -> tuple[str, str]:
         """(SERVING / NOT_SERVING / UNREACHABLE, phase text) of one service."""
         async with grpc.aio.insecure_channel(service.address) as channel:
-            try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service.name]), timeout=2
-                )
-            except grpc.aio.AioRpcError:
-                return "UNREACHABLE", "starting"
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            if status == "SERVING" or service.name == "orchestrator":
+            status, _ = await check_async(channel, service.spec.health_service)
+            if status not in ("SERVING", "NOT_SERVING"):
+                return status, "starting"
+            if status == "SERVING" or not service.spec.is_model:
                 return status, "serving" if status == "SERVING" else "starting"
-            stub, request = (
-                (view_type_pb2_grpc.ViewTypeServiceStub(channel), view_type_pb2.ViewTypeServiceGetModelInfoRequest())
-                if service.name == "siglip"
-                else (tagger_pb2_grpc.TaggerServiceStub(channel), tagger_pb2.TaggerServiceGetModelInfoRequest())
-            )
             try:
-                state = (await stub.GetModelInfo(request, timeout=2)).state
+                state = (await service.spec.stub(channel).GetModelInfo(service.spec.model_info_request(), timeout=2)).state
             except grpc.aio.AioRpcError:
                 return status, "starting"
             if state.phase == "failed":
@@ -204,12 +193,12 @@ class Stack:
     def endpoints_text(self) -> str:
         lines = ["endpoints:"]
         for service in self.services:
-            host = self.settings.orchestrator_host if service.name == "orchestrator" else "127.0.0.1"
-            lines.append(f"  {service.name:12} {host}:{service.port}  ({HEALTH_NAMES[service.name]})")
-        orchestrator = next(s for s in self.services if s.name == "orchestrator")
+            host = self.settings.orchestrator_host if service.spec is ORCHESTRATOR else "127.0.0.1"
+            lines.append(f"  {service.name:12} {host}:{service.port}  ({service.spec.health_service})")
+        orchestrator = next(s for s in self.services if s.spec is ORCHESTRATOR)
         lines += [
             "probe with grpcurl:",
-            *(f"  grpcurl -plaintext -d '{{\"service\":\"{HEALTH_NAMES[s.name]}\"}}' 127.0.0.1:{s.port} "
+            *(f"  grpcurl -plaintext -d '{{\"service\":\"{s.spec.health_service}\"}}' 127.0.0.1:{s.port} "
               "grpc.health.v1.Health/Check" for s in self.services),
             f"  grpcurl -plaintext 127.0.0.1:{orchestrator.port} list",
             f"  grpcurl -plaintext 127.0.0.1:{orchestrator.port} archivetag.v1.TaggingService/GetStatus",
@@ -238,7 +227,7 @@ async def run_stack(settings) -> int:
     if waiter.done():
         try:
             waiter.result()
-            print("all four services are SERVING\n" + stack.endpoints_text() + "\nCtrl-C stops them.")
+            print(f"all {len(stack.services)} services are SERVING\n" + stack.endpoints_text() + "\nCtrl-C stops them.")
             await stop.wait()
         except StackError as exc:
             print(f"archivetag up: {exc}", file=sys.stderr)

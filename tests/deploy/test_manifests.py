@@ -13,10 +13,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from archivetag.cli import build_parser, serve_option_groups, SERVERS
+from archivetag.cli import build_parser, serve_option_groups
+from archivetag.runtime.registry import SERVER_NAMES as SERVERS, SERVERS as SERVER_SPECS
 from archivetag.probe import PROBE_OPTIONS
-from archivetag.stack import HEALTH_NAMES
 
+HEALTH_NAMES = {spec.name: spec.health_service for spec in SERVER_SPECS}
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"

@@ -21,7 +21,7 @@ def tiny_models_dir() -> Path:
 
 
 def settings(models: Path, *args: str):
-    """The parsed `archivetag serve florence` settings for a models folder."""
-    from archivetag.cli import build_parser
+    """The typed `archivetag serve florence` settings for a models folder."""
+    from archivetag.cli import parse_serve_settings
 
-    return build_parser().parse_args(["serve", "florence", "--models", str(models), *args])
+    return parse_serve_settings("florence", "--models", str(models), *args)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from archivetag.stack import archivetag_command
 from archivetag.runtime.errors import ModelLoadError
 from archivetag.services.florence.convert import ORIGINAL_VOCAB, to_original_state_dict
 from archivetag.services.florence.loading import load_florence
@@ -126,7 +127,7 @@ def test_convert_florence_makes_an_original_checkpoint_load_with_the_same_logits
             "vision_tower.blocks.0.0.spatial_block.window_attn.fn.qkv.weight",
             "vision_tower.blocks.0.0.channel_block.ffn.fn.net.fc1.weight",
             "vision_tower.blocks.0.0.spatial_block.conv1.fn.dw.weight", "image_pos_embed.row_embeddings.weight"} <= names
-    run = subprocess.run([sys.executable, "-m", "archivetag.cli", "models", "convert-florence", str(original), str(converted)],
+    run = subprocess.run(archivetag_command("models", "convert-florence", str(original), str(converted)),
                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr
     before = load_florence(native_dir, torch.device("cpu"), torch.float32)

@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from archivetag.runtime.model_service import TAGGER_SERVICE
+from archivetag.stack import archivetag_command
+from archivetag.runtime.registry import TAGGER_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.florence import tiny_models_dir
 from tests.support.image_corpus import encode, photo
@@ -27,9 +28,9 @@ sys.modules["einops"] = None
 def server(tmp_path_factory):
     logs = tmp_path_factory.mktemp("florence-server")
     (logs / "sitecustomize.py").write_text(BLOCKER)
-    argv = [sys.executable, "-m", "archivetag.cli", "serve", "florence", "--models", str(tiny_models_dir()),
+    argv = archivetag_command("serve", "florence", "--models", str(tiny_models_dir()),
             "--florence-max-new-tokens", "8", "--florence-num-beams", "1", "--max-queue-delay-ms", "300",
-            "--stall-seconds", "60"]
+            "--stall-seconds", "60")
     env = {"PYTHONPATH": f"{logs}:{Path(__file__).resolve().parents[2]}", "HF_HUB_OFFLINE": "1"}
     with ServerProcess(argv, env=env, log_path=logs / "florence.log") as srv:
         srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=180)

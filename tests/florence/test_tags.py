@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from archivetag.services.florence.tags import Vocabulary, find_phrases, fold, select, tag_confidences
+from archivetag.services.florence.tags import PhraseIndex, find_phrases, fold, tag_confidences
 
-VOCAB = Vocabulary.from_names(["window", "stained glass window", "glass", "church", "staircase", "ceiling", "ivy"])
+VOCAB = PhraseIndex.from_names(["window", "stained glass window", "glass", "church", "staircase", "ceiling", "ivy"])
 
 
 def scored(words_and_probs):
@@ -57,10 +57,3 @@ def test_a_word_split_over_several_tokens_uses_all_of_them_and_forced_tokens_are
 def test_most_confident_first_and_a_repeated_tag_keeps_its_best_occurrence():
     tags = tag_confidences(*scored([("ivy", 0.2), ("church", 0.5), ("ivy", 0.7)]), VOCAB)
     assert tags == [("ivy", pytest.approx(0.7)), ("church", pytest.approx(0.5))]
-
-
-def test_request_selection_threshold_max_tags_and_allowed_names():
-    tags = [("ivy", 0.7), ("church", 0.5), ("glass", 0.1)]
-    assert select(tags, 0.1, 0, None) == [("ivy", 0.7), ("church", 0.5)]  # strictly greater
-    assert select(tags, None, 2, None) == [("ivy", 0.7), ("church", 0.5)]
-    assert select(tags, None, 0, frozenset({"glass"})) == [("glass", 0.1)]

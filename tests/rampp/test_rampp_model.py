@@ -1,6 +1,6 @@
 """RAM++: checkpoint layout, strict loading, numerics and tag selection, in process.
 
-Random weights of the real architecture (spec: ../shared/specs/rampp.md). A tiny configuration
+Random weights of the real architecture (docs/models/rampp.md). A tiny configuration
 covers the fast checks; one full-size checkpoint checks loading and tagging at the real size.
 """
 
@@ -22,10 +22,11 @@ from archivetag.services.rampp.checkpoint import (
 from archivetag.services.rampp.model import FULL, RamPlus, tiny_config
 from archivetag.services.rampp.preprocess import to_array, to_pixels
 from archivetag.services.rampp.random_checkpoint import random_model, write_official_checkpoint
-from archivetag.services.rampp.vocabulary import Vocabulary, select_tags
+from archivetag.bundled import RAMPP_TAG_LIST, RAMPP_THRESHOLDS
+from archivetag.runtime.tags import TagVocabulary, select_tags
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rampp"
-MANIFEST = json.loads((SHARED / "state_dict_shapes.json").read_text())
+DATA = Path(__file__).resolve().parent / "data"  # the official checkpoint's state-dict manifest (docs/models/rampp.md)
+MANIFEST = json.loads((DATA / "state_dict_shapes.json").read_text())
 SAMPLES = Path(__file__).resolve().parents[2] / "src" / "archivetag" / "samples"
 
 
@@ -71,10 +72,10 @@ def test_full_size_random_checkpoint_in_the_official_layout_loads_strictly_and_t
     write_official_checkpoint(random_model(FULL), path, extra_entries=True)  # optimizer etc. are ignored
     model, unexpected, _ = load_model(path)
     assert unexpected == [] and model.config == FULL
-    vocab = Vocabulary.read(SHARED / "ram_tag_list.txt", SHARED / "ram_tag_list_threshold.txt")
+    vocab = TagVocabulary.read(RAMPP_TAG_LIST, RAMPP_THRESHOLDS)
     with torch.inference_mode():
         probs = torch.sigmoid(model(photos(384, 1)))[0].numpy()
-    tags = select_tags(probs, vocab.thresholds, vocab.names)
+    tags = select_tags(vocab.names, probs, vocab.thresholds)
     assert probs.shape == (4585,) and 0 < len(tags) < 1000
     assert all(p > vocab.thresholds[vocab.index[n]] for n, p in tags)
 
@@ -105,26 +106,15 @@ def test_generator_spreads_probabilities_so_some_tags_pass_and_some_do_not(tiny)
 
 
 def test_the_ten_tags_whose_threshold_is_1_never_fire_even_at_probability_1():
-    vocab = Vocabulary.read(SHARED / "ram_tag_list.txt", SHARED / "ram_tag_list_threshold.txt")
+    vocab = TagVocabulary.read(RAMPP_TAG_LIST, RAMPP_THRESHOLDS)
     model = random_model(tiny_config(len(vocab.names), descriptions_per_tag=2))
     with torch.no_grad():
         model.fc.bias.fill_(60.0)  # every sigmoid saturates to exactly 1.0 in float32
         probs = torch.sigmoid(model(photos(n=1)))[0].numpy()
     assert (probs == 1.0).all()
-    tags = {name for name, _ in select_tags(probs, vocab.thresholds, vocab.names)}
+    tags = {name for name, _ in select_tags(vocab.names, probs, vocab.thresholds)}
     never = {vocab.names[i] for i in np.nonzero(vocab.thresholds >= 1.0)[0]}
     assert len(never) == 10 and not tags & never and len(tags) == len(vocab.names) - 10
-
-
-def test_selection_is_strict_sorted_and_honours_threshold_and_cap():
-    names = ["a", "b", "c", "d"]
-    probs = np.array([0.7, 0.9, 0.65, 0.2], dtype=np.float32)
-    thresholds = np.array([0.65, 0.65, 0.65, 0.1], dtype=np.float32)
-    assert select_tags(probs, thresholds, names) == [("b", pytest.approx(0.9)), ("a", pytest.approx(0.7)),
-                                                     ("d", pytest.approx(0.2))]  # c sits on its threshold
-    assert [n for n, _ in select_tags(probs, thresholds, names, threshold=0.0)] == ["b", "a", "c", "d"]
-    assert [n for n, _ in select_tags(probs, thresholds, names, threshold=0.8)] == ["b"]
-    assert [n for n, _ in select_tags(probs, thresholds, names, threshold=0.0, max_tags=2)] == ["b", "a"]
 
 
 # -- broken checkpoints ---------------------------------------------------------------------

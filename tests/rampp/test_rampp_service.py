@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import time
 from pathlib import Path
 
@@ -12,14 +11,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from archivetag.runtime.model_service import TAGGER_SERVICE
+from archivetag.runtime.registry import TAGGER_SERVICE
 from archivetag.services.rampp.model import tiny_config
 from archivetag.services.rampp.random_checkpoint import random_model, write_official_checkpoint
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.conftest import model_service
 
 SAMPLES = Path(__file__).resolve().parents[2] / "src" / "archivetag" / "samples"
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rampp"
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +116,6 @@ def test_a_checkpoint_without_label_embed_keeps_the_service_not_serving_with_the
     checkpoint = torch.load(folder / "ram_plus_swin_large_14m.pth", weights_only=True)
     del checkpoint["model"]["label_embed"]
     torch.save(checkpoint, folder / "ram_plus_swin_large_14m.pth")
-    for name in ("ram_tag_list.txt", "ram_tag_list_threshold.txt"):
-        shutil.copyfile(SHARED / name, folder / name)
     with model_service("rampp", tmp_path / "models", tmp_path) as server:
         info = wait_failed(server)
         assert "label_embed" in info.state.reason and not info.state.serving

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from archivetag.runtime.model_service import TAGGER_SERVICE
+from archivetag.runtime.registry import TAGGER_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.support.image_corpus import answers_to_every_case, encode, photo
 from tests.support.servers import ServerProcess, free_port, grpcurl, health_status, python_module

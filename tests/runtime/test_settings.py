@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from archivetag.cli import SERVERS, build_parser, serve_option_groups
+from archivetag.stack import archivetag_command
+from archivetag.cli import build_parser, serve_option_groups
+from archivetag.runtime.registry import SERVER_NAMES as SERVERS
 from archivetag.runtime.settings import Option, OptionGroup, add_option_groups, parse_bool, parse_list
 
 GROUP = OptionGroup("test", (
@@ -51,7 +53,7 @@ def test_every_server_has_unique_documented_options_with_its_own_port():
 
 
 def test_help_shows_each_flag_with_its_environment_variable():
-    result = subprocess.run([sys.executable, "-m", "archivetag.cli", "serve", "rampp", "--help"],
+    result = subprocess.run(archivetag_command("serve", "rampp", "--help"),
                             capture_output=True, text=True)
     assert result.returncode == 0
     assert "--max-batch-size" in result.stdout and "ARCHIVETAG_MAX_BATCH_SIZE" in result.stdout
@@ -68,8 +70,8 @@ def test_the_configuration_reference_is_generated_from_the_options():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-m", "archivetag.runtime.settings"], capture_output=True, text=True, cwd=repo)
+    result = subprocess.run([sys.executable, "-m", "archivetag.configdoc"], capture_output=True, text=True, cwd=repo)
     assert result.returncode == 0, result.stderr
     assert (repo / "docs" / "configuration.md").read_text() == result.stdout, (
-        "docs/configuration.md is stale: python -m archivetag.runtime.settings > docs/configuration.md"
+        "docs/configuration.md is stale: python -m archivetag.configdoc > docs/configuration.md"
     )

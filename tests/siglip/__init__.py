@@ -29,8 +29,9 @@ class TinyExports:
 
 @functools.lru_cache(maxsize=1)
 def tiny_exports() -> TinyExports:
+    from archivetag.runtime.model_card import ModelCard
     from archivetag.services.siglip.export import export_folder
-    from archivetag.services.siglip.smoke import SMOKE_MODEL_ID, write_random_checkpoint
+    from archivetag.services.siglip.smoke import write_random_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="siglip-tests-"))
     atexit.register(shutil.rmtree, root, True)
@@ -38,7 +39,8 @@ def tiny_exports() -> TinyExports:
     for seed, name in ((0, "a"), (1, "b")):
         checkpoint = write_random_checkpoint(root / f"checkpoint-{name}", seed=seed)
         export = root / f"export-{name}"
-        export_folder(str(checkpoint), export, model_id=f"{SMOKE_MODEL_ID}-{name}", smoke=True)
+        export_folder(str(checkpoint), export, model_id=f"{ModelCard.smoke_name('siglip')}-{name}")
+        ModelCard.for_smoke("siglip").write(export)
         models.append(TinyModel(checkpoint, export))
     return TinyExports(*models)
 

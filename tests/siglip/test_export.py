@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from archivetag.stack import archivetag_command
+from archivetag.cli import parse_serve_settings
 from archivetag.runtime.errors import ModelLoadError
+from archivetag.runtime.model_card import ModelCard
 from archivetag.services.siglip import layout
 from archivetag.services.siglip.backend import SiglipBackend
 from archivetag.services.siglip.layout import read_json, sha256_file, write_json
@@ -23,8 +26,14 @@ def tiny():
     return tiny_exports()
 
 
-def loaded(folder: Path, **kwargs) -> SiglipBackend:
-    backend = SiglipBackend(folder, device="cpu", **kwargs)
+def loaded(folder: Path, precision: str = "fp32") -> SiglipBackend:
+    """The backend serving `folder` (through a models directory that links it as siglip/)."""
+    import tempfile
+
+    models = Path(tempfile.mkdtemp(prefix="siglip-models-"))
+    (models / "siglip").symlink_to(Path(folder).resolve(), target_is_directory=True)
+    backend = SiglipBackend(parse_serve_settings("siglip", "--models", str(models), "--device", "cpu",
+                                                 "--siglip-precision", precision))
     backend.load()
     return backend
 
@@ -54,7 +63,7 @@ def test_onnx_image_embeddings_match_torch_within_1e_4(tiny):
 
 def test_manifest_stamps_identity_hashes_classes_and_probe(tiny):
     manifest = read_json(tiny.a.export / layout.MANIFEST)
-    assert manifest["smoke"] is True
+    assert ModelCard.read(tiny.a.export).smoke is True
     assert manifest["vision"]["sha256"] == sha256_file(tiny.a.export / layout.VISION_ONNX)
     assert manifest["text"]["sha256"] == sha256_file(tiny.a.export / layout.TEXT_EMBEDDINGS)
     assert manifest["text"]["tokenizer"]["padding"] == "max_length"
@@ -74,8 +83,8 @@ def test_the_cli_exports_custom_classes_and_an_int8_tower_served_on_request(tiny
                        "outdoor:\n  - a photo of a street.\nother:\n  - a photo of a cat.\n")
     out = tmp_path / "siglip"
     done = subprocess.run(
-        [sys.executable, "-m", "archivetag.cli", "models", "export-siglip", "--model", str(tiny.a.checkpoint),
-         "--out", str(out), "--classes", str(classes), "--int8"],
+        archivetag_command("models", "export-siglip", "--model", str(tiny.a.checkpoint),
+         "--out", str(out), "--classes", str(classes), "--int8"),
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -99,9 +108,12 @@ def test_a_good_export_loads_with_its_identity(tiny):
     backend = loaded(tiny.a.export)
     identity = backend.identity()
     manifest = read_json(tiny.a.export / layout.MANIFEST)
-    assert identity.family == "siglip" and identity.smoke and "smoke" in identity.name
-    assert identity.name.startswith(manifest["model"]["id"])
-    assert identity.revision == manifest["model"]["revision"]
+    card = ModelCard.read(tiny.a.export)
+    assert identity.family == "siglip"
+    assert identity.smoke
+    assert identity.name == card.name == "archivetag/siglip-smoke"
+    assert manifest["model"]["id"].startswith(identity.name)
+    assert identity.revision == card.revision
     assert identity.weights_sha256 == manifest["vision"]["sha256"]
     assert identity.device == "cpu" and identity.dtype == "float32"
     assert backend.probe_cosine > 0.9999

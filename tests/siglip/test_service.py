@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from archivetag.runtime.model_service import VIEW_TYPE_SERVICE
+from archivetag.runtime.registry import VIEW_TYPE_SERVICE
 from archivetag.services.siglip import layout
 from archivetag.services.siglip.layout import read_json
 from archivetag.v1 import common_pb2, view_type_pb2, view_type_pb2_grpc

@@ -15,23 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from archivetag.stack import HEALTH_NAMES
+from archivetag.runtime.registry import server
+from archivetag.stack import archivetag_command
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 from tests.support.image_corpus import encode, photo
-from tests.support.servers import free_port, health_status
+from tests.support.servers import free_port, health_status, wait_for
 
-ARCHIVETAG = [sys.executable, "-m", "archivetag.cli"]
+ARCHIVETAG = archivetag_command()
 SERVICES = ("florence", "rampp", "siglip", "orchestrator")
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def stack(smoke_models, tmp_path_factory):
     output = open(logs / "up.out", "w")
     process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        wait_for(lambda: "all four services are SERVING" in (logs / "up.out").read_text() or process.poll() is not None,
+        wait_for(lambda: "services are SERVING" in (logs / "up.out").read_text() or process.poll() is not None,
                  300, "the stack did not come up")
         assert process.poll() is None, (logs / "up.out").read_text()
         yield {"process": process, "ports": ports, "logs": logs, "out": logs / "up.out"}
@@ -69,7 +60,7 @@ def alive(pid: int) -> bool:
 
 def test_up_brings_all_four_to_serving_and_prints_how_to_probe_them(stack):
     for name, port in stack["ports"].items():
-        assert health_status(f"127.0.0.1:{port}", HEALTH_NAMES[name]) == "SERVING", name
+        assert health_status(f"127.0.0.1:{port}", server(name).health_service) == "SERVING", name
     out = stack["out"].read_text()
     assert f"grpcurl -plaintext 127.0.0.1:{stack['ports']['orchestrator']} list" in out
     assert "grpc.health.v1.Health/Check" in out
@@ -204,7 +195,7 @@ def test_a_killed_service_is_restarted_and_sigterm_stops_all_four(stack):
     os.kill(rampp, signal.SIGKILL)
     wait_for(lambda: pid_of(stack, "rampp") != rampp, 30, "rampp was not restarted")
     address = f"127.0.0.1:{stack['ports']['rampp']}"
-    wait_for(lambda: health_status(address, HEALTH_NAMES["rampp"]) == "SERVING", 120, "rampp did not serve again")
+    wait_for(lambda: health_status(address, server("rampp").health_service) == "SERVING", 120, "rampp did not serve again")
     assert "rampp exited with code -9; restarting" in stack["out"].read_text()
 
     pids = [pid_of(stack, name) for name in SERVICES]

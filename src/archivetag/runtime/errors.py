@@ -35,6 +35,11 @@ class DeadlineExpired(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def abandoned_batch(size: int) -> list[DeadlineExpired]:
+    """What infer_batch returns for a batch it stopped early because every caller had gone."""
+    return [DeadlineExpired("every caller of this batch has gone (cancelled or past its deadline)")] * size
+
+
 class ModelLoadError(Exception):
     """The model cannot be loaded; the service stays NOT_SERVING and says this."""
 

@@ -64,3 +64,20 @@ class ModelCard:
             return cls(**known)
         except TypeError as exc:
             raise ModelLoadError(f"{path} is incomplete: {exc}") from None
+
+
+def model_identity(family: str, folder: Path, *, default_name: str, default_revision: str = "",
+                   weights_sha256: str = "", device: str = "", dtype: str = ""):
+    """The ModelIdentity every answer carries: name, revision and smoke flag from the folder's card."""
+    from archivetag.v1 import common_pb2
+
+    card = ModelCard.read(folder)
+    return common_pb2.ModelIdentity(
+        family=family,
+        name=card.name if card else default_name,
+        revision=(card.revision if card else "") or default_revision,
+        weights_sha256=weights_sha256,
+        device=device,
+        dtype=dtype,
+        smoke=bool(card and card.smoke),
+    )

@@ -26,12 +26,10 @@ from archivetag.runtime.lifecycle import (
     DRAINING, FAILED, SERVING, WARMING_UP, InferenceWatchdog, ModelHealth,
 )
 from archivetag.runtime.logs import fields
+from archivetag.runtime.registry import TAGGER_SERVICE, VIEW_TYPE_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
 
 log = logging.getLogger("archivetag.model_service")
-
-TAGGER_SERVICE = tagger_pb2.DESCRIPTOR.services_by_name["TaggerService"].full_name
-VIEW_TYPE_SERVICE = view_type_pb2.DESCRIPTOR.services_by_name["ViewTypeService"].full_name
 
 
 @dataclass

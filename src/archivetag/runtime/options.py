@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from archivetag.runtime.registry import ServerSpec
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
 
-DEFAULT_PORTS = {"orchestrator": 50051, "florence": 50052, "rampp": 50053, "siglip": 50054}
-DEFAULT_METRICS_PORTS = {"orchestrator": 9151, "florence": 9152, "rampp": 9153, "siglip": 9154}
 # A string: argparse expands it through parse_path, and the docs show it as written.
 DEFAULT_MODELS_DIR = "~/.cache/archivetag/models"
 
@@ -102,7 +101,6 @@ MODEL_SERVICE_OPTIONS = OptionGroup(
 )
 
 
-def server_options(service: str) -> OptionGroup:
-    return SERVER_OPTIONS.with_defaults(
-        port=DEFAULT_PORTS[service], metrics_port=DEFAULT_METRICS_PORTS[service]
-    )
+def server_options(spec: ServerSpec) -> OptionGroup:
+    """The server options with this server's own default ports."""
+    return SERVER_OPTIONS.with_defaults(port=spec.port, metrics_port=spec.metrics_port)

@@ -2,8 +2,8 @@
 
 It registers grpc.health.v1 ("" = the process is alive; each service's full name = its
 model is ready) and server reflection, applies message-size and keepalive limits and
-admission (runtime/admission.py: calls and streams counted apart), serves Prometheus metrics, and on SIGTERM/SIGINT turns everything NOT_SERVING,
-refuses new calls, lets in-flight calls finish within the grace period and returns 0.
+admission (runtime/admission.py: calls and streams counted apart), serves Prometheus
+metrics, and on SIGTERM/SIGINT turns everything NOT_SERVING, refuses new calls, lets in-flight calls finish within the grace period and returns 0.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from archivetag.runtime.admission import AdmissionInterceptor
+from archivetag.runtime.channels import server_channel_options
 from archivetag.runtime.logs import configure_logging, fields
 from archivetag.runtime.metrics import RequestMetricsInterceptor, start_metrics_server
 
@@ -69,28 +70,6 @@ class DrainingHealthServicer(health_aio.HealthServicer):
                 del self._watcher_count_by_service[request.service]
 
 
-def channel_options(settings) -> list[tuple[str, int]]:
-    mib = settings.max_message_mb * 1024 * 1024
-    options = [
-        ("grpc.max_receive_message_length", mib),
-        ("grpc.max_send_message_length", mib),
-        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
-        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
-        # Accept clients' keepalive pings as often as every 10 s.
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-        # Without this a second server on the same port starts silently and steals calls.
-        ("grpc.so_reuseport", 0),
-    ]
-    if settings.max_connection_age_seconds > 0:
-        options += [
-            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
-        ]
-    return options
-
-
 def _server_credentials(settings) -> grpc.ServerCredentials | None:
     if not settings.tls_cert and not settings.tls_key:
         if settings.tls_client_ca:
@@ -111,7 +90,7 @@ async def serve(app: ServerApp, settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     start_metrics_server(settings.host, settings.metrics_port)
     server = grpc.aio.server(
-        options=channel_options(settings),
+        options=server_channel_options(settings),
         interceptors=[
             RequestMetricsInterceptor(),
             AdmissionInterceptor(settings.max_concurrent_rpcs, settings.max_streams_per_peer),

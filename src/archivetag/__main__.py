@@ -1,0 +1,7 @@
+"""`python -m archivetag ...` is the `archivetag` command."""
+
+import sys
+
+from archivetag.cli import main
+
+sys.exit(main())
