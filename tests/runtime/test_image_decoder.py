@@ -75,9 +75,14 @@ def test_large_jpeg_is_decoded_at_reduced_scale_but_never_below_the_model_input(
     reduced = decode_image(big, min_edge=384)
     assert reduced.size == (750, 500)  # 1/4 scale: the smallest DCT scale keeping both sides ≥ 384
     assert min(reduced.size) >= 384
-    undrafted = decode_image(big, ImageLimits(jpeg_draft=False), min_edge=384)
-    assert undrafted.size == (600, 400)  # decoded in full, then shrunk by the integer factor 5 at once
-    assert decode_image(big).size == (3000, 2000)  # no model edge: nothing is shrunk
+    full = decode_image(big, ImageLimits(jpeg_draft=False), min_edge=384)
+    assert full.size == (3000, 2000)  # 6 MP: reaches the model as it is
+
+
+def test_an_image_over_the_shrink_size_is_shrunk_at_once_but_never_below_the_model_input():
+    huge = png_stream(5000, 4000, 8, 2)  # 20 MP
+    assert decode_image(huge, min_edge=384).size == (500, 400)  # the integer factor 10 = 4000 // 384
+    assert decode_image(huge).size == (5000, 4000)  # no model edge: nothing is shrunk
 
 
 def test_small_jpeg_is_not_reduced():
@@ -144,11 +149,11 @@ def test_a_fuzzed_file_decodes_or_is_invalid_input_and_nothing_else(case):
 
 
 def test_the_memory_estimate_is_known_before_decoding_and_grows_with_the_decoded_mode():
-    grey16 = open_image(png_stream(4000, 4000, 16, 0), min_edge=MODEL_EDGE)[1]
-    rgba = open_image(png_stream(4000, 4000, 8, 6), min_edge=MODEL_EDGE)[1]
-    assert grey16.peak_bytes >= 4000 * 4000 * 2  # 16-bit pixels are held as they are ...
-    assert grey16.peak_bytes < 4000 * 4000 * 4  # ... not widened to 32 or 64 bits
-    assert rgba.peak_bytes >= 2 * 4000 * 4000 * 4  # decoded + Pillow's premultiplied copy while shrinking
+    grey16 = open_image(png_stream(5000, 4000, 16, 0), min_edge=MODEL_EDGE)[1]
+    rgba = open_image(png_stream(5000, 4000, 8, 6), min_edge=MODEL_EDGE)[1]
+    assert grey16.peak_bytes >= 5000 * 4000 * 2  # 16-bit pixels are held as they are ...
+    assert grey16.peak_bytes < 5000 * 4000 * 4  # ... not widened to 32 or 64 bits
+    assert rgba.peak_bytes >= 2 * 5000 * 4000 * 4  # decoded + Pillow's premultiplied copy while shrinking
     assert grey16.reduce == rgba.reduce == 4000 // MODEL_EDGE
 
 

@@ -147,6 +147,10 @@ class DecodePlan:
     peak_bytes: int  # the most memory the decode holds at one time, estimated
 
 
+# Images up to this size reach the model's own preprocessing as decoded (its results then
+# equal the reference implementation's); larger ones are shrunk first, which bounds the
+# memory and time of everything after the decode.
+SHRINK_ABOVE_PIXELS = 16_000_000
 # Copies of the reduced image alive at once while it is turned into upright RGB
 # (alpha compositing holds the RGBA image, a white background and the result).
 _OUTPUT_COPIES = 4
@@ -168,7 +172,7 @@ def _plan(image: Image.Image, stored_size: tuple[int, int], min_edge: int | None
         codec = width * height * 4 * 3
     elif image.format in ("HEIF", "TIFF"):
         codec = width * height * 4  # libheif's frame; libtiff's strip buffer or RGBA raster
-    factor = max(1, min(width, height) // min_edge) if min_edge else 1
+    factor = max(1, min(width, height) // min_edge) if min_edge and width * height > SHRINK_ABOVE_PIXELS else 1
     premultiplied = decoded if factor > 1 and image.mode in ("LA", "RGBA") else 0  # Pillow's copy while reducing
     output = -(-width // factor) * -(-height // factor) * 4 * _OUTPUT_COPIES
     return DecodePlan(image.format, (width, height), image.mode, factor,
@@ -317,9 +321,9 @@ def finish_decode(image: Image.Image, plan: DecodePlan) -> Image.Image:
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None) -> Image.Image:
     """Decode bytes to an upright RGB image, or raise InvalidInput naming the problem.
 
-    min_edge: the model's input edge; large images are then decoded (JPEG: at a reduced DCT
-    scale) or shrunk at once by an integer factor that still leaves both sides at least
-    this long.
+    min_edge: the model's input edge; large JPEGs are then decoded at a reduced DCT scale,
+    and images over SHRINK_ABOVE_PIXELS shrunk at once by an integer factor, both still
+    leaving each side at least this long.
     """
     image, plan = open_image(data, limits, min_edge)
     return finish_decode(image, plan)
