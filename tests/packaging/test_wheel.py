@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from archivetag.runtime.registry import TAGGER_NAMES
 from tests.support.servers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,10 +81,11 @@ def test_installed_wheel_tags_a_photo_through_the_whole_stack(installed, where, 
         tagged = archivetag(installed, "tag", str(SAMPLE), "--target", f"127.0.0.1:{ports['orchestrator']}",
                             "--db", str(tmp_path / "results.sqlite"), "--json", cwd=cwd)
         assert tagged.returncode == 0, tagged.stderr
-        (result,) = [json.loads(line) for line in tagged.stdout.splitlines() if line.strip()]
-        assert result["path"].endswith("coffee-table.jpg")
-        assert result["tagger"] == "florence"
-        assert result["viewType"]["name"]
+        (answer,) = [json.loads(line) for line in tagged.stdout.splitlines() if line.strip()]
+        assert answer["path"].endswith("coffee-table.jpg")
+        # Florence-2 answers, or RAM++ when Florence missed its deadline on a busy machine (failover is the design).
+        assert answer["result"]["tagger"] in TAGGER_NAMES, answer["result"]
+        assert answer["result"]["viewType"]["name"]
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(120)
