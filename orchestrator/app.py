@@ -16,6 +16,7 @@ from archivetag.orchestrator.fairness import FairScheduler
 from archivetag.orchestrator.routing import Router
 from archivetag.orchestrator.service import TaggingServicer
 from archivetag.runtime.logs import fields
+from archivetag.runtime.channels import message_limit_bytes
 from archivetag.runtime.registry import MODEL_NAMES, MODELS, TAGGER_NAMES, TAGGING_SERVICE, ServerSpec, view_type_model
 from archivetag.v1 import tagging_pb2_grpc
 
@@ -74,7 +75,7 @@ class OrchestratorApp:
             breaker=CircuitBreaker(s.breaker_failures, s.breaker_cooldown_seconds),
             reconnect_max=s.reconnect_max_seconds,
             resolve_every=s.resolve_seconds,
-            max_message_bytes=s.max_message_mb * 1024 * 1024,
+            max_message_bytes=message_limit_bytes(s.max_image_bytes),
         )
 
     def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None:

@@ -15,6 +15,8 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
+from archivetag.runtime.errors import Unauthenticated, abort_with
+
 # The authenticated client of the call being handled (set by the interceptor).
 current_client: contextvars.ContextVar[str] = contextvars.ContextVar("archivetag_client", default="anonymous")
 
@@ -87,21 +89,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
         if self.authenticator is None:
-            client, problem = _client_without_auth(details.invocation_metadata), ""
+            client, problem = _client_without_auth(details.invocation_metadata), None
         else:
             client = self.authenticator.client_for(details.invocation_metadata)
             has_header = any(k == "authorization" for k, _ in (details.invocation_metadata or ()))
-            problem = "" if client else (
-                "invalid token" if has_header
-                else "missing token: send metadata 'authorization: Bearer <token>'"
+            problem = None if client else (
+                Unauthenticated("invalid token", reason="TOKEN_INVALID") if has_header
+                else Unauthenticated("missing token: send metadata 'authorization: Bearer <token>'")
             )
         return _with_client(handler, client, problem)
 
 
-def _with_client(handler: grpc.RpcMethodHandler, client: str | None, problem: str) -> grpc.RpcMethodHandler:
+def _with_client(handler: grpc.RpcMethodHandler, client: str | None,
+                 problem: Unauthenticated | None) -> grpc.RpcMethodHandler:
     async def check(context: grpc.aio.ServicerContext) -> None:
         if problem:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+            await abort_with(context, problem)
         current_client.set(client)
 
     if handler.unary_unary:

@@ -27,11 +27,24 @@ from archivetag.runtime.channels import client_channel_options
 from archivetag.runtime.logs import fields
 from archivetag.runtime.registry import ServerSpec
 from archivetag.v1 import common_pb2, tagging_pb2
-from archivetag.orchestrator.breaker import CircuitBreaker
+from archivetag.orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 log = logging.getLogger("archivetag.orchestrator.backends")
 
 SERVING, NOT_SERVING, UNREACHABLE = "SERVING", "NOT_SERVING", "UNREACHABLE"
+
+# Why a backend that is not SERVING gets no call, as a FallbackReason.
+HEALTH_FALLBACK = {
+    tagging_pb2.BACKEND_HEALTH_UNSPECIFIED: tagging_pb2.FALLBACK_REASON_HEALTH_UNKNOWN,
+    tagging_pb2.BACKEND_HEALTH_NOT_SERVING: tagging_pb2.FALLBACK_REASON_NOT_SERVING,
+    tagging_pb2.BACKEND_HEALTH_UNREACHABLE: tagging_pb2.FALLBACK_REASON_UNREACHABLE,
+    tagging_pb2.BACKEND_HEALTH_DISABLED: tagging_pb2.FALLBACK_REASON_DISABLED,
+}
+BREAKER_STATES = {
+    CLOSED: tagging_pb2.BREAKER_STATE_CLOSED,
+    OPEN: tagging_pb2.BREAKER_STATE_OPEN,
+    HALF_OPEN: tagging_pb2.BREAKER_STATE_HALF_OPEN,
+}
 
 
 class TargetError(ValueError):
@@ -132,6 +145,8 @@ class Backend:
         self.ok_count = 0
         self.error_count = 0
         self.last_error = ""
+        self.last_error_time: float | None = None  # wall-clock seconds
+        self.last_error_resolved = False
         self.channel: grpc.aio.Channel | None = None
         self.stub: Any = None
         self._watchers: dict[str, asyncio.Task] = {}
@@ -194,7 +209,7 @@ class Backend:
                 found = {_format(info[4][0], self.target.port) for info in infos}
             except OSError as exc:
                 found = set()
-                self.last_error = f"cannot resolve {self.target.dns_name}: {exc}"
+                self._record_error(f"cannot resolve {self.target.dns_name}: {exc}")
                 log.warning("cannot resolve backend", extra=fields(backend=self.name, error=str(exc)))
             for address in found - set(self._watchers):
                 self._start_watch(address)
@@ -217,6 +232,8 @@ class Backend:
         log.info("backend replica health", extra=fields(backend=self.name, replica=address, status=status,
                                                          previous=replica.status, detail=detail))
         replica.status, replica.detail = status, detail
+        if status == SERVING:
+            self.last_error_resolved = True
         self._changed()
 
     def _changed(self) -> None:
@@ -281,13 +298,22 @@ class Backend:
         text = tagging_pb2.BackendHealth.Name(health).removeprefix("BACKEND_HEALTH_")
         return f"{text} ({'; '.join(details)})" if details and health != tagging_pb2.BACKEND_HEALTH_SERVING else text
 
-    def usable(self) -> str:
-        """'' if a call may go to this backend now, else why not. May take the breaker's probe slot."""
-        if self.health() != tagging_pb2.BACKEND_HEALTH_SERVING:
-            return self.describe_health()
+    def usable(self) -> tuple[int, str]:
+        """(FALLBACK_REASON_UNSPECIFIED, '') if a call may go to this backend now, else why not,
+        as a FallbackReason and for a person. May take the breaker's probe slot."""
+        health = self.health()
+        if health != tagging_pb2.BACKEND_HEALTH_SERVING:
+            return HEALTH_FALLBACK[health], self.describe_health()
         if not self.breaker.allow():
-            return self.breaker.describe()
-        return ""
+            return tagging_pb2.FALLBACK_REASON_BREAKER_OPEN, self.breaker.describe()
+        return tagging_pb2.FALLBACK_REASON_UNSPECIFIED, ""
+
+    def breaker_state(self) -> int:
+        """The breaker as a BreakerState value."""
+        return BREAKER_STATES[self.breaker.current_state()]
+
+    def _record_error(self, text: str) -> None:
+        self.last_error, self.last_error_time, self.last_error_resolved = text, time.time(), False
 
     # -- calls ----------------------------------------------------------------------
     async def call(self, method: Callable[..., Awaitable[Any]], request: Any, timeout: float) -> Any:
@@ -303,7 +329,7 @@ class Backend:
                 self.breaker.record_success()
             else:
                 self.error_count += 1
-                self.last_error = f"{exc.code().name}: {exc.details()}"
+                self._record_error(f"{exc.code().name}: {exc.details()}")
                 self.breaker.record_failure()
             raise
         except asyncio.CancelledError:
@@ -311,6 +337,7 @@ class Backend:
             raise
         self.latencies.append(time.monotonic() - started)
         self.ok_count += 1
+        self.last_error_resolved = True
         self.breaker.record_success()
         if response.model.name:
             self.model = response.model
@@ -320,17 +347,12 @@ class Backend:
         latencies = sorted(self.latencies)
         p50 = statistics.median(latencies) if latencies else 0.0
         p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else 0.0
-        breaker = {
-            "closed": tagging_pb2.BREAKER_STATE_CLOSED,
-            "open": tagging_pb2.BREAKER_STATE_OPEN,
-            "half_open": tagging_pb2.BREAKER_STATE_HALF_OPEN,
-        }[self.breaker.current_state()]
-        return tagging_pb2.BackendStatus(
+        status = tagging_pb2.BackendStatus(
             name=self.name,
             role=self.role,
             target=self.target_text,
             health=self.health(),
-            breaker=breaker,
+            breaker=self.breaker_state(),
             replicas=len(self.replicas),
             serving_replicas=sum(r.status == SERVING for r in self.replicas.values()),
             latency_p50_seconds=p50,
@@ -339,4 +361,8 @@ class Backend:
             error_count=self.error_count,
             last_error=self.last_error,
             model=self.model,
+            last_error_resolved=bool(self.last_error) and self.last_error_resolved,
         )
+        if self.last_error_time is not None:
+            status.last_error_time.FromNanoseconds(int(self.last_error_time * 1e9))
+        return status

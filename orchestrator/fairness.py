@@ -49,7 +49,9 @@ class FairScheduler:
         if len(queue) >= self.max_queued:
             raise QueueFull(
                 f"client {client!r} has {len(queue)} images waiting; the limit is {self.max_queued} "
-                "(ARCHIVETAG_CLIENT_MAX_QUEUED): wait for answers before sending more"
+                "(ARCHIVETAG_CLIENT_MAX_QUEUED): wait for answers before sending more",
+                reason="CLIENT_QUEUE_FULL",
+                metadata={"client": client, "limit": self.max_queued, "setting": "ARCHIVETAG_CLIENT_MAX_QUEUED"},
             )
         future = asyncio.get_running_loop().create_future()
         queue.append(future)

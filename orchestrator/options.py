@@ -54,10 +54,13 @@ CLIENT_OPTIONS = OptionGroup(
         Option("auth", True, "Require 'authorization: Bearer <token>' on TaggingService calls.", parse_bool),
         Option(
             "api_tokens_file", None,
-            "File of client tokens, one 'client-name:token' per line ('#' comments).", parse_path, metavar="FILE",
+            "File of client tokens, one 'client-name:token' per line ('#' comments); tokens of at least 16 characters.",
+            parse_path, metavar="FILE",
         ),
         Option(
-            "api_tokens", [], "Comma-separated 'client-name:token' pairs (in addition to the file).", parse_list
+            "api_tokens", [],
+            "Comma-separated 'client-name:token' pairs (in addition to the file); tokens of at least 16 characters.",
+            parse_list,
         ),
         Option("max_in_flight", 16, "Images processed at once over all clients; more wait their client's turn.", int),
         Option("client_max_in_flight", 8, "Images one client may have processed at once.", int),

@@ -4,7 +4,8 @@
         with deadline = min(its setting, the caller's time left − a reserve for the fallback)
     on DEADLINE_EXCEEDED, UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN (any failure but
         INVALID_ARGUMENT), or when not SERVING / breaker open → the fallback tagger, and say why
-    INVALID_ARGUMENT → the image's fault: back to the caller, no failover
+    INVALID_ARGUMENT → the image's fault: back to the caller (with the backend's reason), no failover
+    no tagger answered → DEADLINE_EXCEEDED if the caller's deadline is what stopped one, else UNAVAILABLE
     SigLIP runs concurrently; if it cannot answer, the result is degraded, not an error
 """
 
@@ -19,7 +20,7 @@ import grpc
 from prometheus_client import Counter
 
 from archivetag.orchestrator.backends import Backend
-from archivetag.runtime.errors import DeadlineExpired, InvalidInput, NotServing
+from archivetag.runtime.errors import DeadlineExpired, NotServing, reraise_from_call
 from archivetag.runtime.logs import fields
 from archivetag.v1 import tagger_pb2, tagging_pb2, view_type_pb2
 
@@ -27,6 +28,12 @@ log = logging.getLogger("archivetag.orchestrator.routing")
 
 FAILOVERS = Counter("archivetag_failovers_total", "Images answered by the fallback tagger.", ["primary", "fallback"])
 DEGRADED = Counter("archivetag_degraded_total", "Answers missing a part (e.g. the view type).", ["backend"])
+
+# What a failed call to the primary means for the fallback reason (others: CALL_FAILED).
+CALL_FALLBACK = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: tagging_pb2.FALLBACK_REASON_DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: tagging_pb2.FALLBACK_REASON_OVERLOADED,
+}
 
 # Below this, a call cannot usefully start.
 MIN_CALL_SECONDS = 0.05
@@ -48,6 +55,9 @@ class TaggerOutcome:
     fallback_reason: str
     tagger_seconds: float
     failover_seconds: float
+    fallback: int  # FallbackReason of the primary; UNSPECIFIED when it answered
+    primary_health: int  # BackendHealth of the primary when the call was routed
+    primary_breaker: int  # BreakerState of the primary when the call was routed
 
 
 class Router:
@@ -73,6 +83,9 @@ class Router:
             caption=outcome.response.caption,
             tagger=outcome.tagger,
             fallback_reason=outcome.fallback_reason,
+            fallback=outcome.fallback,
+            primary_health=outcome.primary_health,
+            primary_breaker=outcome.primary_breaker,
             view_type=view.view,
             models=[outcome.response.model, *([view.model] if view.model else [])],
             context=request.context,
@@ -95,25 +108,36 @@ class Router:
     async def _tag_with_failover(
         self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float
     ) -> TaggerOutcome:
-        reasons: list[str] = []
+        reasons: list[str] = []  # for a person
+        fallbacks: dict[str, int] = {}  # tagger → FallbackReason, for programs
+        out_of_time = False  # a tagger was skipped or cut off because the caller's deadline was near
         failover_seconds = 0.0
+        primary = self.taggers[0]
+        primary_state = (primary.health(), primary.breaker_state())
         tag_request = tagger_pb2.TagRequest(context=request.context, max_tags=request.max_tags)
         tag_request.image.data = image
         if request.HasField("threshold"):
             tag_request.threshold = request.threshold
+
+        def passed_over(backend: Backend, fallback: int, why: str) -> None:
+            fallbacks[backend.name] = fallback
+            reasons.append(f"{backend.name}: {why}")
+
         for index, backend in enumerate(self.taggers):
             if not backend.enabled:
-                reasons.append(f"{backend.name}: disabled")
+                passed_over(backend, tagging_pb2.FALLBACK_REASON_DISABLED, "disabled")
                 continue
             has_fallback = any(b.enabled for b in self.taggers[index + 1:])
             left = deadline - time.monotonic()
             timeout = min(backend.deadline, left - (self.fallback_reserve if has_fallback else 0.0))
             if timeout < MIN_CALL_SECONDS:
-                reasons.append(f"{backend.name}: skipped, {left:.1f} s left before the caller's deadline")
+                out_of_time = True
+                passed_over(backend, tagging_pb2.FALLBACK_REASON_NO_TIME_LEFT,
+                            f"skipped, {left:.1f} s left before the caller's deadline")
                 continue
-            why_not = backend.usable()
+            fallback, why_not = backend.usable()
             if why_not:
-                reasons.append(f"{backend.name}: {why_not}")
+                passed_over(backend, fallback, why_not)
                 continue
             attempt_started = time.monotonic()
             try:
@@ -121,20 +145,25 @@ class Router:
             except grpc.aio.AioRpcError as exc:
                 spent = time.monotonic() - attempt_started
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidInput(exc.details()) from None
+                    raise reraise_from_call(exc) from None
                 failover_seconds += spent
-                reasons.append(f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    out_of_time = out_of_time or timeout < backend.deadline
+                passed_over(backend, CALL_FALLBACK.get(exc.code(), tagging_pb2.FALLBACK_REASON_CALL_FAILED),
+                            f"{exc.code().name} after {spent:.1f} s ({exc.details()})")
                 log.warning("tagger failed", extra=fields(backend=backend.name, code=exc.code().name,
                                                           seconds=round(spent, 3), detail=exc.details()))
                 continue
             if index > 0 or reasons:
-                FAILOVERS.labels(self.taggers[0].name, backend.name).inc()
+                FAILOVERS.labels(primary.name, backend.name).inc()
             return TaggerOutcome(
-                response, backend.name, "; ".join(reasons), time.monotonic() - attempt_started, failover_seconds
+                response, backend.name, "; ".join(reasons), time.monotonic() - attempt_started, failover_seconds,
+                fallbacks.get(primary.name, tagging_pb2.FALLBACK_REASON_UNSPECIFIED), *primary_state,
             )
-        if time.monotonic() >= deadline:
-            raise DeadlineExpired("deadline passed before a tagger answered: " + "; ".join(reasons))
-        raise NotServing("no tagger could answer: " + "; ".join(reasons))
+        states = {name: tagging_pb2.FallbackReason.Name(value) for name, value in fallbacks.items()}
+        if out_of_time or time.monotonic() >= deadline:
+            raise DeadlineExpired("deadline passed before a tagger answered: " + "; ".join(reasons), metadata=states)
+        raise NotServing("no tagger could answer: " + "; ".join(reasons), reason="NO_TAGGER_AVAILABLE", metadata=states)
 
     # -- view type --------------------------------------------------------------------
     async def _view_type(self, image: bytes, request: tagging_pb2.TagImageRequest, deadline: float) -> ViewOutcome:
@@ -144,7 +173,7 @@ class Router:
         if not backend.enabled:
             return ViewOutcome(unknown, problem=f"{backend.name}: disabled")
         timeout = min(backend.deadline, deadline - time.monotonic())
-        why_not = backend.usable() if timeout >= MIN_CALL_SECONDS else "no time left before the caller's deadline"
+        why_not = backend.usable()[1] if timeout >= MIN_CALL_SECONDS else "no time left before the caller's deadline"
         if why_not:
             return ViewOutcome(unknown, problem=f"{backend.name}: {why_not}")
         started = time.monotonic()

@@ -12,7 +12,7 @@ from archivetag.orchestrator.backends import Backend
 from archivetag.orchestrator.fairness import FairScheduler
 from archivetag.orchestrator.routing import Router
 from archivetag.runtime.errors import DeadlineExpired, InvalidInput, abort_with, status_for
-from archivetag.runtime.images import read_image_source
+from archivetag.runtime.images import check_image_size, read_image_source
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 
 
@@ -29,10 +29,12 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         try:
             async with asyncio.timeout(time_left):
                 image = await asyncio.to_thread(read_image_source, request.image, self.settings.allowed_roots)
+                check_image_size(image, self.settings.max_image_bytes)
                 async with self.scheduler.slot(client) as waited:
                     return await self.router.tag_image(request, image, deadline, waited)
         except TimeoutError:
-            raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged") from None
+            raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged",
+                                  metadata={"deadline_seconds": round(time_left, 3)}) from None
 
     def _time_left(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -57,15 +59,16 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         async def answer(item: tagging_pb2.TagImagesRequest) -> None:
             try:
                 if not item.id:
-                    raise InvalidInput("item id is empty: give every item of the stream a unique id")
+                    raise InvalidInput("item id is empty: give every item of the stream a unique id",
+                                       reason="ITEM_ID_INVALID", field="id")
                 if item.id in seen:
-                    raise InvalidInput(f"item id {item.id!r} was already used in this stream")
+                    raise InvalidInput(f"item id {item.id!r} was already used in this stream",
+                                       reason="ITEM_ID_INVALID", field="id")
                 seen.add(item.id)
                 result = await self._tag(item.request, client, self._time_left(context))
                 await answers.put(tagging_pb2.TagImagesResponse(id=item.id, result=result))
             except Exception as exc:  # noqa: BLE001 - every failure becomes the item's own error
-                code, message = status_for(exc)
-                error = tagging_pb2.ItemError(code=code.value[0], status=code.name, message=message)
+                error = status_for(exc).item_error()
                 await answers.put(tagging_pb2.TagImagesResponse(id=item.id, error=error))
 
         async def read() -> None:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from archivetag.runtime.model_files import make_readable
+
 
 def _run_convert(args: argparse.Namespace) -> int:
     from archivetag.services.florence.convert import ConversionError, convert
@@ -15,6 +17,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         return 2
     try:
         convert(args.src, args.dst)
+        make_readable(args.dst)
     except ConversionError as exc:
         print(f"convert-florence: {exc}", file=sys.stderr)
         return 1

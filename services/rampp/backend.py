@@ -66,7 +66,10 @@ class RamPlusBackend(ModelBackend):
         folder = Path(settings.models) / "rampp"
         self.folder = folder
         self.weights_setting = settings.rampp_weights
-        self.tag_list, self.threshold_file = default_vocabulary_files(folder, settings)
+        self.settings = settings
+        # Found in load(), after the service checked that it can read the model folder.
+        self.tag_list: Path | None = None
+        self.threshold_file: Path | None = None
         self.device_setting = settings.device
         self.dtype_setting = settings.dtype
         self.threads = settings.torch_threads
@@ -77,6 +80,7 @@ class RamPlusBackend(ModelBackend):
     # -- loading --------------------------------------------------------------------
     def load(self) -> None:
         set_threads(self.threads)
+        self.tag_list, self.threshold_file = default_vocabulary_files(self.folder, self.settings)
         weights = Path(self.weights_setting) if self.weights_setting else find_weights(self.folder)
         if not weights.is_file():
             raise ModelLoadError(f"RAM++ weights {weights} do not exist")
@@ -153,8 +157,8 @@ class RamPlusBackend(ModelBackend):
     def describe(self):
         return {
             "weights": str(self.weights_setting or self.folder),
-            "tag_list": str(self.tag_list),
-            "thresholds": str(self.threshold_file),
+            "tag_list": str(self.tag_list or ""),
+            "thresholds": str(self.threshold_file or ""),
             "image_size": str(self.input_edge),
         }
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from archivetag.runtime.model_files import make_readable
 from archivetag.services.rampp.layout import CONVERTED
 
 
@@ -21,6 +22,7 @@ def convert_checkpoint_file(pth: Path, folder: Path) -> Path:
     started = time.monotonic()
     ignored = convert(Path(pth), out)
     ModelCard(family="rampp", name=OFFICIAL_NAME, source=f"converted from {pth}").write(folder)
+    make_readable(Path(folder))
     print(f"converted {pth} → {out} in {time.monotonic() - started:.1f}s"
           + (f"; ignored {len(ignored)} unused key(s)" if ignored else ""), file=sys.stderr)
     return out

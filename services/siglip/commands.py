@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from archivetag.runtime.model_files import make_readable
+
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 
 
@@ -20,7 +22,9 @@ def export_to_folder(src: str, dest: Path, model_id: str | None = None, classes=
 
     if isinstance(classes, str):
         classes = Path(classes)
-    return export_folder(src, Path(dest), model_id=model_id, classes=classes, int8=int8)
+    manifest = export_folder(src, Path(dest), model_id=model_id, classes=classes, int8=int8)
+    make_readable(Path(dest))
+    return manifest
 
 
 def _run_export(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Tag photos (files and folders, recursively) through the orchestrator into SQLite.
 
-Photos are streamed through TagImages with a bounded window; every answer is committed
+Photos are streamed through TagImages (archivetag.client) with a bounded window; every answer is committed
 as it arrives, so an interrupted import loses nothing. A re-run skips photos whose
 content (SHA-256) was already tagged by the same models.
 """
@@ -16,13 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 
-from archivetag.client import CLIENT_OPTIONS, call_metadata, open_channel
+from archivetag.client import CLIENT_OPTIONS, AsyncTaggingClient, ClientError, ItemResult, RetryPolicy, TagItem
 from archivetag.results import ResultStore, default_db_path, models_key
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
-from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
 
@@ -99,97 +97,62 @@ class Tagger:
         """A line above the progress bar, on stderr (tqdm.write defaults to stdout, even with the bar off)."""
         self.progress.write(message, file=sys.stderr)
 
-    def _record(self, photo: Photo, response: tagging_pb2.TagImagesResponse) -> None:
-        ok = response.WhichOneof("outcome") == "result"
-        if ok:
+    def _record(self, photo: Photo, answer: ItemResult) -> None:
+        if answer.ok:
             self.summary.tagged += 1
         else:
             self.summary.failed += 1
-            self.say(f"failed: {photo.path}: {response.error.status}: {response.error.message}")
+            self.say(f"failed: {photo.path}: {answer.error.code.name} ({answer.error.reason_name}): {answer.error.message}")
         if self.store is not None:
-            self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, response)
+            self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, answer.response)
         else:
-            print(json.dumps({"path": str(photo.path), "sha256": photo.sha256, **MessageToDict(response)}), flush=True)
+            print(json.dumps({"path": str(photo.path), "sha256": photo.sha256, **MessageToDict(answer.response)}), flush=True)
         self.progress.update(1)
         self.progress.set_postfix(failed=self.summary.failed, refresh=False)
 
-    async def run(self, photos: list[Path]) -> None:
-        pending = list(photos)
-        attempt = 0
-        while pending:
-            try:
-                pending = await self._stream(pending)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
-                    attempt >= self.settings.retries
-                ):
-                    raise
-                attempt += 1
-                wait = min(30.0, 2.0 ** attempt)
-                self.say(f"connection lost ({exc.code().name}: {exc.details()}); retrying in {wait:.0f} s")
-                await asyncio.sleep(wait)
-
-    async def _stream(self, photos: list[Path]) -> list[Path]:
-        """Stream photos; return those left unanswered if the stream ends early."""
-        window = asyncio.Semaphore(max(1, self.settings.concurrency))
+    async def run(self, client: AsyncTaggingClient, photos: list[Path]) -> None:
+        """Stream the photos; the client keeps the window, reopens a broken stream and resends."""
         sent: dict[str, Photo] = {}
-        unanswered = {str(p): p for p in photos}
 
-        async def requests():
+        async def items():
             for path in photos:
-                await window.acquire()
                 try:
                     photo = await asyncio.to_thread(read_photo, path)
                 except OSError as exc:
                     self.summary.unreadable += 1
-                    unanswered.pop(str(path), None)
                     self.say(f"unreadable: {path}: {exc.strerror}")
                     self.progress.update(1)
-                    window.release()
                     continue
                 if self.store is not None and self.store.is_done(photo.sha256, self.key):
                     # Same content under another path, tagged earlier in this run or before.
                     self.store.link(photo.path, photo.sha256, photo.size, photo.mtime, self.key)
                     self.summary.skipped += 1
-                    unanswered.pop(str(path), None)
                     self.progress.update(1)
-                    window.release()
                     continue
                 sent[str(path)] = photo
-                request = tagging_pb2.TagImageRequest(max_tags=self.settings.max_tags)
-                request.image.data = photo.data
-                yield tagging_pb2.TagImagesRequest(id=str(path), request=request)
+                yield TagItem(photo.data, id=str(path), max_tags=self.settings.max_tags)
 
-        async with open_channel(self.settings) as channel:
-            stub = tagging_pb2_grpc.TaggingServiceStub(channel)
-            call = stub.TagImages(requests(), metadata=call_metadata(self.settings))
-            async for response in call:
-                photo = sent.pop(response.id, None)
-                if photo is None:
-                    continue  # not ours (cannot happen with a correct server)
-                self._record(photo, response)
-                unanswered.pop(response.id, None)
-                window.release()
-        return list(unanswered.values())
+        async for answer in client.tag_many(items(), window=max(1, self.settings.concurrency)):
+            self._record(sent.pop(answer.id), answer)
 
 
 async def tag_photos(settings, photos: list[Path], store: ResultStore | None, progress) -> Summary:
-    async with open_channel(settings) as channel:
-        status = await tagging_pb2_grpc.TaggingServiceStub(channel).GetStatus(
-            tagging_pb2.GetStatusRequest(), metadata=call_metadata(settings), timeout=10
-        )
-    key = models_key([b.model for b in status.backends])
-    runner = Tagger(settings, store, key, progress)
-    runner.summary.total = len(photos)
-    todo = photos
-    if store is not None:
-        store.remember_models(key, [b.model for b in status.backends])
-        todo = [p for p in photos if not store.path_is_done(p, key)]
-        runner.summary.skipped = len(photos) - len(todo)
-        progress.update(runner.summary.skipped)
-    started = time.monotonic()
-    await runner.run(todo)
-    runner.summary.seconds = time.monotonic() - started
+    # A lost connection is retried with backoff (2 s doubling to 30 s), `--retries` times.
+    retry = RetryPolicy(max_attempts=settings.retries + 1, initial_backoff=2.0, max_backoff=30.0)
+    async with AsyncTaggingClient.from_settings(settings, retry=retry) as client:
+        status = await client.status()
+        key = models_key([b.model for b in status.backends])
+        runner = Tagger(settings, store, key, progress)
+        runner.summary.total = len(photos)
+        todo = photos
+        if store is not None:
+            store.remember_models(key, [b.model for b in status.backends])
+            todo = [p for p in photos if not store.path_is_done(p, key)]
+            runner.summary.skipped = len(photos) - len(todo)
+            progress.update(runner.summary.skipped)
+        started = time.monotonic()
+        await runner.run(client, todo)
+        runner.summary.seconds = time.monotonic() - started
     return runner.summary
 
 
@@ -207,9 +170,9 @@ def run(args: argparse.Namespace) -> int:
                     dynamic_ncols=True)
     try:
         summary = asyncio.run(tag_photos(args, photos, store, progress))
-    except grpc.aio.AioRpcError as exc:
+    except ClientError as exc:
         progress.close()
-        print(f"archivetag tag: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"archivetag tag: {args.target}: {exc}", file=sys.stderr)
         print("everything answered so far is saved; run the same command again to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

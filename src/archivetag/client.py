@@ -1,11 +1,30 @@
-"""Client side of TaggingService, shared by `tag`, `status` and `demo`."""
+"""The Python client of TaggingService (sync and async), shared by `tag`, `status` and `demo`.
+
+    with TaggingClient("127.0.0.1:50051", token="...") as client:
+        result = client.tag(Path("photo.jpg").read_bytes(), max_tags=10)
+
+Errors are raised as ClientError with the contract's typed reason (archivetag.v1.ErrorReason),
+its metadata and the bad field. Only what the contract calls retryable is retried:
+UNAVAILABLE, and RESOURCE_EXHAUSTED that the server explains ("retry later").
+"""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import grpc
 
+from archivetag.runtime import health_client
 from archivetag.runtime.channels import message_limits
+from archivetag.runtime.errors import REASON_PREFIX, read_call_error
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
+from archivetag.v1 import common_pb2, errors_pb2, tagging_pb2, tagging_pb2_grpc
 
 CLIENT_OPTIONS = OptionGroup(
     "client",
@@ -18,18 +37,365 @@ CLIENT_OPTIONS = OptionGroup(
     ),
 )
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
+# No client-side size limit: the server's image limit answers with a clear INVALID_ARGUMENT.
+CHANNEL_OPTIONS = message_limits(-1)
+DEFAULT_DEADLINE = 120.0
 
 
-def open_channel(settings) -> grpc.aio.Channel:
-    options = message_limits(MAX_MESSAGE_BYTES)
-    if settings.tls_ca:
-        cert = settings.tls_client_cert.read_bytes() if settings.tls_client_cert else None
-        key = settings.tls_client_key.read_bytes() if settings.tls_client_key else None
-        credentials = grpc.ssl_channel_credentials(settings.tls_ca.read_bytes(), key, cert)
-        return grpc.aio.secure_channel(settings.target, credentials, options=options)
-    return grpc.aio.insecure_channel(settings.target, options=options)
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4  # the first included; 1: no retry
+    initial_backoff: float = 0.2  # seconds, doubling (with jitter) up to max_backoff
+    max_backoff: float = 5.0
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
 
 
-def call_metadata(settings) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class ClientError(Exception):
+    """A failed call or stream item. Branch on `reason` (and `code`), never on the message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: int, metadata: dict[str, str], field: str = ""):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = reason  # archivetag.v1.ErrorReason value; UNSPECIFIED: the gRPC library failed
+        self.metadata = metadata
+        self.field = field
+
+    @property
+    def reason_name(self) -> str:
+        """E.g. "IMAGE_CORRUPT" (as in ErrorInfo.reason)."""
+        return errors_pb2.ErrorReason.Name(self.reason).removeprefix(REASON_PREFIX)
+
+    @property
+    def retryable(self) -> bool:
+        """A RESOURCE_EXHAUSTED without a reason is the library refusing an oversized message: not retryable."""
+        return self.code == grpc.StatusCode.UNAVAILABLE or (
+            self.code == grpc.StatusCode.RESOURCE_EXHAUSTED and self.reason != errors_pb2.ERROR_REASON_UNSPECIFIED
+        )
+
+    @classmethod
+    def from_call(cls, call: grpc.RpcError) -> "ClientError":
+        error = read_call_error(call)
+        names = errors_pb2.ErrorReason.keys()
+        reason = errors_pb2.ErrorReason.Value(REASON_PREFIX + error.reason) if REASON_PREFIX + error.reason in names else 0
+        return cls(error.code, error.message, reason, error.metadata, error.field)
+
+    @classmethod
+    def from_item(cls, error: tagging_pb2.ItemError) -> "ClientError":
+        code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+        return cls(code, error.message, error.reason, dict(error.metadata), error.field)
+
+
+@dataclass
+class TagItem:
+    """One image of tag_many; `id` must be unique in the call ('' → numbered "0", "1", ...)."""
+
+    image: bytes | str  # the file's bytes, or a path/file:// URI the server may read (allowed roots)
+    id: str = ""
+    max_tags: int = 0
+    threshold: float | None = None
+    include_embedding: bool = False
+    context: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ItemResult:
+    """The answer to one tag_many item: its result, or its own error."""
+
+    id: str
+    item: TagItem
+    response: tagging_pb2.TagImagesResponse  # the answer as the server sent it
+    result: tagging_pb2.TagImageResponse | None = None
+    error: ClientError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float | None = None,
+                include_embedding: bool = False, context: dict[str, str] | None = None) -> tagging_pb2.TagImageRequest:
+    request = tagging_pb2.TagImageRequest(
+        max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {}))
+    )
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        request.image.data = bytes(image)
+    else:
+        request.image.uri = str(image)
+    if threshold is not None:
+        request.threshold = threshold
+    return request
+
+
+def _item_request(item: TagItem) -> tagging_pb2.TagImagesRequest:
+    request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context)
+    return tagging_pb2.TagImagesRequest(id=item.id, request=request)
+
+
+def _answer(item: TagItem, response: tagging_pb2.TagImagesResponse) -> ItemResult:
+    if response.WhichOneof("outcome") == "result":
+        return ItemResult(response.id, item, response, result=response.result)
+    return ItemResult(response.id, item, response, error=ClientError.from_item(response.error))
+
+
+class _Ids:
+    """Id bookkeeping of one tag_many call: numbers items without an id, remembers the unanswered."""
+
+    def __init__(self):
+        self.unanswered: dict[str, TagItem] = {}
+        self.used: set[str] = set()
+        self._next = 0
+
+    def add(self, item: TagItem) -> TagItem:
+        if item.id in self.used:
+            raise ValueError(f"tag_many: item id {item.id!r} is used twice; ids must be unique within a call")
+        if not item.id:
+            while str(self._next) in self.used:
+                self._next += 1
+            item.id = str(self._next)
+            self._next += 1
+        self.used.add(item.id)
+        self.unanswered[item.id] = item
+        return item
+
+    def ended_early(self) -> ClientError:
+        """The stream closed with items unanswered: like a lost connection, retryable."""
+        return ClientError(grpc.StatusCode.UNAVAILABLE, f"stream ended with {len(self.unanswered)} item(s) unanswered",
+                           errors_pb2.ERROR_REASON_UNSPECIFIED, {})
+
+
+def _time_left(deadline_at: float | None) -> float | None:
+    return None if deadline_at is None else max(0.001, deadline_at - time.monotonic())
+
+
+def _credentials(tls_ca: Path | None, cert: Path | None, key: Path | None) -> grpc.ChannelCredentials | None:
+    if not tls_ca:
+        return None
+    return grpc.ssl_channel_credentials(tls_ca.read_bytes(), key.read_bytes() if key else None,
+                                        cert.read_bytes() if cert else None)
+
+
+class _Base:
+    def __init__(self, target: str = "127.0.0.1:50051", token: str = "", *, deadline: float = DEFAULT_DEADLINE,
+                 retry: RetryPolicy = RetryPolicy(), tls_ca: Path | None = None, tls_client_cert: Path | None = None,
+                 tls_client_key: Path | None = None):
+        self.target = target
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.deadline = deadline
+        self.retry = retry
+        self._credentials = _credentials(tls_ca, tls_client_cert, tls_client_key)
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs):
+        """From the CLIENT_OPTIONS settings (--target, --token, --tls-*)."""
+        return cls(settings.target, settings.token, tls_ca=settings.tls_ca, tls_client_cert=settings.tls_client_cert,
+                   tls_client_key=settings.tls_client_key, **kwargs)
+
+    def _should_retry(self, error: ClientError, attempt: int, deadline_at: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up."""
+        wait = self.retry.backoff(attempt)
+        if not error.retryable or attempt >= self.retry.max_attempts:
+            return None
+        if deadline_at is not None and time.monotonic() + wait >= deadline_at:
+            return None
+        return wait
+
+
+class AsyncTaggingClient(_Base):
+    """asyncio client: `async with AsyncTaggingClient(target, token) as client: await client.tag(data)`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.channel = (grpc.aio.secure_channel(self.target, self._credentials, options=CHANNEL_OPTIONS)
+                        if self._credentials else grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS))
+        self.stub = tagging_pb2_grpc.TaggingServiceStub(self.channel)
+
+    async def __aenter__(self) -> "AsyncTaggingClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _unary(self, method, request, deadline: float | None):
+        deadline_at = time.monotonic() + (deadline or self.deadline)
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                return await method(request, metadata=self.metadata, timeout=max(0.001, deadline_at - time.monotonic()))
+            except grpc.aio.AioRpcError as exc:
+                error = ClientError.from_call(exc)
+                wait = self._should_retry(error, attempt, deadline_at)
+                if wait is None:
+                    raise error from None
+                await asyncio.sleep(wait)
+
+    async def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
+                  include_embedding: bool = False, context: dict[str, str] | None = None,
+                  deadline: float | None = None) -> tagging_pb2.TagImageResponse:
+        """Tag one image (bytes, or a path the server may read). deadline: seconds, retries included."""
+        request = tag_request(image, max_tags, threshold, include_embedding, context)
+        return await self._unary(self.stub.TagImage, request, deadline)
+
+    async def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:
+        return await self._unary(self.stub.GetStatus, tagging_pb2.GetStatusRequest(), deadline)
+
+    async def health(self, deadline: float = 10.0) -> str:
+        """The orchestrator's health: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNREACHABLE (no token needed)."""
+        status, _ = await health_client.check_async(self.channel, TAGGING_SERVICE, deadline)
+        return status
+
+    async def tag_many(self, items: AsyncIterable[TagItem] | Iterable[TagItem], *, window: int = 16,
+                       deadline: float | None = None) -> AsyncIterator[ItemResult]:
+        """Tag over one TagImages stream: one ItemResult per item, in completion order.
+
+        The next item is taken from `items` only when fewer than `window` are unanswered. If the
+        stream breaks with a retryable error, it is reopened and the unanswered items resent.
+        """
+        source = items.__aiter__() if hasattr(items, "__aiter__") else _aiter(items)
+        ids = _Ids()
+        done = False
+        deadline_at = None if deadline is None else time.monotonic() + deadline
+        for attempt in range(1, self.retry.max_attempts + 1):
+            slots = asyncio.Semaphore(max(1, window))
+
+            async def requests(resend: list[TagItem]):
+                nonlocal done
+                for item in resend:
+                    await slots.acquire()
+                    yield _item_request(item)
+                while not done:
+                    await slots.acquire()
+                    try:
+                        item = await source.__anext__()
+                    except StopAsyncIteration:
+                        done = True
+                        return
+                    yield _item_request(ids.add(item))
+
+            timeout = _time_left(deadline_at)
+            call = self.stub.TagImages(requests(list(ids.unanswered.values())), metadata=self.metadata, timeout=timeout)
+            try:
+                async for response in call:
+                    item = ids.unanswered.pop(response.id, None)
+                    if item is None:
+                        continue  # answered before a reconnect
+                    slots.release()
+                    yield _answer(item, response)
+                if done and not ids.unanswered:
+                    return
+                error = ids.ended_early()
+            except grpc.aio.AioRpcError as exc:
+                error = ClientError.from_call(exc)
+            wait = self._should_retry(error, attempt, deadline_at)
+            if wait is None:
+                raise error
+            await asyncio.sleep(wait)
+
+
+async def _aiter(items: Iterable[TagItem]) -> AsyncIterator[TagItem]:
+    for item in items:
+        yield item
+
+
+class TaggingClient(_Base):
+    """Blocking client: `with TaggingClient(target, token) as client: client.tag(data)`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.channel = (grpc.secure_channel(self.target, self._credentials, options=CHANNEL_OPTIONS)
+                        if self._credentials else grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS))
+        self.stub = tagging_pb2_grpc.TaggingServiceStub(self.channel)
+
+    def __enter__(self) -> "TaggingClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _unary(self, method, request, deadline: float | None):
+        deadline_at = time.monotonic() + (deadline or self.deadline)
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                return method(request, metadata=self.metadata, timeout=max(0.001, deadline_at - time.monotonic()))
+            except grpc.RpcError as exc:
+                error = ClientError.from_call(exc)
+                wait = self._should_retry(error, attempt, deadline_at)
+                if wait is None:
+                    raise error from None
+                time.sleep(wait)
+
+    def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
+            include_embedding: bool = False, context: dict[str, str] | None = None,
+            deadline: float | None = None) -> tagging_pb2.TagImageResponse:
+        """Tag one image (bytes, or a path the server may read). deadline: seconds, retries included."""
+        request = tag_request(image, max_tags, threshold, include_embedding, context)
+        return self._unary(self.stub.TagImage, request, deadline)
+
+    def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:
+        return self._unary(self.stub.GetStatus, tagging_pb2.GetStatusRequest(), deadline)
+
+    def health(self, deadline: float = 10.0) -> str:
+        """The orchestrator's health: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNREACHABLE (no token needed)."""
+        status, _ = health_client.check(self.channel, TAGGING_SERVICE, deadline)
+        return status
+
+    def tag_many(self, items: Iterable[TagItem], *, window: int = 16, deadline: float | None = None) -> Iterator[ItemResult]:
+        """As AsyncTaggingClient.tag_many, blocking."""
+        source = iter(items)
+        ids = _Ids()
+        lock = threading.Lock()  # the request iterator runs on gRPC's thread
+        done = False
+        deadline_at = None if deadline is None else time.monotonic() + deadline
+        for attempt in range(1, self.retry.max_attempts + 1):
+            slots = threading.Semaphore(max(1, window))
+
+            def requests(resend: list[TagItem]):
+                nonlocal done
+                for item in resend:
+                    slots.acquire()
+                    yield _item_request(item)
+                while not done:
+                    slots.acquire()
+                    item = next(source, None)
+                    if item is None:
+                        done = True
+                        return
+                    with lock:
+                        ids.add(item)
+                    yield _item_request(item)
+
+            with lock:
+                resend = list(ids.unanswered.values())
+            timeout = _time_left(deadline_at)
+            call = self.stub.TagImages(requests(resend), metadata=self.metadata, timeout=timeout)
+            try:
+                for response in call:
+                    with lock:
+                        item = ids.unanswered.pop(response.id, None)
+                    if item is None:
+                        continue
+                    slots.release()
+                    yield _answer(item, response)
+                if done and not ids.unanswered:
+                    return
+                error = ids.ended_early()
+            except grpc.RpcError as exc:
+                error = ClientError.from_call(exc)
+            finally:
+                call.cancel()
+                slots.release()  # let a request iterator blocked on the window see the end
+            wait = self._should_retry(error, attempt, deadline_at)
+            if wait is None:
+                raise error
+            time.sleep(wait)

@@ -27,11 +27,14 @@ def proto_files() -> list[Path]:
 
 def generate(out_root: Path) -> Path:
     """Run protoc into out_root; return the folder holding the archivetag/v1 modules."""
+    import grpc_tools
     from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
+    well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",

@@ -2,8 +2,16 @@
 
 Each runs as its own local process (as in a deployment, where each scales on its own).
 The model services listen on loopback only. `up` waits until every one is SERVING,
-prints the endpoints, restarts a crashed service with backoff, and stops all of them
-cleanly on Ctrl-C / SIGTERM.
+prints the endpoints, and stops all of them cleanly on Ctrl-C / SIGTERM.
+
+Restarts: a service that exits (crash, kill, out of memory) is started again after 1 s,
+then 2, 4, ... up to 60 s between tries; the wait starts afresh once it ran 60 s. Each
+restart is printed with the service's log file. A service that is hung (not exited) is
+not restarted: the orchestrator fails over around it (see `archivetag status`).
+
+Tokens: given --api-tokens-file or --api-tokens, the orchestrator requires
+'authorization: Bearer <token>'; each entry is 'client-name:token', tokens at least 16
+characters. Without either, auth is off (one machine, one user).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import grpc
 from archivetag.runtime.health_client import check_async
 from archivetag.runtime.options import MODELS_OPTION
 from archivetag.runtime.registry import MODEL_NAMES, MODELS, ORCHESTRATOR, SERVERS, ServerSpec
-from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_path
+from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
 MISSING_MODELS_HELP = (
     "run `archivetag models pull` (the real weights; needs network) "
     "or `archivetag models smoke` (small random models, offline; meaningless tags)"
@@ -35,11 +43,20 @@ UP_OPTIONS = OptionGroup(
         MODELS_OPTION,
         Option("orchestrator_host", "127.0.0.1", "Address the orchestrator listens on; the model services stay on loopback."),
         *(Option(f"{spec.name}_port", spec.port, f"{spec.title} port.", int) for spec in SERVERS),
-        Option("metrics", True, "Serve Prometheus metrics (ports 9151-9154).", parse_bool),
+        Option("metrics", True, "Serve Prometheus metrics (on the --*-metrics-port ports).", parse_bool),
+        *(Option(f"{spec.name}_metrics_port", spec.metrics_port, f"Prometheus metrics port of {spec.title}; 0: none.", int)
+          for spec in SERVERS),
         Option(
             "api_tokens_file", None,
-            "Client tokens file; given, the orchestrator requires tokens (off by default on one machine).",
+            "Client tokens file, one 'client-name:token' per line (tokens of at least 16 characters); "
+            "given, the orchestrator requires tokens (off by default on one machine).",
             parse_path, metavar="FILE",
+        ),
+        Option(
+            "api_tokens", [],
+            "Comma-separated 'client-name:token' pairs (tokens of at least 16 characters), as --api-tokens-file; "
+            "passed to the orchestrator in its environment, not on its command line.",
+            parse_list,
         ),
         Option("log_dir", "~/.cache/archivetag/logs",
                "Folder for the services' logs and pid files.", parse_path),
@@ -94,13 +111,14 @@ class Stack:
         ports = {spec.name: getattr(s, f"{spec.name}_port") for spec in SERVERS}
         s.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in SERVERS:
-            metrics = spec.metrics_port if s.metrics else 0
+            metrics = getattr(s, f"{spec.name}_metrics_port") if s.metrics else 0
             argv = archivetag_command("serve", spec.name, "--port", str(ports[spec.name]), "--metrics-port", str(metrics))
             if spec is ORCHESTRATOR:
                 argv += ["--host", s.orchestrator_host]
                 for backend in MODELS:
                     argv += [f"--{backend.name}-target", f"127.0.0.1:{ports[backend.name]}"]
-                argv += ["--auth", "--api-tokens-file", str(s.api_tokens_file)] if s.api_tokens_file else ["--no-auth"]
+                argv += ["--auth"] if s.api_tokens_file or s.api_tokens else ["--no-auth"]
+                argv += ["--api-tokens-file", str(s.api_tokens_file)] if s.api_tokens_file else []
             else:
                 argv += ["--host", "127.0.0.1", "--models", str(s.models)]
             self.services.append(Service(spec, argv, ports[spec.name], s.log_dir / f"{spec.name}.log"))
@@ -108,9 +126,12 @@ class Stack:
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, service: Service) -> None:
         log = open(service.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if service.name == "orchestrator" and self.settings.api_tokens:
+            env["ARCHIVETAG_API_TOKENS"] = ",".join(self.settings.api_tokens)  # not in `ps` output
         service.process = subprocess.Popen(
-            service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+            service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
         )
         log.close()
         service.started_at = time.monotonic()
@@ -208,6 +229,8 @@ class Stack:
 
 
 async def run_stack(settings) -> int:
+    # Line by line even into a pipe or file: a supervisor watching for "SERVING" must see it when it happens.
+    sys.stdout.reconfigure(line_buffering=True)
     stack = Stack(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -243,7 +266,8 @@ async def run_stack(settings) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 
-from archivetag.client import CLIENT_OPTIONS, call_metadata, open_channel
-from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
+from archivetag.client import CLIENT_OPTIONS, ClientError, TaggingClient
+from archivetag.v1 import tagging_pb2
 
 OPTION_GROUPS = [CLIENT_OPTIONS]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+
+
+def _when(backend: tagging_pb2.BackendStatus) -> str:
+    at = backend.last_error_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{at}; recovered since" if backend.last_error_resolved else at
 
 
 def status_table(reply: tagging_pb2.GetStatusResponse) -> str:
@@ -40,23 +43,18 @@ def status_table(reply: tagging_pb2.GetStatusResponse) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"\nimages in flight: {reply.in_flight}, waiting: {reply.queued}")
-    errors = [f"  {b.name}: {b.last_error}" for b in reply.backends if b.last_error]
+    errors = [f"  {b.name}: {b.last_error} ({_when(b)})" for b in reply.backends if b.last_error]
     if errors:
         lines += ["last errors:", *errors]
     return "\n".join(lines)
 
 
-async def fetch_status(settings) -> tagging_pb2.GetStatusResponse:
-    async with open_channel(settings) as channel:
-        stub = tagging_pb2_grpc.TaggingServiceStub(channel)
-        return await stub.GetStatus(tagging_pb2.GetStatusRequest(), metadata=call_metadata(settings), timeout=10)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
-        reply = asyncio.run(fetch_status(args))
-    except grpc.aio.AioRpcError as exc:
-        print(f"archivetag status: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        with TaggingClient.from_settings(args) as client:
+            reply = client.status()
+    except ClientError as exc:
+        print(f"archivetag status: {args.target}: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(MessageToDict(reply), indent=2))

@@ -1,9 +1,10 @@
-"""The deployments, checked offline: Kubernetes schemas (rendered kustomize-style and as plain
-files), the compose file's references, hadolint on the Dockerfiles."""
+"""The deployments, checked offline: the Kubernetes objects as the real `kubectl kustomize`
+renders them (strictly against the schemas), the compose files' references, hadolint on the
+Dockerfiles. Each is checked against the registry of servers. deploy/check runs them for real."""
 
 from __future__ import annotations
 
-import copy
+import argparse
 import shutil
 import subprocess
 import sys
@@ -14,48 +15,34 @@ import pytest
 import yaml
 
 from archivetag.cli import build_parser, serve_option_groups
-from archivetag.runtime.registry import SERVER_NAMES as SERVERS, SERVERS as SERVER_SPECS
-from archivetag.probe import PROBE_OPTIONS
+from archivetag.probe import PROBE_OPTIONS, target_of
+from archivetag.runtime import registry
 
-HEALTH_NAMES = {spec.name: spec.health_service for spec in SERVER_SPECS}
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.37.0"
-CLUSTER_SCOPED = {"Namespace"}
-PORTS = {"orchestrator": 50051, "florence": 50052, "rampp": 50053, "siglip": 50054}
+MODEL_NAMES = list(registry.MODEL_NAMES)
 
 
 def load_docs(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def kustomize_render(folder: Path) -> list[dict]:
-    """What `kustomize build` does with the features our kustomization uses."""
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    known = {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
-    assert set(kustomization) <= known, f"renderer does not know {set(kustomization) - known}"
-    images = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in kustomization.get("images", [])}
-    rendered = []
-    for resource in kustomization["resources"]:
-        for doc in load_docs(folder / resource):
-            doc = copy.deepcopy(doc)
-            if doc["kind"] not in CLUSTER_SCOPED:
-                doc["metadata"]["namespace"] = kustomization["namespace"]
-            for label_set in kustomization.get("labels", []):
-                doc["metadata"].setdefault("labels", {}).update(label_set["pairs"])
-            pod_spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-            for container in pod_spec.get("containers", []):
-                container["image"] = images.get(container["image"], container["image"])
-            rendered.append(doc)
-    return rendered
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    """`kubectl kustomize deploy/k8s`: what `kubectl apply -k` would send to the cluster."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed: the Kubernetes manifests are checked as `kubectl kustomize` renders "
+                    "them (apt-get install kubectl, or put a kubectl with kustomize on PATH)")
+    result = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-RENDERED = kustomize_render(K8S)
-
-
-def by_kind(kind: str) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d for d in RENDERED if d["kind"] == kind}
+def by_kind(rendered: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in rendered if d["kind"] == kind}
 
 
 def env_of(container: dict) -> dict[str, str]:
@@ -63,79 +50,118 @@ def env_of(container: dict) -> dict[str, str]:
 
 
 def known_env_vars() -> set[str]:
-    names = {o.env for s in SERVERS for g in serve_option_groups(s) for o in g.options}
+    names = {o.env for s in registry.SERVER_NAMES for g in serve_option_groups(s) for o in g.options}
     return names | {o.env for o in PROBE_OPTIONS.options}
 
 
-@pytest.mark.parametrize("path", sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"), ids=lambda p: p.name)
-def test_each_plain_manifest_is_valid_against_the_kubernetes_schemas(path):
-    for doc in load_docs(path):
+def probe_target(env: dict[str, str]):
+    """What the image's HEALTHCHECK (`archivetag probe`) checks with this container environment."""
+    parser = argparse.ArgumentParser()
+    from archivetag.runtime.settings import add_option_groups
+
+    add_option_groups(parser, [PROBE_OPTIONS], environ=env)
+    return target_of(parser.parse_args([]), environ=env)
+
+
+# -- Kubernetes -----------------------------------------------------------------------------
+def test_the_rendering_is_valid_against_the_kubernetes_schemas_and_in_one_namespace(rendered):
+    kinds = sorted(d["kind"] for d in rendered)
+    assert kinds.count("Deployment") == len(registry.SERVERS)
+    for doc in rendered:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert {d["metadata"].get("namespace") for d in rendered if d["kind"] != "Namespace"} == {"archivetag"}
+    assert "ModelService" not in kinds  # the component's values are local config, never applied
 
 
-def test_the_kustomize_rendering_is_valid_and_every_resource_file_exists():
-    assert len(RENDERED) >= 15
-    for doc in RENDERED:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    assert all(d["metadata"].get("namespace") == "archivetag" for d in RENDERED if d["kind"] != "Namespace")
-
-
-@pytest.mark.skipif(not shutil.which("kustomize"), reason="no kustomize binary on this machine")
-def test_a_real_kustomize_build_matches_our_rendering():
-    built = [d for d in yaml.safe_load_all(subprocess.run(["kustomize", "build", str(K8S)], capture_output=True,
-                                                          text=True, check=True).stdout) if d]
-    assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
-        (d["kind"], d["metadata"]["name"]) for d in RENDERED)
-
-
-@pytest.mark.parametrize("name", ["florence", "rampp", "siglip"])
-def test_model_services_have_grpc_probes_gpus_headless_services_and_a_drain_grace(name):
-    deployment = by_kind("Deployment")[name]
+@pytest.mark.parametrize("spec", registry.MODELS, ids=lambda s: s.name)
+def test_each_model_deployment_serves_its_registry_entry_with_grpc_probes_and_a_gpu(rendered, spec):
+    deployment = by_kind(rendered, "Deployment")[spec.name]
     pod = deployment["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    port = PORTS[name]
-    assert container["args"] == ["serve", name]
-    assert build_parser().parse_args(container["args"]).server == name
-    assert container["livenessProbe"]["grpc"] == {"port": port}  # "" = the process is alive
-    assert container["readinessProbe"]["grpc"] == {"port": port, "service": HEALTH_NAMES[name]}
+    (container,) = pod["containers"]
+    assert container["args"] == ["serve", spec.name]
+    assert build_parser().parse_args(container["args"]).server == spec.name
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": spec.port, "metrics": spec.metrics_port}
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(spec.metrics_port)
+    assert container["livenessProbe"]["grpc"] == {"port": spec.port}  # "" = the process is alive
+    assert container["readinessProbe"]["grpc"] == {"port": spec.port, "service": spec.health_service}
     startup = container["startupProbe"]
-    assert startup["grpc"]["service"] == HEALTH_NAMES[name]
+    assert startup["grpc"] == {"port": spec.port, "service": spec.health_service}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # long enough to load a model
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = env_of(container)
+    target = probe_target(env)
+    assert (target.address, target.service) == (f"127.0.0.1:{spec.port}", spec.health_service)
     assert pod["terminationGracePeriodSeconds"] > float(env["ARCHIVETAG_GRACE_SECONDS"])
     assert float(env["ARCHIVETAG_MAX_CONNECTION_AGE_SECONDS"]) > 0  # clients re-resolve and find new pods
     assert set(env) - {"HOME"} <= known_env_vars()
-    assert container["image"].startswith("ghcr.io/")  # the kustomize image transformer applied
-    service = by_kind("Service")[name]
-    assert service["spec"]["clusterIP"] == "None" and service["spec"]["ports"][0]["port"] == port
-    assert by_kind("HorizontalPodAutoscaler")[name]["spec"]["scaleTargetRef"]["name"] == name
-    assert by_kind("PodDisruptionBudget")[name]["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
     claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]["claimName"]
-    assert claim in by_kind("PersistentVolumeClaim")
+    assert claim in by_kind(rendered, "PersistentVolumeClaim")
 
 
-def test_the_orchestrator_finds_each_model_service_through_its_headless_service():
-    deployment = by_kind("Deployment")["orchestrator"]
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+@pytest.mark.parametrize("spec", registry.MODELS, ids=lambda s: s.name)
+def test_each_model_has_a_headless_service_an_autoscaler_and_a_disruption_budget_on_its_pods(rendered, spec):
+    pod_labels = by_kind(rendered, "Deployment")[spec.name]["spec"]["template"]["metadata"]["labels"]
+    service = by_kind(rendered, "Service")[spec.name]
+    assert service["spec"]["clusterIP"] == "None"
+    assert [p["port"] for p in service["spec"]["ports"]] == [spec.port]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert by_kind(rendered, "HorizontalPodAutoscaler")[spec.name]["spec"]["scaleTargetRef"]["name"] == spec.name
+    assert by_kind(rendered, "PodDisruptionBudget")[spec.name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_every_deployment_runs_the_image_named_once_in_the_kustomization(rendered):
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    (image,) = kustomization["images"]
+    images = {c["image"] for d in by_kind(rendered, "Deployment").values() for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {f"{image['newName']}:{image['newTag']}"}
+    written = {line.split("image:")[1].strip() for path in K8S.rglob("*.yaml") for line in path.read_text().splitlines()
+               if line.strip().startswith("image:")}
+    assert written == {image["name"]}  # every manifest names the placeholder the transformer replaces
+
+
+def test_the_orchestrator_finds_each_model_service_through_its_headless_service(rendered):
+    deployment = by_kind(rendered, "Deployment")["orchestrator"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
     assert set(env) - {"HOME"} <= known_env_vars()
-    for name in ("florence", "rampp", "siglip"):
-        host, port = env[f"ARCHIVETAG_{name.upper()}_TARGET"].split(":")
-        assert host == name and int(port) == PORTS[name]
+    services = by_kind(rendered, "Service")
+    for spec in registry.MODELS:
+        host, port = env[f"ARCHIVETAG_{spec.name.upper()}_TARGET"].split(":")
+        assert host in services and int(port) == spec.port
     secret = deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
-    assert secret in by_kind("Secret")
+    assert secret in by_kind(rendered, "Secret")
     assert env["ARCHIVETAG_API_TOKENS_FILE"].startswith(container["volumeMounts"][0]["mountPath"])
-    assert container["readinessProbe"]["grpc"]["service"] == HEALTH_NAMES["orchestrator"]
+    assert container["readinessProbe"]["grpc"] == {"port": registry.ORCHESTRATOR.port,
+                                                   "service": registry.ORCHESTRATOR.health_service}
+    target = probe_target(env)
+    assert (target.address, target.service) == (f"127.0.0.1:{registry.ORCHESTRATOR.port}", registry.ORCHESTRATOR.health_service)
 
 
-def test_only_the_orchestrator_may_reach_the_model_services():
-    policy = next(iter(by_kind("NetworkPolicy").values()))
+def test_only_the_orchestrator_may_reach_the_model_services(rendered):
+    (policy,) = by_kind(rendered, "NetworkPolicy").values()
+    deployments = by_kind(rendered, "Deployment")
+    pod_labels = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items()}
     selected = policy["spec"]["podSelector"]["matchLabels"]
-    models = {n for n, d in by_kind("Deployment").items() if selected.items() <= d["spec"]["template"]["metadata"]["labels"].items()}
-    assert models == {"florence", "rampp", "siglip"}
-    grpc_rule = next(r for r in policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {50052, 50053, 50054})
-    assert grpc_rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orchestrator"}}}]
+    assert {n for n, labels in pod_labels.items() if selected.items() <= labels.items()} == set(MODEL_NAMES)
+    grpc_rule = next(r for r in policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} == {s.port for s in registry.MODELS})
+    (source,) = grpc_rule["from"]
+    allowed = source["podSelector"]["matchLabels"]
+    assert {n for n, labels in pod_labels.items() if allowed.items() <= labels.items()} == {"orchestrator"}
+    metrics_rule = next(r for r in policy["spec"]["ingress"] if r is not grpc_rule)
+    assert {p["port"] for p in metrics_rule["ports"]} == {s.metrics_port for s in registry.MODELS}
+
+
+def test_each_models_kustomize_values_are_its_registry_entry():
+    for spec in registry.MODELS:
+        (values,) = load_docs(K8S / spec.name / "service.yaml")
+        assert values["metadata"]["name"] == spec.name
+        assert values["spec"]["port"] == spec.port
+        assert values["spec"]["metricsPort"] == spec.metrics_port
+        assert values["metadata"]["annotations"]["archivetag/metrics-port"] == str(spec.metrics_port)
+        assert values["spec"]["healthName"] == spec.health_service
+    folders = {p.parent.name for p in K8S.glob("*/service.yaml")}
+    assert folders == set(MODEL_NAMES)
 
 
 # -- compose ------------------------------------------------------------------------------
@@ -161,22 +187,36 @@ def test_compose_references_only_what_exists():
     assert (DEPLOY / default_tokens).is_file()
 
 
-def test_compose_publishes_only_the_orchestrator_and_gives_models_the_gpu():
+def test_compose_publishes_only_the_orchestrator_and_each_health_check_probes_its_own_server():
     services = COMPOSE["services"]
     assert [n for n, s in services.items() if s.get("ports")] == ["orchestrator"]
-    for name in ("florence", "rampp", "siglip"):
-        service = services[name]
-        devices = service["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"]
+    for spec in registry.SERVERS:
+        service = services[spec.name]
+        assert service["command"] == ["serve", spec.name]
         assert "container_name" not in service  # `--scale` needs generated names
-        probe = service["healthcheck"]["test"]
-        assert probe[1:3] == ["archivetag", "probe"]
-        assert f"127.0.0.1:{PORTS[name]}" in probe and HEALTH_NAMES[name] in probe
-        assert service["volumes"] == ["models:/models:ro"]
+        assert service["healthcheck"]["test"] == ["CMD", "archivetag", "probe"]  # the image's own
+        target = probe_target({k: str(v) for k, v in service["environment"].items()})
+        assert (target.address, target.service) == (f"127.0.0.1:{spec.port}", spec.health_service)
+    for spec in registry.MODELS:
+        assert services[spec.name]["volumes"] == ["models:/models:ro"]
     orchestrator = services["orchestrator"]
     assert orchestrator["depends_on"]["rampp"]["condition"] == "service_healthy"
-    for name in ("florence", "rampp", "siglip"):
-        assert orchestrator["environment"][f"ARCHIVETAG_{name.upper()}_TARGET"] == f"{name}:{PORTS[name]}"
+    for spec in registry.MODELS:
+        assert orchestrator["environment"][f"ARCHIVETAG_{spec.name.upper()}_TARGET"] == f"{spec.name}:{spec.port}"
+
+
+def test_the_gpu_overlay_gives_every_model_service_the_gpu_and_the_cuda_image():
+    gpu = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text())["services"]
+    assert set(gpu) <= set(COMPOSE["services"])
+    for spec in registry.MODELS:
+        (device,) = gpu[spec.name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"]
+    for name, service in gpu.items():
+        assert "cuda" in service["image"]
+        if "build" in service:
+            assert service["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
+    for spec in registry.MODELS:
+        assert "deploy" not in COMPOSE["services"][spec.name]  # the CPU file runs without a GPU runtime
 
 
 # -- images -------------------------------------------------------------------------------
@@ -188,4 +228,10 @@ def test_dockerfiles_pass_hadolint_and_run_as_non_root_without_models(dockerfile
     text = dockerfile.read_text()
     assert "USER 10001" in text and "HEALTHCHECK" in text
     assert 'VOLUME ["/models"]' in text
-    assert "COPY models" not in text and "models pull" not in text  # never baked in
+    assert "COPY models" not in text
+    assert "models pull" not in text  # never baked in
+    # One HEALTHCHECK for every service: the server that ARCHIVETAG_SERVER names (default: the CMD's).
+    assert 'CMD ["archivetag", "probe"]' in text
+    assert "ARCHIVETAG_SERVER=orchestrator" in text and 'CMD ["serve", "orchestrator"]' in text
+    for argument in ("ARG BASE_IMAGE=python:", "ARG TORCH_INDEX_URL="):
+        assert argument in text

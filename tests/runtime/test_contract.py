@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from archivetag.v1 import common_pb2, tagger_pb2, tagging_pb2, view_type_pb2
+from archivetag.v1 import common_pb2, errors_pb2, tagger_pb2, tagging_pb2, view_type_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 PROTOS = sorted((REPO / "protos" / "archivetag" / "v1").glob("*.proto"))
-MODULES = (common_pb2, tagger_pb2, tagging_pb2, view_type_pb2)
+MODULES = (common_pb2, errors_pb2, tagger_pb2, tagging_pb2, view_type_pb2)
 
 
 def test_generated_code_is_not_stale():

@@ -54,6 +54,33 @@ def test_grpcurl_lists_health_reflection_and_the_service(server):
     assert "vocabulary" in described.stdout
 
 
+def test_reflection_v1_answers_as_well_as_v1alpha(server):
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    def services(path: str) -> set[str]:
+        with grpc.insecure_channel(server.address) as channel:
+            call = channel.stream_stream(
+                path, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            (reply,) = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+            return {s.name for s in reply.list_services_response.service}
+
+    v1 = services("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+    assert "archivetag.v1.TaggerService" in v1
+    assert v1 == services("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+
+
+def test_a_bad_image_carries_error_info_with_its_reason(server):
+    from archivetag.runtime.errors import read_call_error
+
+    with pytest.raises(grpc.RpcError) as caught:
+        tag(server.address, b"%PDF-1.4 not a photo")
+    error = read_call_error(caught.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == "IMAGE_FORMAT_UNSUPPORTED"
+
+
 def test_grpcurl_health_check_and_tag_call_with_base64_image(server):
     check = grpcurl(server.address, "grpc.health.v1.Health/Check", data=json.dumps({"service": TAGGER_SERVICE}))
     assert json.loads(check.stdout)["status"] == "SERVING"
@@ -81,11 +108,21 @@ def test_a_bad_request_option_is_invalid_argument_and_the_server_stays_serving(s
     assert health_status(server.address, TAGGER_SERVICE) == "SERVING"
 
 
-def test_a_message_over_the_size_limit_is_refused_cleanly(tmp_path):
-    with trivial_server(tmp_path, "--max-message-mb", "1") as srv:
+def test_an_image_over_the_image_limit_is_invalid_argument_and_the_transport_limit_sits_above_it(tmp_path):
+    from archivetag.runtime.channels import MESSAGE_HEADROOM_BYTES
+    from archivetag.runtime.errors import read_call_error
+
+    limit = 1024 * 1024
+    with trivial_server(tmp_path, "--max-image-bytes", str(limit)) as srv:
         srv.wait_status(TAGGER_SERVICE, "SERVING")
         with pytest.raises(grpc.RpcError) as info:
-            tag(srv.address, b"\xff\xd8" + os.urandom(2 * 1024 * 1024))
+            tag(srv.address, b"\xff\xd8" + os.urandom(limit))  # just over the image limit
+        error = read_call_error(info.value)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.reason == "IMAGE_TOO_LARGE"
+        assert error.metadata["limit_bytes"] == str(limit)
+        with pytest.raises(grpc.RpcError) as info:
+            tag(srv.address, os.urandom(limit + MESSAGE_HEADROOM_BYTES + 1))  # past the transport limit
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert health_status(srv.address, TAGGER_SERVICE) == "SERVING"
 

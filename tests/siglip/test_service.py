@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from archivetag.runtime.model_card import ModelCard
 from archivetag.runtime.registry import VIEW_TYPE_SERVICE
 from archivetag.services.siglip import layout
 from archivetag.services.siglip.layout import read_json
@@ -131,7 +132,7 @@ def test_reply_has_every_class_sorted_identity_and_embedding_on_request(server, 
     assert np.linalg.norm(with_embedding.embedding) == pytest.approx(1.0, abs=1e-5)
     info = model_info(server.address)
     assert list(info.classes) == list(manifest["classes"])
-    assert info.model.revision == manifest["model"]["revision"]
+    assert info.model.revision == ModelCard.read(tiny.a.export).revision  # the model card speaks for the folder
     assert info.settings["unknown_threshold"] == "0.4" and "CPUExecutionProvider" in info.settings["providers"]
 
 

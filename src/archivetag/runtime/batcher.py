@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 from archivetag.runtime import metrics
-from archivetag.runtime.errors import DeadlineExpired, QueueFull
+from archivetag.runtime.errors import DeadlineExpired, NotServing, QueueFull
 from archivetag.runtime.logs import fields
 
 log = logging.getLogger("archivetag.batcher")
@@ -91,9 +91,12 @@ class DynamicBatcher:
             self._task = None
         for item in self._queue:
             if not item.future.done():
-                item.future.set_exception(QueueFull("the server is shutting down"))
+                item.future.set_exception(self._shutting_down())
         self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _shutting_down(self) -> NotServing:
+        return NotServing("the server is shutting down", metadata={"model": self.name, "phase": "draining"})
 
     @property
     def depth(self) -> int:
@@ -121,7 +124,8 @@ class DynamicBatcher:
         if waiting >= self.max_queue_size:
             raise QueueFull(
                 f"inference queue is full ({len(self._queue)} requests waiting for {self.name}, "
-                f"{self._preparing} being decoded); retry later (limit: ARCHIVETAG_MAX_QUEUE_SIZE)"
+                f"{self._preparing} being decoded); retry later (limit: ARCHIVETAG_MAX_QUEUE_SIZE)",
+                metadata={"model": self.name, "limit": self.max_queue_size, "setting": "ARCHIVETAG_MAX_QUEUE_SIZE"},
             )
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
@@ -194,7 +198,7 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(QueueFull("the server is shutting down"))
+                        item.future.set_exception(self._shutting_down())
                 raise
             finished = time.monotonic()
             self.batch_running_since = None

@@ -5,6 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 MIB = 1024 * 1024
+# Room for the request's other fields around the image, so that an image just under the
+# image limit is never refused by the transport (RESOURCE_EXHAUSTED means "retry later").
+MESSAGE_HEADROOM_BYTES = 4 * MIB
+
+
+def message_limit_bytes(max_image_bytes: int) -> int:
+    """The gRPC message limit of a server (and of its backend channels) with this image limit."""
+    return max_image_bytes + MESSAGE_HEADROOM_BYTES
 
 
 def message_limits(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -38,7 +46,7 @@ def client_channel_options(max_message_bytes: int, *, keepalive_seconds: float =
 def server_channel_options(settings) -> list[tuple[str, Any]]:
     """A server's options from its settings (the `server` option group)."""
     options = [
-        *message_limits(settings.max_message_mb * MIB),
+        *message_limits(message_limit_bytes(settings.max_image_bytes)),
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),

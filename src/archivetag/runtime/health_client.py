@@ -40,8 +40,9 @@ async def check_async(channel: grpc.aio.Channel, service: str = "", timeout: flo
 
 
 def check_address(address: str, service: str = "", timeout: float = 2.0,
-                  credentials: grpc.ChannelCredentials | None = None) -> tuple[str, str]:
+                  credentials: grpc.ChannelCredentials | None = None, options=None) -> tuple[str, str]:
     """Open a channel to address (TLS when credentials are given), check once, close."""
-    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    channel = (grpc.secure_channel(address, credentials, options=options) if credentials
+               else grpc.insecure_channel(address, options=options))
     with channel:
         return check(channel, service, timeout)

@@ -179,24 +179,38 @@ def _plan(image: Image.Image, stored_size: tuple[int, int], min_edge: int | None
                       decoded + codec + premultiplied + output + _FIXED_OVERHEAD)
 
 
+def check_image_size(data: bytes, max_bytes: int) -> None:
+    """InvalidInput unless 0 < len(data) <= max_bytes (the orchestrator checks this before forwarding)."""
+    if not data:
+        raise InvalidInput("image is empty (0 bytes)", reason="IMAGE_EMPTY", field="image.data")
+    if len(data) > max_bytes:
+        raise InvalidInput(
+            f"image is {len(data)} bytes; the limit is {max_bytes} bytes (set ARCHIVETAG_MAX_IMAGE_BYTES)",
+            reason="IMAGE_TOO_LARGE", field="image.data",
+            metadata={"size_bytes": len(data), "limit_bytes": max_bytes, "setting": "ARCHIVETAG_MAX_IMAGE_BYTES"},
+        )
+
+
+def _too_many_pixels(exc: Exception) -> InvalidInput:
+    return InvalidInput(f"image is too large to decode: {exc}", reason="IMAGE_TOO_MANY_PIXELS",
+                        metadata={"setting": "ARCHIVETAG_MAX_IMAGE_PIXELS"})
+
+
 def open_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None) -> tuple[Image.Image, DecodePlan]:
     """Read the header only: check the limits and plan the decode. Raises InvalidInput."""
-    if not data:
-        raise InvalidInput("image is empty (0 bytes)")
-    if len(data) > limits.max_bytes:
-        raise InvalidInput(
-            f"image is {len(data)} bytes; the limit is {limits.max_bytes} bytes (set ARCHIVETAG_MAX_IMAGE_BYTES)"
-        )
+    check_image_size(data, limits.max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
+        what = _describe_non_image(data)
         raise InvalidInput(
-            f"image format not recognised: {_describe_non_image(data)}; accepted formats: {_FORMAT_NAMES}"
+            f"image format not recognised: {what}; accepted formats: {_FORMAT_NAMES}",
+            reason="IMAGE_CORRUPT" if what.startswith("a corrupt") else "IMAGE_FORMAT_UNSUPPORTED",
         ) from None
     except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"image is too large to decode: {exc}") from None
+        raise _too_many_pixels(exc) from None
     except MemoryError:
         raise QueueFull("not enough memory to read this image's header now; retry later") from None
     except Exception as exc:  # noqa: BLE001 - whatever a hostile header makes Pillow raise is the file's fault
@@ -208,7 +222,10 @@ def open_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int |
     if pixels > limits.max_pixels:
         raise InvalidInput(
             f"image is {width}×{height} ({_megapixels(pixels)}); the limit is {_megapixels(limits.max_pixels)} "
-            "(set ARCHIVETAG_MAX_IMAGE_PIXELS)"
+            "(set ARCHIVETAG_MAX_IMAGE_PIXELS)",
+            reason="IMAGE_TOO_MANY_PIXELS",
+            metadata={"width": width, "height": height, "limit_pixels": limits.max_pixels,
+                      "setting": "ARCHIVETAG_MAX_IMAGE_PIXELS"},
         )
     if image.format == "JPEG":
         scans = _jpeg_scans(data, limits.max_jpeg_scans)
@@ -445,7 +462,7 @@ class ImageDecoder:
 def _uri_path(uri: str) -> str:
     path_text = uri[len("file://"):] if uri.startswith("file://") else uri
     if "://" in path_text:
-        raise InvalidInput(f"image.uri {uri!r}: only local paths and file:// URIs are accepted")
+        raise InvalidInput(f"image.uri {uri!r}: only local paths and file:// URIs are accepted", reason="IMAGE_URI_REFUSED", field="image.uri")
     return path_text
 
 
@@ -466,28 +483,30 @@ def read_image_source(
     if source == "data":
         return image_proto.data
     if source != "uri":
-        raise InvalidInput("request has no image: set image.data (the file's bytes) or image.uri")
+        raise InvalidInput("request has no image: set image.data (the file's bytes) or image.uri",
+                           reason="IMAGE_MISSING", field="image")
     if not allowed_roots:
         raise InvalidInput(
             "image.uri is not accepted by this server (no allowed roots; set ARCHIVETAG_ALLOWED_ROOTS) "
-            "- send the file's bytes in image.data"
+            "- send the file's bytes in image.data",
+            reason="IMAGE_URI_REFUSED", field="image.uri",
         )
     uri = image_proto.uri
     try:
         path = Path(os.path.realpath(_uri_path(uri)))
         roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
         if not any(path.is_relative_to(root) for root in roots):
-            raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots")
+            raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots", reason="IMAGE_URI_REFUSED", field="image.uri")
         # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the resolved
         # path must not have become a link since.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as exc:  # ELOOP (a symlink loop), ENOENT, EACCES, a NUL in the path
-        raise InvalidInput(f"image.uri {uri!r} cannot be opened: {getattr(exc, 'strerror', None) or exc}") from None
+        raise InvalidInput(f"image.uri {uri!r} cannot be opened: {getattr(exc, 'strerror', None) or exc}", reason="IMAGE_URI_REFUSED", field="image.uri") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
         os.close(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise InvalidInput(f"image.uri {uri!r} is not a regular file ({_file_kind(info.st_mode)})")
+            raise InvalidInput(f"image.uri {uri!r} is not a regular file ({_file_kind(info.st_mode)})", reason="IMAGE_URI_REFUSED", field="image.uri")
         raise InvalidInput(
             f"image.uri {uri!r} is {info.st_size} bytes; the limit is {max_bytes} bytes "
             "(set ARCHIVETAG_MAX_IMAGE_BYTES)"
@@ -499,10 +518,10 @@ def read_image_source(
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > max_bytes:
-                    raise InvalidInput(f"image.uri {uri!r} grew past the limit of {max_bytes} bytes while being read")
+                    raise InvalidInput(f"image.uri {uri!r} grew past the limit of {max_bytes} bytes while being read", reason="IMAGE_URI_REFUSED", field="image.uri")
                 _check_deadline(deadline, f"image.uri {uri!r} was read")
         except OSError as exc:
-            raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror or exc}") from None
+            raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror or exc}", reason="IMAGE_URI_REFUSED", field="image.uri") from None
         return b"".join(chunks)
 
 

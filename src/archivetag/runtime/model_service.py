@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -26,6 +27,7 @@ from archivetag.runtime.lifecycle import (
     DRAINING, FAILED, SERVING, WARMING_UP, InferenceWatchdog, ModelHealth,
 )
 from archivetag.runtime.logs import fields
+from archivetag.runtime.model_files import check_readable
 from archivetag.runtime.registry import TAGGER_SERVICE, VIEW_TYPE_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
 
@@ -64,7 +66,7 @@ class TagOptions:
             return cls(None, 0, [])
         threshold = float(request.threshold) if request.HasField("threshold") else None
         if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise InvalidInput(f"threshold {threshold} is outside [0, 1]")
+            raise InvalidInput(f"threshold {threshold} is outside [0, 1]", reason="FIELD_INVALID", field="threshold")
         return cls(threshold, int(request.max_tags), list(request.vocabulary))
 
 
@@ -144,6 +146,7 @@ class ModelServiceApp:
         assert self.health is not None
         started = time.monotonic()
         try:
+            check_readable(Path(self.settings.models) / self.backend.family)
             await asyncio.to_thread(self.backend.load)
         except ModelLoadError as exc:
             await self.health.set(FAILED, str(exc))
@@ -193,7 +196,8 @@ class ModelServiceApp:
         """Decode, prepare and infer one request through the batcher."""
         assert self.health is not None
         if self.health.phase not in (SERVING, DRAINING):
-            raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}")
+            raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}",
+                             metadata={"model": self.backend.family, "phase": self.health.phase})
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         decode_seconds = 0.0

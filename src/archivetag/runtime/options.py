@@ -18,7 +18,12 @@ SERVER_OPTIONS = OptionGroup(
         Option("host", "127.0.0.1", "Address to listen on; 0.0.0.0 in containers."),
         Option("port", 0, "gRPC port.", int),
         Option("metrics_port", 0, "Prometheus metrics HTTP port; 0 turns metrics off.", int),
-        Option("max_message_mb", 32, "Largest gRPC message accepted or sent, in MiB.", int),
+        Option(
+            "max_image_bytes", 32 * 1024 * 1024,
+            "Largest encoded image accepted, in bytes; a larger one is INVALID_ARGUMENT (IMAGE_TOO_LARGE). "
+            "The gRPC message limit is this plus 4 MiB, so the image limit is always the one a client meets.",
+            int,
+        ),
         Option(
             "max_concurrent_rpcs", 256,
             "Calls handled at once (health checks and streams not counted); more are refused with "
@@ -80,7 +85,6 @@ MODEL_SERVICE_OPTIONS = OptionGroup(
             "While NOT_SERVING after failures, retry the warm-up inference this often.", float,
         ),
         Option("decode_threads", 2, "Threads decoding images (off the event loop).", int),
-        Option("max_image_bytes", 32 * 1024 * 1024, "Largest encoded image accepted, in bytes.", int),
         Option("max_image_pixels", 100_000_000, "Largest image accepted, in pixels (decompression bombs).", int),
         Option(
             "decode_memory_mb", 1024,

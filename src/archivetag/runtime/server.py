@@ -16,7 +16,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from archivetag.runtime.admission import AdmissionInterceptor
 from archivetag.runtime.channels import server_channel_options
@@ -24,6 +24,8 @@ from archivetag.runtime.logs import configure_logging, fields
 from archivetag.runtime.metrics import RequestMetricsInterceptor, start_metrics_server
 
 log = logging.getLogger("archivetag.server")
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
 class ServerApp(Protocol):
@@ -85,6 +87,21 @@ def _server_credentials(settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _enable_reflection(server: grpc.aio.Server, service_names: list[str]) -> None:
+    """Server reflection as grpc.reflection.v1 (what current grpcurl, Postman and buf ask for)
+    and v1alpha (older tools). grpcio-reflection ships only v1alpha; v1 is the same messages
+    under a new package name, so the same servicer answers both."""
+    names = [*service_names, reflection.SERVICE_NAME, REFLECTION_V1]
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),))
+
+
 async def serve(app: ServerApp, settings) -> int:
     """Run the server until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
@@ -103,10 +120,7 @@ async def serve(app: ServerApp, settings) -> int:
         await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     app.register(server, health)
-    reflection.enable_server_reflection(
-        [*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
+    _enable_reflection(server, [*app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     address = f"{settings.host}:{settings.port}"
     credentials = _server_credentials(settings)
     try:

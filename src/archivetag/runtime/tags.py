@@ -56,7 +56,8 @@ class TagVocabulary:
         unknown = [n for n in names if n not in self.index]
         if unknown:
             shown = ", ".join(repr(n) for n in unknown[:5])
-            raise InvalidInput(f"{len(unknown)} requested tag(s) are not in the {model} vocabulary: {shown}")
+            raise InvalidInput(f"{len(unknown)} requested tag(s) are not in the {model} vocabulary: {shown}",
+                               reason="FIELD_INVALID", field="vocabulary")
         return sorted({self.index[n] for n in names})
 
 

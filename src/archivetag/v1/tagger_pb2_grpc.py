@@ -54,10 +54,13 @@ class TaggerServiceServicer:
     """
 
     def Tag(self, request, context):
-        """Tags one image. Concurrent calls are batched by the server.
-        INVALID_ARGUMENT: the image or a request field is bad.
-        RESOURCE_EXHAUSTED: the server's queue is full; retry later or elsewhere.
-        UNAVAILABLE: the model is not serving (loading, unhealthy, draining).
+        """Tags one image. Concurrent calls are batched by the server. Errors
+        (status: ErrorReason in google.rpc.ErrorInfo, see errors.proto):
+        INVALID_ARGUMENT: the image or a request field is bad (IMAGE_*, FIELD_INVALID).
+        RESOURCE_EXHAUSTED: the server's queue is full (INFERENCE_QUEUE_FULL,
+        ACCELERATOR_OUT_OF_MEMORY); retry later or elsewhere.
+        UNAVAILABLE: the model is not serving: loading, unhealthy, draining (MODEL_NOT_SERVING).
+        DEADLINE_EXCEEDED: the caller's deadline passed in the queue (DEADLINE_PASSED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,8 @@
+import datetime
+
 from archivetag.v1 import common_pb2 as _common_pb2
+from archivetag.v1 import errors_pb2 as _errors_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from archivetag.v1 import view_type_pb2 as _view_type_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -8,6 +12,19 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FALLBACK_REASON_UNSPECIFIED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_DISABLED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_NOT_SERVING: _ClassVar[FallbackReason]
+    FALLBACK_REASON_UNREACHABLE: _ClassVar[FallbackReason]
+    FALLBACK_REASON_HEALTH_UNKNOWN: _ClassVar[FallbackReason]
+    FALLBACK_REASON_BREAKER_OPEN: _ClassVar[FallbackReason]
+    FALLBACK_REASON_DEADLINE_EXCEEDED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_OVERLOADED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_CALL_FAILED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_NO_TIME_LEFT: _ClassVar[FallbackReason]
 
 class BackendHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -23,6 +40,16 @@ class BreakerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BREAKER_STATE_CLOSED: _ClassVar[BreakerState]
     BREAKER_STATE_OPEN: _ClassVar[BreakerState]
     BREAKER_STATE_HALF_OPEN: _ClassVar[BreakerState]
+FALLBACK_REASON_UNSPECIFIED: FallbackReason
+FALLBACK_REASON_DISABLED: FallbackReason
+FALLBACK_REASON_NOT_SERVING: FallbackReason
+FALLBACK_REASON_UNREACHABLE: FallbackReason
+FALLBACK_REASON_HEALTH_UNKNOWN: FallbackReason
+FALLBACK_REASON_BREAKER_OPEN: FallbackReason
+FALLBACK_REASON_DEADLINE_EXCEEDED: FallbackReason
+FALLBACK_REASON_OVERLOADED: FallbackReason
+FALLBACK_REASON_CALL_FAILED: FallbackReason
+FALLBACK_REASON_NO_TIME_LEFT: FallbackReason
 BACKEND_HEALTH_UNSPECIFIED: BackendHealth
 BACKEND_HEALTH_SERVING: BackendHealth
 BACKEND_HEALTH_NOT_SERVING: BackendHealth
@@ -72,7 +99,7 @@ class StageTimings(_message.Message):
     def __init__(self, total_seconds: _Optional[float] = ..., tagger_seconds: _Optional[float] = ..., view_type_seconds: _Optional[float] = ..., failover_seconds: _Optional[float] = ..., admission_seconds: _Optional[float] = ...) -> None: ...
 
 class TagImageResponse(_message.Message):
-    __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding")
+    __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding", "fallback", "primary_health", "primary_breaker")
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CAPTION_FIELD_NUMBER: _ClassVar[int]
     TAGGER_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +111,9 @@ class TagImageResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_HEALTH_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_BREAKER_FIELD_NUMBER: _ClassVar[int]
     tags: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tag]
     caption: str
     tagger: str
@@ -95,7 +125,10 @@ class TagImageResponse(_message.Message):
     timings: StageTimings
     context: _common_pb2.ImageContext
     embedding: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., tagger: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., view_type: _Optional[_Union[ViewType, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelIdentity, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
+    fallback: FallbackReason
+    primary_health: BackendHealth
+    primary_breaker: BreakerState
+    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., tagger: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., view_type: _Optional[_Union[ViewType, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelIdentity, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., fallback: _Optional[_Union[FallbackReason, str]] = ..., primary_health: _Optional[_Union[BackendHealth, str]] = ..., primary_breaker: _Optional[_Union[BreakerState, str]] = ...) -> None: ...
 
 class TagImagesRequest(_message.Message):
     __slots__ = ("id", "request")
@@ -106,14 +139,27 @@ class TagImagesRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ..., request: _Optional[_Union[TagImageRequest, _Mapping]] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("code", "status", "message")
+    __slots__ = ("code", "status", "message", "reason", "metadata", "field")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CODE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
     code: int
     status: str
     message: str
-    def __init__(self, code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    reason: _errors_pb2.ErrorReason
+    metadata: _containers.ScalarMap[str, str]
+    field: str
+    def __init__(self, code: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[_Union[_errors_pb2.ErrorReason, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., field: _Optional[str] = ...) -> None: ...
 
 class TagImagesResponse(_message.Message):
     __slots__ = ("id", "result", "error")
@@ -130,7 +176,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BackendStatus(_message.Message):
-    __slots__ = ("name", "role", "target", "health", "breaker", "replicas", "serving_replicas", "latency_p50_seconds", "latency_p95_seconds", "ok_count", "error_count", "last_error", "model")
+    __slots__ = ("name", "role", "target", "health", "breaker", "replicas", "serving_replicas", "latency_p50_seconds", "latency_p95_seconds", "ok_count", "error_count", "last_error", "model", "last_error_time", "last_error_resolved")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +190,8 @@ class BackendStatus(_message.Message):
     ERROR_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_RESOLVED_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
     target: str
@@ -157,7 +205,9 @@ class BackendStatus(_message.Message):
     error_count: int
     last_error: str
     model: _common_pb2.ModelIdentity
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., target: _Optional[str] = ..., health: _Optional[_Union[BackendHealth, str]] = ..., breaker: _Optional[_Union[BreakerState, str]] = ..., replicas: _Optional[int] = ..., serving_replicas: _Optional[int] = ..., latency_p50_seconds: _Optional[float] = ..., latency_p95_seconds: _Optional[float] = ..., ok_count: _Optional[int] = ..., error_count: _Optional[int] = ..., last_error: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ...) -> None: ...
+    last_error_time: _timestamp_pb2.Timestamp
+    last_error_resolved: bool
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., target: _Optional[str] = ..., health: _Optional[_Union[BackendHealth, str]] = ..., breaker: _Optional[_Union[BreakerState, str]] = ..., replicas: _Optional[int] = ..., serving_replicas: _Optional[int] = ..., latency_p50_seconds: _Optional[float] = ..., latency_p95_seconds: _Optional[float] = ..., ok_count: _Optional[int] = ..., error_count: _Optional[int] = ..., last_error: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_resolved: _Optional[bool] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("backends", "in_flight", "queued")

@@ -63,10 +63,13 @@ class TaggingServiceServicer:
     """
 
     def TagImage(self, request, context):
-        """Tags one image. UNAVAILABLE when no tagger can answer (the message names
-        each backend's state); INVALID_ARGUMENT when the image is bad;
-        RESOURCE_EXHAUSTED when this client has too much work in flight;
-        UNAUTHENTICATED without a valid token.
+        """Tags one image. Errors (status: ErrorReason in google.rpc.ErrorInfo):
+        INVALID_ARGUMENT: the image or a field is bad (IMAGE_*, FIELD_INVALID);
+        an image over the byte limit is IMAGE_TOO_LARGE, never a transport error.
+        UNAUTHENTICATED: TOKEN_MISSING, TOKEN_INVALID.
+        RESOURCE_EXHAUSTED: this client has too much work waiting (CLIENT_QUEUE_FULL); retry later.
+        UNAVAILABLE: no tagger can answer (NO_TAGGER_AVAILABLE); the message names each backend's state.
+        DEADLINE_EXCEEDED: the caller's deadline ran out (DEADLINE_PASSED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,8 +78,10 @@ class TaggingServiceServicer:
     def TagImages(self, request_iterator, context):
         """Bulk tagging. Each request item carries a client-chosen id; each is
         answered exactly once under that id, in completion order, with its own
-        result or error. A bad item does not end the stream. The server reads
-        ahead only a bounded number of items (flow control).
+        result or error (ItemError: the status and ErrorReason TagImage would have
+        given; an empty or repeated id is ITEM_ID_INVALID). A bad item does not end
+        the stream. The server reads ahead only a bounded number of items (flow
+        control). The stream itself fails only with UNAUTHENTICATED or transport errors.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

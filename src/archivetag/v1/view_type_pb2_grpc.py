@@ -54,8 +54,9 @@ class ViewTypeServiceServicer:
     """
 
     def Classify(self, request, context):
-        """Classifies one image. Concurrent calls are batched by the server.
-        INVALID_ARGUMENT: the image is bad. RESOURCE_EXHAUSTED: the queue is full.
+        """Classifies one image. Concurrent calls are batched by the server. Errors as
+        TaggerService.Tag: INVALID_ARGUMENT (IMAGE_*), RESOURCE_EXHAUSTED
+        (INFERENCE_QUEUE_FULL), UNAVAILABLE (MODEL_NOT_SERVING), DEADLINE_EXCEEDED (DEADLINE_PASSED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,324 @@
+// A small layer over the generated TaggingService client: typed results without nulls where
+// the contract guarantees a value, bearer token, deadlines, per-item stream results with
+// backpressure, and a retry policy that retries only what the contract calls retryable.
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { SecureClientSessionOptions } from "node:http2";
+import { ImageContextSchema, ModelIdentitySchema, type ImageContext, type ModelIdentity } from "./gen/archivetag/v1/common_pb.js";
+import {
+  StageTimingsSchema,
+  TaggingService,
+  ViewTypeSchema,
+  type BackendStatus,
+  type StageTimings,
+  type TagImageRequestSchema,
+  type TagImageResponse,
+  type TagImagesRequestSchema,
+  type ViewType,
+} from "./gen/archivetag/v1/tagging_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_pb.js";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { ArchivetagError, fromItemError, toArchivetagError } from "./errors.js";
+
+/** The orchestrator's health name. */
+export const TAGGING_SERVICE = TaggingService.typeName;
+
+export interface RetryPolicy {
+  /** Attempts in all, the first included (1: no retry). */
+  maxAttempts: number;
+  /** Wait before the first retry; doubles (with jitter) up to maxBackoffMs. */
+  initialBackoffMs: number;
+  maxBackoffMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 4, initialBackoffMs: 200, maxBackoffMs: 5_000 };
+
+export interface ClientOptions {
+  /** The orchestrator: "host:port" (plaintext), or "http://host:port" / "https://host:port". */
+  target: string;
+  /** Bearer token (at least 16 characters); omit when the server runs without auth. */
+  token?: string;
+  /** Deadline of each call unless the call sets its own; default 120 s. */
+  deadlineMs?: number;
+  /** Retries of retryable failures (UNAVAILABLE, explained RESOURCE_EXHAUSTED); false: none. */
+  retry?: RetryPolicy | false;
+  /** TLS: CA bundle, client certificate and key (PEM), as node:http2 takes them. */
+  tls?: Pick<SecureClientSessionOptions, "ca" | "cert" | "key">;
+}
+
+export type ImageInput = Uint8Array | { uri: string };
+
+export interface TagOptions {
+  /** At most this many tags, the most confident first; 0 or unset: no cap. */
+  maxTags?: number;
+  /** Minimum tag confidence in [0, 1]; unset: each tagger's defaults. */
+  threshold?: number;
+  /** Also return the SigLIP embedding. */
+  includeEmbedding?: boolean;
+  /** What the archive knows about the photo (echoed). */
+  context?: Partial<Pick<ImageContext, "viewType" | "locationType" | "region">>;
+  /** This call's deadline (all retries included). */
+  deadlineMs?: number;
+  signal?: AbortSignal;
+}
+
+/** TagImageResponse with every part the contract always sets present (never undefined). */
+export type TagResult = Omit<TagImageResponse, "viewType" | "timings" | "context" | "models"> & {
+  viewType: ViewType;
+  timings: StageTimings;
+  context: ImageContext;
+  models: ModelIdentity[];
+};
+
+export interface TagItem extends Omit<TagOptions, "deadlineMs" | "signal"> {
+  /** Unique within the call; the client numbers items that have none ("0", "1", ...). */
+  id?: string;
+  image: ImageInput;
+}
+
+/** The answer to one tagMany item: its result or its own error. */
+export type TagItemResult =
+  | { id: string; item: TagItem; ok: true; result: TagResult }
+  | { id: string; item: TagItem; ok: false; error: ArchivetagError };
+
+export interface TagManyOptions {
+  /** Items sent and not yet answered, at most (backpressure on the input); default 16. */
+  window?: number;
+  /** Deadline of the whole stream; default none (each item has the server's default deadline). */
+  deadlineMs?: number;
+  signal?: AbortSignal;
+}
+
+export type BackendState = Omit<BackendStatus, "model" | "lastErrorTime"> & {
+  model: ModelIdentity;
+  /** When lastError happened; undefined when there was none. */
+  lastErrorTime: Date | undefined;
+};
+
+export interface StackStatus {
+  backends: BackendState[];
+  inFlight: number;
+  queued: number;
+}
+
+export type HealthStatus = "SERVING" | "NOT_SERVING" | "UNKNOWN" | "SERVICE_UNKNOWN";
+
+const DEFAULT_DEADLINE_MS = 120_000;
+
+export class TaggingClient {
+  private readonly client: Client<typeof TaggingService>;
+  private readonly health_: Client<typeof Health>;
+  private readonly deadlineMs: number;
+  private readonly retry: RetryPolicy;
+
+  constructor(options: ClientOptions) {
+    const baseUrl = /^https?:\/\//.test(options.target)
+      ? options.target
+      : `${options.tls ? "https" : "http"}://${options.target}`;
+    const interceptors: Interceptor[] = [];
+    if (options.token) {
+      const header = `Bearer ${options.token}`;
+      interceptors.push((next) => (request) => {
+        request.header.set("authorization", header);
+        return next(request);
+      });
+    }
+    const transport = createGrpcTransport({
+      baseUrl,
+      interceptors,
+      nodeOptions: options.tls ?? {},
+      // The server's image limit decides what is too large, with a clear INVALID_ARGUMENT.
+      writeMaxBytes: 0x7fffffff,
+      readMaxBytes: 0x7fffffff,
+    });
+    this.client = createClient(TaggingService, transport);
+    this.health_ = createClient(Health, transport);
+    this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    this.retry = options.retry === false ? { ...DEFAULT_RETRY, maxAttempts: 1 } : (options.retry ?? DEFAULT_RETRY);
+  }
+
+  /** Tags one image. Throws ArchivetagError. */
+  async tag(image: ImageInput, options: TagOptions = {}): Promise<TagResult> {
+    const request = tagRequest(image, options);
+    const response = await this.withRetry(options, (callOptions) => this.client.tagImage(request, callOptions));
+    return tagResult(response);
+  }
+
+  /**
+   * Tags many images over one TagImages stream. Yields one answer per item, in completion
+   * order, each with the item's result or its own error; a bad item does not end the stream.
+   * Reads the next input item only when fewer than `window` are unanswered. If the stream
+   * itself breaks with a retryable error, it is reopened and the unanswered items are resent.
+   */
+  async *tagMany(items: AsyncIterable<TagItem> | Iterable<TagItem>, options: TagManyOptions = {}): AsyncGenerator<TagItemResult> {
+    const window = Math.max(1, options.window ?? 16);
+    const source = toAsyncIterator(items);
+    const unanswered = new Map<string, TagItem>();
+    const used = new Set<string>();
+    let nextNumber = 0;
+    let sourceDone = false;
+    let free = new Slots(window);
+    const deadlineAt = options.deadlineMs === undefined ? undefined : Date.now() + options.deadlineMs;
+
+    const requests = async function* (resend: TagItem[]): AsyncGenerator<MessageInitShape<typeof TagImagesRequestSchema>> {
+      for (const item of resend) {
+        await free.take();
+        yield { id: item.id, request: tagRequest(item.image, item) };
+      }
+      while (!sourceDone) {
+        await free.take();
+        const next = await source.next();
+        if (next.done) {
+          sourceDone = true;
+          free.give();
+          return;
+        }
+        const item = { ...next.value };
+        if (item.id !== undefined && used.has(item.id)) {
+          throw new Error(`tagMany: item id ${JSON.stringify(item.id)} is used twice; ids must be unique within a call`);
+        }
+        if (item.id === undefined) {
+          while (used.has(String(nextNumber))) nextNumber++;
+          item.id = String(nextNumber++);
+        }
+        used.add(item.id);
+        unanswered.set(item.id, item);
+        yield { id: item.id, request: tagRequest(item.image, item) };
+      }
+    };
+
+    for (let attempt = 1; ; attempt++) {
+      const resend = [...unanswered.values()];
+      free = new Slots(window);
+      try {
+        const timeoutMs = deadlineAt === undefined ? undefined : Math.max(1, deadlineAt - Date.now());
+        for await (const answer of this.client.tagImages(requests(resend), { timeoutMs, signal: options.signal })) {
+          const item = unanswered.get(answer.id);
+          if (!item) continue; // answered already (before a reconnect)
+          unanswered.delete(answer.id);
+          free.give();
+          if (answer.outcome.case === "result") {
+            yield { id: answer.id, item, ok: true, result: tagResult(answer.outcome.value) };
+          } else if (answer.outcome.case === "error") {
+            yield { id: answer.id, item, ok: false, error: fromItemError(answer.outcome.value) };
+          }
+        }
+        if (sourceDone && unanswered.size === 0) return;
+        throw new ArchivetagError(14, `stream ended with ${unanswered.size} item(s) unanswered`, 0, {}, "");
+      } catch (cause) {
+        const error = toArchivetagError(cause);
+        if (!error.retryable || attempt >= this.retry.maxAttempts || pastDeadline(deadlineAt)) throw error;
+        await sleep(backoffMs(this.retry, attempt), options.signal);
+      }
+    }
+  }
+
+  /** The orchestrator's own health (grpc.health.v1, no token needed). */
+  async health(options: { deadlineMs?: number; signal?: AbortSignal } = {}): Promise<HealthStatus> {
+    const reply = await this.health_
+      .check({ service: TAGGING_SERVICE }, { timeoutMs: options.deadlineMs ?? 10_000, signal: options.signal })
+      .catch((cause) => {
+        throw toArchivetagError(cause);
+      });
+    return HealthCheckResponse_ServingStatus[reply.status] as HealthStatus;
+  }
+
+  /** Every backend's health, breaker, latency and last error. */
+  async status(options: { deadlineMs?: number; signal?: AbortSignal } = {}): Promise<StackStatus> {
+    const reply = await this.withRetry({ deadlineMs: options.deadlineMs ?? 10_000, signal: options.signal }, (o) =>
+      this.client.getStatus({}, o),
+    );
+    return {
+      backends: reply.backends.map((b) => ({
+        ...b,
+        model: b.model ?? create(ModelIdentitySchema),
+        lastErrorTime: b.lastErrorTime ? timestampDate(b.lastErrorTime) : undefined,
+      })),
+      inFlight: reply.inFlight,
+      queued: reply.queued,
+    };
+  }
+
+  private async withRetry<T>(
+    options: { deadlineMs?: number; signal?: AbortSignal },
+    call: (o: { timeoutMs: number; signal?: AbortSignal }) => Promise<T>,
+  ): Promise<T> {
+    const deadlineAt = Date.now() + (options.deadlineMs ?? this.deadlineMs);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await call({ timeoutMs: Math.max(1, deadlineAt - Date.now()), signal: options.signal });
+      } catch (cause) {
+        const error = toArchivetagError(cause);
+        const wait = backoffMs(this.retry, attempt);
+        if (!error.retryable || attempt >= this.retry.maxAttempts || Date.now() + wait >= deadlineAt) throw error;
+        await sleep(wait, options.signal);
+      }
+    }
+  }
+}
+
+function tagRequest(
+  image: ImageInput,
+  options: Omit<TagOptions, "deadlineMs" | "signal">,
+): MessageInitShape<typeof TagImageRequestSchema> {
+  return {
+    image: { source: image instanceof Uint8Array ? { case: "data", value: image } : { case: "uri", value: image.uri } },
+    context: options.context,
+    maxTags: options.maxTags ?? 0,
+    threshold: options.threshold,
+    includeEmbedding: options.includeEmbedding ?? false,
+  };
+}
+
+function tagResult(response: TagImageResponse): TagResult {
+  return {
+    ...response,
+    viewType: response.viewType ?? create(ViewTypeSchema, { name: "unknown" }),
+    timings: response.timings ?? create(StageTimingsSchema),
+    context: response.context ?? create(ImageContextSchema),
+  };
+}
+
+/** Counts free places in the stream window; take() waits for one. */
+class Slots {
+  private waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+  async take(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+  give(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free++;
+  }
+}
+
+function toAsyncIterator<T>(items: AsyncIterable<T> | Iterable<T>): AsyncIterator<T> {
+  if (Symbol.asyncIterator in items) return (items as AsyncIterable<T>)[Symbol.asyncIterator]();
+  const iterator = (items as Iterable<T>)[Symbol.iterator]();
+  return { next: async () => iterator.next() };
+}
+
+function backoffMs(policy: RetryPolicy, attempt: number): number {
+  const base = Math.min(policy.maxBackoffMs, policy.initialBackoffMs * 2 ** (attempt - 1));
+  return base * (0.8 + 0.4 * Math.random());
+}
+
+function pastDeadline(deadlineAt: number | undefined): boolean {
+  return deadlineAt !== undefined && Date.now() >= deadlineAt;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    }, { once: true });
+  });
+}

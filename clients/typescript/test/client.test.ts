@@ -1,0 +1,167 @@
+// @archivetag/client against the real stack (smoke models): every case asserts the typed
+// reason or enum the contract promises, never a message text.
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import {
+  ArchivetagError,
+  BackendHealth,
+  Code,
+  ErrorReason,
+  FallbackReason,
+  TaggingClient,
+  type TagItem,
+} from "../src/index.js";
+import { MAX_IMAGE_BYTES, SAMPLES, Stack, TOKEN, waitFor } from "./stack.js";
+
+const stack = new Stack();
+let client: TaggingClient;
+const samples = readdirSync(SAMPLES)
+  .filter((name) => !name.endsWith(".md"))
+  .map((name) => ({ name, data: readFileSync(join(SAMPLES, name)) }));
+// A JPEG signature followed by garbage: an accepted format whose header is corrupt.
+const CORRUPT_JPEG = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.alloc(64, 7)]);
+
+async function rejection(promise: Promise<unknown>): Promise<ArchivetagError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof ArchivetagError, `not an ArchivetagError: ${String(error)}`);
+    return error;
+  }
+  assert.fail("the call succeeded");
+}
+
+before(async () => {
+  await stack.start();
+  client = new TaggingClient({ target: stack.target, token: TOKEN });
+});
+
+after(async () => {
+  await stack.stop();
+});
+
+describe("tag", () => {
+  test("tags every sample photo with typed, non-null parts", async () => {
+    for (const sample of samples) {
+      const result = await client.tag(sample.data, { maxTags: 5 });
+      assert.equal(result.tagger, "florence", sample.name);
+      assert.equal(result.fallback, FallbackReason.UNSPECIFIED, sample.name);
+      assert.equal(result.primaryHealth, BackendHealth.SERVING, sample.name);
+      assert.ok(result.tags.length > 0, sample.name);
+      assert.ok(result.tags.length <= 5, sample.name);
+      assert.ok(result.viewType.scores.length > 0, sample.name);
+      assert.ok(result.timings.totalSeconds > 0, sample.name);
+      assert.ok(result.models.some((m) => m.family === "florence"), sample.name);
+    }
+  });
+
+  test("a corrupt image is INVALID_ARGUMENT with reason IMAGE_CORRUPT", async () => {
+    const error = await rejection(client.tag(CORRUPT_JPEG));
+    assert.equal(error.code, Code.InvalidArgument);
+    assert.equal(error.reason, ErrorReason.IMAGE_CORRUPT);
+    assert.equal(error.retryable, false);
+  });
+
+  test("an image over the image limit is IMAGE_TOO_LARGE naming the limit, not a transport error", async () => {
+    const error = await rejection(client.tag(new Uint8Array(MAX_IMAGE_BYTES + 1)));
+    assert.equal(error.code, Code.InvalidArgument);
+    assert.equal(error.reason, ErrorReason.IMAGE_TOO_LARGE);
+    assert.equal(error.metadata.limit_bytes, String(MAX_IMAGE_BYTES));
+    assert.equal(error.metadata.setting, "ARCHIVETAG_MAX_IMAGE_BYTES");
+    assert.equal(error.field, "image.data");
+  });
+
+  test("a threshold outside [0, 1] names the field", async () => {
+    const error = await rejection(client.tag(samples[0]!.data, { threshold: 1.5 }));
+    assert.equal(error.reason, ErrorReason.FIELD_INVALID);
+    assert.equal(error.field, "threshold");
+  });
+
+  test("a 50 ms deadline is DEADLINE_EXCEEDED (DEADLINE_PASSED), not UNAVAILABLE", async () => {
+    const error = await rejection(client.tag(samples[0]!.data, { deadlineMs: 50 }));
+    assert.equal(error.code, Code.DeadlineExceeded);
+    assert.equal(error.reason, ErrorReason.DEADLINE_PASSED);
+    assert.equal(error.retryable, false);
+  });
+});
+
+describe("auth", () => {
+  test("no token is UNAUTHENTICATED with TOKEN_MISSING", async () => {
+    const anonymous = new TaggingClient({ target: stack.target });
+    const error = await rejection(anonymous.tag(samples[0]!.data));
+    assert.equal(error.code, Code.Unauthenticated);
+    assert.equal(error.reason, ErrorReason.TOKEN_MISSING);
+  });
+
+  test("a wrong token is UNAUTHENTICATED with TOKEN_INVALID, for calls and streams", async () => {
+    const wrong = new TaggingClient({ target: stack.target, token: "not-the-right-token-at-all" });
+    const error = await rejection(wrong.status());
+    assert.equal(error.reason, ErrorReason.TOKEN_INVALID);
+    const streamed = await rejection((async () => {
+      for await (const answer of wrong.tagMany([{ image: samples[0]!.data }])) void answer;
+    })());
+    assert.equal(streamed.reason, ErrorReason.TOKEN_INVALID);
+  });
+
+  test("health needs no token", async () => {
+    assert.equal(await new TaggingClient({ target: stack.target }).health(), "SERVING");
+  });
+});
+
+describe("tagMany", () => {
+  test("answers every item once under its id; the corrupt one has its own typed error", async () => {
+    const items: TagItem[] = samples.map((s) => ({ id: s.name, image: s.data, maxTags: 3 }));
+    items.splice(2, 0, { id: "corrupt", image: CORRUPT_JPEG });
+    async function* slowly() {
+      for (const item of items) yield item;
+    }
+    const answers = new Map<string, boolean>();
+    for await (const answer of client.tagMany(slowly(), { window: 2 })) {
+      assert.ok(!answers.has(answer.id), `answered twice: ${answer.id}`);
+      answers.set(answer.id, answer.ok);
+      if (answer.ok) {
+        assert.ok(answer.result.tags.length <= 3, answer.id);
+      } else {
+        assert.equal(answer.id, "corrupt");
+        assert.equal(answer.error.code, Code.InvalidArgument);
+        assert.equal(answer.error.reason, ErrorReason.IMAGE_CORRUPT);
+      }
+    }
+    assert.deepEqual([...answers.keys()].sort(), items.map((i) => i.id!).sort());
+    assert.equal(answers.get("corrupt"), false);
+    assert.equal([...answers.values()].filter(Boolean).length, samples.length);
+  });
+
+  test("numbers items that have no id", async () => {
+    const ids: string[] = [];
+    for await (const answer of client.tagMany([{ image: samples[0]!.data }, { image: samples[1]!.data }])) ids.push(answer.id);
+    assert.deepEqual(ids.sort(), ["0", "1"]);
+  });
+});
+
+describe("fallback", () => {
+  test("with Florence stopped, RAM++ answers and says why (typed); status shows the error, resolved after", async () => {
+    const florenceAnswers = async () => ((await client.tag(samples[0]!.data)).tagger === "florence" ? true : undefined);
+    // Earlier slow answers on a busy machine may have opened the breaker: start from Florence answering.
+    await waitFor(florenceAnswers, "Florence answers", 300_000);
+    const florence = stack.pid("florence");
+    process.kill(florence, "SIGSTOP");
+    try {
+      // 8 s: Florence gets 3 s (5 s are kept for the fallback), then RAM++ answers.
+      const result = await client.tag(samples[0]!.data, { deadlineMs: 8_000 });
+      assert.equal(result.tagger, "rampp");
+      assert.equal(result.fallback, FallbackReason.DEADLINE_EXCEEDED);
+      const status = await client.status();
+      const backend = status.backends.find((b) => b.name === "florence")!;
+      assert.ok(backend.lastErrorTime instanceof Date);
+      assert.equal(backend.lastErrorResolved, false);
+    } finally {
+      process.kill(florence, "SIGCONT");
+    }
+    await waitFor(florenceAnswers, "Florence answers again", 300_000);
+    const backend = (await client.status()).backends.find((b) => b.name === "florence")!;
+    assert.equal(backend.lastErrorResolved, true);
+  });
+});
