@@ -41,6 +41,12 @@ def metric(port: int, name: str, **labels: str) -> float:
         if sample_name == name and wanted <= set(sample_labels.rstrip("}").split(",")):
             total += float(value)
     return total
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's memory from /proc (VmRSS: now; VmHWM: its peak so far), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 class ServerProcess:
