@@ -172,3 +172,45 @@ async def test_inference_runs_off_the_event_loop():
     await batcher.submit(1)
     assert threads and all(t != loop_thread for t in threads)
     await batcher.stop()
+
+
+async def test_requests_still_being_prepared_count_against_the_queue_bound():
+    model = RecordingModel()
+    batcher = await _started(model, max_batch_size=4, max_queue_delay=0, max_queue_size=2)
+    decoded = asyncio.Event()
+
+    async def slow_decode(value: int):
+        await decoded.wait()
+        return value
+
+    preparing = [asyncio.create_task(batcher.submit(prepare=lambda v=v: slow_decode(v))) for v in (1, 2)]
+    await asyncio.sleep(0.05)
+    assert batcher.preparing == 2
+    assert batcher.depth == 0  # nothing has reached the inference queue yet ...
+    started_decoding = []
+
+    async def never_called():
+        started_decoding.append(True)
+        return 0
+
+    with pytest.raises(QueueFull, match="2 being decoded"):  # ... yet the server is full
+        await batcher.submit(prepare=never_called)
+    assert started_decoding == []  # refused before its decode began
+    decoded.set()
+    assert [r for r, _ in await asyncio.gather(*preparing)] == [2, 4]
+    assert batcher.preparing == 0
+    assert (await batcher.submit(5))[0] == 10  # the places were given back
+    await batcher.stop()
+
+
+async def test_a_failed_preparation_gives_its_place_back_and_reaches_the_caller():
+    batcher = await _started(RecordingModel(), max_queue_size=1)
+
+    async def corrupt():
+        raise ValueError("corrupt image")
+
+    with pytest.raises(ValueError, match="corrupt image"):
+        await batcher.submit(prepare=corrupt)
+    assert batcher.preparing == 0
+    assert (await batcher.submit(1))[0] == 2
+    await batcher.stop()

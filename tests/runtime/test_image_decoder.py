@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import os
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from archivetag.runtime.errors import InvalidInput
-from archivetag.runtime.images import ImageLimits, decode_image, read_image_source
+from archivetag.runtime.errors import DeadlineExpired, InvalidInput
+from archivetag.runtime.images import (
+    DecodeMemory, ImageDecoder, ImageLimits, _jpeg_scans, decode_image, finish_decode, open_image, read_image_source,
+    read_image_source_async,
+)
 from archivetag.v1 import common_pb2
-from tests.support.image_corpus import corpus, encode, photo
+from tests.support.image_corpus import (
+    corpus, encode, fuzz_corpus, hostile_corpus, photo, png_stream, progressive_jpeg, tiff_chain,
+)
 
 CASES = corpus()
 
@@ -68,7 +76,13 @@ def test_large_jpeg_is_decoded_at_reduced_scale_but_never_below_the_model_input(
     assert reduced.size == (750, 500)  # 1/4 scale: the smallest DCT scale keeping both sides ≥ 384
     assert min(reduced.size) >= 384
     full = decode_image(big, ImageLimits(jpeg_draft=False), min_edge=384)
-    assert full.size == (3000, 2000)
+    assert full.size == (3000, 2000)  # 6 MP: reaches the model as it is
+
+
+def test_an_image_over_the_shrink_size_is_shrunk_at_once_but_never_below_the_model_input():
+    huge = png_stream(5000, 4000, 8, 2)  # 20 MP
+    assert decode_image(huge, min_edge=384).size == (500, 400)  # the integer factor 10 = 4000 // 384
+    assert decode_image(huge).size == (5000, 4000)  # no model edge: nothing is shrunk
 
 
 def test_small_jpeg_is_not_reduced():
@@ -100,3 +114,192 @@ def test_paths_outside_the_allowed_roots_are_refused(tmp_path):
 def test_a_request_without_an_image_says_what_to_send():
     with pytest.raises(InvalidInput, match="image.data"):
         read_image_source(common_pb2.Image(), [])
+
+
+# -- hostile files (issue 13): bounded memory and time, and never anything but InvalidInput ------
+
+MODEL_EDGE = 224  # what a model service passes as min_edge (SigLIP's input edge)
+
+
+@pytest.mark.parametrize("case", hostile_corpus(), ids=lambda c: c.name)
+def test_each_hostile_file_decodes_small_or_is_refused_from_its_header(case):
+    if case.expect == "invalid":
+        with pytest.raises(InvalidInput) as info:
+            open_image(case.data, min_edge=MODEL_EDGE)  # refused before a pixel is decoded
+        assert case.message.lower() in str(info.value).lower(), str(info.value)
+        return
+    image, plan = open_image(case.data, min_edge=MODEL_EDGE)
+    assert plan.peak_bytes <= ImageLimits().max_decode_bytes
+    decoded = finish_decode(image, plan)
+    assert decoded.mode == "RGB"
+    if case.size:
+        assert decoded.size == case.size
+    assert min(decoded.size) >= min(MODEL_EDGE, *(case.size or (MODEL_EDGE,)))
+    assert max(decoded.size) <= 2 * max(MODEL_EDGE, *(case.size or (MODEL_EDGE,)))  # shrunk, not kept at 10000²
+
+
+@pytest.mark.parametrize("case", fuzz_corpus(), ids=lambda c: c.name)
+def test_a_fuzzed_file_decodes_or_is_invalid_input_and_nothing_else(case):
+    try:
+        image = decode_image(case.data, min_edge=MODEL_EDGE)
+    except InvalidInput as exc:
+        assert str(exc)
+        return
+    assert image.mode == "RGB"
+
+
+def test_the_memory_estimate_is_known_before_decoding_and_grows_with_the_decoded_mode():
+    grey16 = open_image(png_stream(5000, 4000, 16, 0), min_edge=MODEL_EDGE)[1]
+    rgba = open_image(png_stream(5000, 4000, 8, 6), min_edge=MODEL_EDGE)[1]
+    assert grey16.peak_bytes >= 5000 * 4000 * 2  # 16-bit pixels are held as they are ...
+    assert grey16.peak_bytes < 5000 * 4000 * 4  # ... not widened to 32 or 64 bits
+    assert rgba.peak_bytes >= 2 * 5000 * 4000 * 4  # decoded + Pillow's premultiplied copy while shrinking
+    assert grey16.reduce == rgba.reduce == 4000 // MODEL_EDGE
+
+
+def test_an_image_that_alone_needs_more_than_the_decode_memory_is_refused_from_its_header():
+    data = png_stream(4000, 4000, 8, 6)
+    with pytest.raises(InvalidInput, match="ARCHIVETAG_DECODE_MEMORY_MB"):
+        open_image(data, ImageLimits(max_decode_bytes=32 * 1024 * 1024), min_edge=MODEL_EDGE)
+
+
+def test_jpeg_scans_are_counted_from_the_markers_and_limited():
+    camera = encode(photo(256, 256), "JPEG", progressive=True)
+    assert 2 <= _jpeg_scans(camera, 1000) <= 12
+    assert decode_image(camera).size == (256, 256)
+    with pytest.raises(InvalidInput, match="ARCHIVETAG_MAX_JPEG_SCANS"):
+        decode_image(camera, ImageLimits(max_jpeg_scans=1))
+    crafted = progressive_jpeg(64, 64, 20)
+    assert _jpeg_scans(crafted, 1000) == 20
+    assert decode_image(crafted).size == (64, 64)  # a valid file: under the limit it decodes
+
+
+def test_only_the_first_page_of_a_long_tiff_chain_is_read():
+    chain = tiff_chain(3)
+    assert Image.open(io.BytesIO(chain)).n_frames == 3  # the writer makes a real chain
+    assert np.asarray(decode_image(chain)).tolist() == [[[0, 0, 0]]]
+
+
+def test_a_16_bit_grey_image_keeps_its_brightness():
+    ramp = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    assert np.asarray(decode_image(encode(Image.fromarray(ramp), "PNG")))[0, :, 0].tolist() == [0, 100, 255]
+
+
+def test_a_float_image_with_nan_and_infinity_is_stretched_from_its_finite_values():
+    values = np.array([[np.nan, 0.0, 0.5, np.inf, 1.0]], dtype=np.float32)
+    grey = np.asarray(decode_image(encode(Image.fromarray(values, "F"), "TIFF")))[0, :, 0]
+    assert grey.tolist() == [0, 0, 128, 0, 255]
+
+
+# -- image.uri: regular files only, size first, reads with a deadline --------------------------------
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidInput, match="not a regular file .a FIFO"):
+        read_image_source(common_pb2.Image(uri=str(fifo)), [tmp_path])
+
+
+def test_a_directory_and_a_device_are_refused(tmp_path):
+    (tmp_path / "album").mkdir()
+    with pytest.raises(InvalidInput, match="a directory"):
+        read_image_source(common_pb2.Image(uri=str(tmp_path / "album")), [tmp_path])
+    with pytest.raises(InvalidInput, match="a character device"):
+        read_image_source(common_pb2.Image(uri="/dev/zero"), ["/dev"])
+
+
+def test_a_symlink_loop_under_an_allowed_root_is_invalid_input(tmp_path):
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    with pytest.raises(InvalidInput, match="cannot be opened"):
+        read_image_source(common_pb2.Image(uri=str(tmp_path / "a.jpg")), [tmp_path])
+
+
+def test_a_file_over_the_byte_limit_is_refused_before_it_is_read(tmp_path):
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as file:
+        file.truncate(1 << 30)  # sparse: 1 GiB that takes no disk
+    with pytest.raises(InvalidInput, match="1073741824 bytes; the limit is"):
+        read_image_source(common_pb2.Image(uri=str(huge)), [tmp_path], max_bytes=32 << 20)
+
+
+def test_a_read_past_its_deadline_is_deadline_expired(tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(encode(photo(), "PNG"))
+    with pytest.raises(DeadlineExpired):
+        read_image_source(common_pb2.Image(uri=str(path)), [tmp_path], deadline=time.monotonic() - 1)
+
+
+# -- the decoder: a shared memory budget, and no work for callers who are gone -----------------------
+
+def test_decodes_wait_their_turn_for_memory_in_arrival_order():
+    async def scenario() -> list[str]:
+        memory = DecodeMemory(100)
+        order: list[str] = []
+        release_first = asyncio.Event()
+
+        async def decode(name: str, nbytes: int, hold_until: asyncio.Event | None = None) -> None:
+            async with memory.hold(nbytes, None):
+                order.append(name)
+                if hold_until:
+                    await hold_until.wait()
+
+        first = asyncio.create_task(decode("first", 80, release_first))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(decode("second", 60))
+        third = asyncio.create_task(decode("third", 10))  # fits now, but waits behind "second"
+        await asyncio.sleep(0.05)
+        assert order == ["first"]
+        assert memory.used == 80
+        release_first.set()
+        await asyncio.gather(first, second, third)
+        assert memory.used == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "second", "third"]
+
+
+def test_a_decode_waiting_for_memory_past_its_deadline_is_deadline_expired_and_frees_its_place():
+    async def scenario() -> None:
+        memory = DecodeMemory(100)
+        async with memory.hold(90, None):
+            with pytest.raises(DeadlineExpired, match="memory"):
+                async with memory.hold(50, time.monotonic() + 0.05):
+                    pass
+            assert memory.used == 90
+        async with memory.hold(100, None):
+            assert memory.used == 100
+
+    asyncio.run(scenario())
+
+
+def test_a_decode_whose_deadline_has_passed_does_not_start():
+    async def scenario() -> None:
+        decoder = ImageDecoder(ImageLimits(), threads=1)
+        try:
+            with pytest.raises(DeadlineExpired):
+                await decoder.decode(common_pb2.Image(data=encode(photo(), "PNG")), deadline=time.monotonic() - 1)
+            image = await decoder.decode(common_pb2.Image(data=encode(photo(), "PNG")), deadline=time.monotonic() + 30)
+            assert image.size == (96, 64)
+            assert decoder.longest_step_seconds() == 0.0
+        finally:
+            decoder.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_async_reader_reads_files_in_its_own_pool_not_the_event_loops(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    class NoDefaultPool(ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            raise AssertionError("the event loop's default pool was used")
+
+    path = tmp_path / "photo.png"
+    path.write_bytes(encode(photo(), "PNG"))
+
+    async def scenario() -> bytes:
+        asyncio.get_running_loop().set_default_executor(NoDefaultPool(1))
+        return await read_image_source_async(common_pb2.Image(uri=str(path)), [tmp_path])
+
+    assert asyncio.run(scenario()) == path.read_bytes()

@@ -125,17 +125,64 @@ def test_concurrent_calls_are_batched_and_a_full_queue_is_resource_exhausted(tmp
         assert health_status(srv.address, TAGGER_SERVICE) == "SERVING"
 
 
-def test_watchdog_turns_not_serving_on_a_stalled_loop_and_back(tmp_path):
+def model_state(address: str):
+    with grpc.insecure_channel(address) as channel:
+        return tagger_pb2_grpc.TaggerServiceStub(channel).GetModelInfo(
+            tagger_pb2.TaggerServiceGetModelInfoRequest(), timeout=5
+        ).state
+
+
+@pytest.mark.parametrize("hang_flag, reason", [
+    ("--hang-file", "inference stalled"),  # a hung inference call
+    ("--decode-hang-file", "decoding stalled"),  # a wedged decode (runs in the decode pool)
+])
+def test_watchdog_turns_not_serving_on_a_stall_and_back(tmp_path, hang_flag, reason):
     hang = tmp_path / "hang"
-    with trivial_server(tmp_path, "--hang-file", str(hang), "--stall-seconds", "1") as srv:
+    with trivial_server(tmp_path, hang_flag, str(hang), "--stall-seconds", "1") as srv:
         srv.wait_status(TAGGER_SERVICE, "SERVING")
         hang.touch()
         with ThreadPoolExecutor(1) as pool:
             stuck = pool.submit(tag, srv.address, encode(photo(), "PNG"), 30)
             srv.wait_status(TAGGER_SERVICE, "NOT_SERVING", timeout=15)
+            state = model_state(srv.address)
+            assert state.phase == "unhealthy"
+            assert reason in state.reason
             hang.unlink()
             srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=15)
             assert len(stuck.result(30).tags) == 3  # the call caught in the stall still gets its answer
+
+
+def test_calls_over_the_concurrency_limit_are_refused_while_health_checks_still_answer(tmp_path):
+    hang, log = tmp_path / "hang", tmp_path / "batches.jsonl"
+    args = ("--hang-file", str(hang), "--max-concurrent-rpcs", "2", "--max-batch-size", "2",
+            "--max-queue-delay-ms", "3000", "--batch-log", str(log))
+    with trivial_server(tmp_path, *args) as srv:
+        srv.wait_status(TAGGER_SERVICE, "SERVING")
+        hang.touch()
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(tag, srv.address, encode(photo(), "PNG"), 60) for _ in range(2)]
+            try:
+                wait_for_batch_of(log, 2)  # both calls are inside the server, held by the hung batch
+                with pytest.raises(grpc.RpcError) as refused:
+                    tag(srv.address, encode(photo(), "PNG"), 10)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "MAX_CONCURRENT_RPCS" in refused.value.details()
+                assert health_status(srv.address, TAGGER_SERVICE) == "SERVING"  # Check is never refused
+            finally:
+                hang.unlink()
+            assert all(len(f.result(30).tags) == 3 for f in held)
+        assert len(tag(srv.address, encode(photo(), "PNG")).tags) == 3
+
+
+def wait_for_batch_of(log: Path, size: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    sizes: list[int] = []
+    while time.monotonic() < deadline:
+        sizes = [json.loads(line)["size"] for line in log.read_text().splitlines()] if log.exists() else []
+        if size in sizes:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no batch of {size} within {timeout} s; batches: {sizes}")
 
 
 def test_watchdog_turns_not_serving_after_consecutive_failures_and_recovers(tmp_path):
@@ -149,10 +196,7 @@ def test_watchdog_turns_not_serving_after_consecutive_failures_and_recovers(tmp_
                 tag(srv.address, encode(photo(), "PNG"))
             assert info.value.code() == grpc.StatusCode.INTERNAL and "simulated device failure" in info.value.details()
         srv.wait_status(TAGGER_SERVICE, "NOT_SERVING", timeout=10)
-        with grpc.insecure_channel(srv.address) as channel:
-            state = tagger_pb2_grpc.TaggerServiceStub(channel).GetModelInfo(
-                tagger_pb2.TaggerServiceGetModelInfoRequest(), timeout=5
-            ).state
+        state = model_state(srv.address)
         assert state.phase == "unhealthy" and "failed in a row" in state.reason
         fail.unlink()
         srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=10)  # the recovery probe passed

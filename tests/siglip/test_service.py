@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archivetag.runtime.registry import VIEW_TYPE_SERVICE
 from archivetag.services.siglip import layout
@@ -17,8 +20,8 @@ from archivetag.services.siglip.layout import read_json
 from archivetag.v1 import common_pb2, view_type_pb2, view_type_pb2_grpc
 from tests.conftest import model_service
 from tests.siglip import models_dir_with, tiny_exports
-from tests.support.image_corpus import answers_to_every_case, encode, photo
-from tests.support.servers import grpcurl, health_status
+from tests.support.image_corpus import answers_to_every_case, encode, fuzz_corpus, hostile_corpus, photo
+from tests.support.servers import grpcurl, health_status, memory_kib
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +30,15 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
+def photos(tmp_path_factory):
+    """The folder the server may read image.uri paths from."""
+    return tmp_path_factory.mktemp("photos")
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory, photos):
     tmp = tmp_path_factory.mktemp("siglip-serve")
-    with model_service("siglip", models_dir_with(tmp, tiny.a.export), tmp) as srv:
+    with model_service("siglip", models_dir_with(tmp, tiny.a.export), tmp, "--allowed-roots", str(photos)) as srv:
         srv.wait_status(VIEW_TYPE_SERVICE, "SERVING", timeout=90)
         yield srv
 
@@ -39,11 +48,13 @@ def stub(address: str):
     return channel, view_type_pb2_grpc.ViewTypeServiceStub(channel)
 
 
-def classify(address: str, data: bytes, include_embedding: bool = False) -> view_type_pb2.ClassifyResponse:
+def classify(address: str, data: bytes, include_embedding: bool = False, timeout: float = 30,
+             uri: str = "") -> view_type_pb2.ClassifyResponse:
     channel, client = stub(address)
+    image = common_pb2.Image(uri=uri) if uri else common_pb2.Image(data=data)
     with channel:
-        return client.Classify(view_type_pb2.ClassifyRequest(image=common_pb2.Image(data=data),
-                                                             include_embedding=include_embedding), timeout=30)
+        return client.Classify(view_type_pb2.ClassifyRequest(image=image, include_embedding=include_embedding),
+                               timeout=timeout)
 
 
 def model_info(address: str) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:
@@ -128,6 +139,90 @@ def test_bad_images_are_invalid_argument_and_the_service_stays_serving(server):
     answers = answers_to_every_case(lambda data: classify(server.address, data))
     assert answers and all(len(reply.scores) == 4 for reply in answers)
     assert health_status(server.address, VIEW_TYPE_SERVICE) == "SERVING"
+
+
+DECODE_MEMORY = 1024 << 20  # the decode_memory_mb default: what all decodes may hold at once
+# Beyond the decodes: message buffers, inference on the shrunk images, allocator slack.
+MEMORY_SLACK = 256 << 20
+
+
+def test_hostile_and_fuzzed_files_are_answered_or_invalid_argument_within_bounded_memory(server):
+    rss_before = memory_kib(server.proc.pid, "VmRSS") << 10
+    cases = [*hostile_corpus(), *fuzz_corpus()]
+    answers = answers_to_every_case(lambda data: classify(server.address, data, timeout=120), cases)
+    assert answers and all(len(reply.scores) == 4 for reply in answers)
+    assert health_status(server.address, VIEW_TYPE_SERVICE) == "SERVING"
+    # The heaviest ones at once: they wait for decode memory instead of adding up.
+    heavy = [case.data for case in hostile_corpus() if case.name.endswith(("rgba png", "16-bit grey png"))] * 2
+    with ThreadPoolExecutor(len(heavy)) as pool:
+        replies = list(pool.map(lambda data: classify(server.address, data, timeout=300), heavy))
+    assert all(len(reply.scores) == 4 for reply in replies)
+    peak = memory_kib(server.proc.pid, "VmHWM") << 10
+    assert peak - rss_before <= DECODE_MEMORY + MEMORY_SLACK, f"peak RSS grew {(peak - rss_before) >> 20} MiB"
+    assert health_status(server.address, VIEW_TYPE_SERVICE) == "SERVING"
+
+
+def test_image_uri_reads_regular_files_only_and_refuses_the_rest_as_invalid_argument(server, photos):
+    (photos / "photo.png").write_bytes(encode(photo(), "PNG"))
+    os.mkfifo(photos / "fifo.jpg")
+    (photos / "loop-a.jpg").symlink_to(photos / "loop-b.jpg")
+    (photos / "loop-b.jpg").symlink_to(photos / "loop-a.jpg")
+    (photos / "album").mkdir()
+    with open(photos / "huge.jpg", "wb") as file:
+        file.truncate(1 << 30)  # sparse: 1 GiB that takes no disk
+    assert len(classify(server.address, b"", uri=str(photos / "photo.png")).scores) == 4
+    refusals = {"fifo.jpg": "a FIFO", "loop-a.jpg": "cannot be opened", "album": "a directory",
+                "huge.jpg": "the limit is", "missing.jpg": "cannot be opened"}
+    for name, reason in refusals.items():
+        with pytest.raises(grpc.RpcError) as info:
+            classify(server.address, b"", uri=str(photos / name), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value.details())
+        assert reason in info.value.details(), name
+    assert health_status(server.address, VIEW_TYPE_SERVICE) == "SERVING"
+
+
+STREAMS_PER_PEER = 64  # the max_streams_per_peer default
+
+
+def test_a_flood_of_health_watches_locks_out_neither_checks_nor_classify(server):
+    flood = grpc.insecure_channel(server.address)
+    watches = [health_pb2_grpc.HealthStub(flood).Watch(health_pb2.HealthCheckRequest(service=VIEW_TYPE_SERVICE))
+               for _ in range(300)]
+    try:
+        outcomes = []
+        for watch in watches:
+            try:
+                outcomes.append(health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status))
+            except grpc.RpcError as exc:
+                outcomes.append(f"{exc.code().name}: {exc.details()}")
+        assert outcomes.count("SERVING") == STREAMS_PER_PEER
+        refused = [o for o in outcomes if o != "SERVING"]
+        assert len(refused) == 300 - STREAMS_PER_PEER
+        assert all(o.startswith("RESOURCE_EXHAUSTED") and "MAX_STREAMS_PER_PEER" in o for o in refused), refused[:3]
+        # Another client, while the 64 watches stay open:
+        assert health_status(server.address, VIEW_TYPE_SERVICE) == "SERVING"
+        assert len(classify(server.address, encode(photo(), "PNG")).scores) == 4
+    finally:
+        for watch in watches:
+            watch.cancel()
+        flood.close()
+    assert wait_for_a_watch(server.address) == "SERVING"  # closed streams give their places back
+
+
+def wait_for_a_watch(address: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=VIEW_TYPE_SERVICE))
+            try:
+                return health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status)
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+            finally:
+                watch.cancel()
+        time.sleep(0.1)
+    raise TimeoutError(f"no Watch stream was admitted within {timeout} s; last: {last}")
 
 
 def test_grpcurl_classify_with_a_base64_image(server):

@@ -7,11 +7,13 @@ message must contain.
 
 from __future__ import annotations
 
+import functools
 import io
+import math
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -25,7 +27,7 @@ pillow_heif.register_heif_opener()
 class Case:
     name: str
     data: bytes
-    expect: str  # "ok" or "invalid"
+    expect: str  # "ok", "invalid", or "any" (either; fuzzed files)
     size: tuple[int, int] | None = None  # decoded (width, height) for "ok"
     message: str = ""  # fragment of the error message for "invalid"
     check: Callable[[Image.Image], bool] | None = None  # extra pixel check for "ok"
@@ -194,21 +196,221 @@ def corpus() -> list[Case]:
     ]
 
 
-def answers_to_every_case(call: Callable[[bytes], object]) -> list:
-    """Send every corpus case through `call(data)` (a unary RPC on a real server).
+def answers_to_every_case(call: Callable[[bytes], object], cases: Sequence[Case] | None = None) -> list:
+    """Send every case (default: the corpus) through `call(data)` (a unary RPC on a real server).
 
-    A case expected "invalid" must be INVALID_ARGUMENT with a message naming the problem; the
-    others must be answered. Returns the answers, for the caller's own checks."""
+    A case expected "invalid" must be INVALID_ARGUMENT with a message naming the problem, one
+    expected "ok" must be answered, and one expected "any" either. Returns the answers, for
+    the caller's own checks."""
     import grpc
 
     answers = []
-    for case in corpus():
+    for case in corpus() if cases is None else cases:
         try:
             answers.append(call(case.data))
             outcome = "ok"
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (case.name, exc.code(), exc.details())
+            assert exc.details(), case.name
             assert case.message.lower() in exc.details().lower(), (case.name, exc.details())
             outcome = "invalid"
-        assert outcome == case.expect, case.name
+        if case.expect != "any":
+            assert outcome == case.expect, case.name
     return answers
+
+
+# -- hostile files: what a hostile or unlucky client sends (issue 13) ---------------------------
+
+HUGE = 10_000  # edge of the "huge but inside the 100 MP limit" images
+
+
+def zlib_repeated(chunk: bytes, times: int) -> bytes:
+    """The zlib stream of chunk * times, compressing chunk only once: after a full flush a
+    deflate block needs nothing before it, so the same block bytes can be repeated."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    final = zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)  # an empty last block
+    checksum = 1
+    for _ in range(times):
+        checksum = zlib.adler32(chunk, checksum)
+    return b"\x78\xda" + block * times + final + struct.pack(">I", checksum)
+
+
+def _zero_rows(row_bytes: int, height: int) -> bytes:
+    rows = math.gcd(height, 100)
+    return zlib_repeated(b"\x00" * row_bytes * rows, height // rows)
+
+
+def png_stream(width: int, height: int, bit_depth: int, colour_type: int) -> bytes:
+    """A PNG of zero-valued rows: a few hundred KB for 10000² pixels, built without ever
+    holding the raw pixels."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
+    idat = _zero_rows(1 + width * channels * bit_depth // 8, height)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def lossless_webp(width: int, height: int) -> bytes:
+    """A transparent lossless WebP of any size in 34 bytes: one colour costs no bits per pixel,
+    so a 16×16 file with its VP8L size field rewritten is a valid width×height image."""
+    data = bytearray(encode(Image.new("RGBA", (16, 16)), "WEBP", lossless=True))
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F
+    bits = int.from_bytes(data[21:25], "little")
+    bits = (bits & ~((1 << 28) - 1)) | (width - 1) | ((height - 1) << 14)
+    data[21:25] = bits.to_bytes(4, "little")
+    return bytes(data)
+
+
+def tiff_pages(pages: list[tuple[dict[int, int], bytes]]) -> bytes:
+    """A little-endian TIFF written by hand: each page is ({tag: value}, strip bytes); every
+    value is one SHORT or LONG, StripOffsets (273) is filled in."""
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    for index, (tags, strip) in enumerate(pages):
+        tags = {**tags, 273: 0, 279: len(strip)}
+        ifd_size = 2 + 12 * len(tags) + 4
+        strip_at = len(out) + ifd_size
+        next_at = 0 if index == len(pages) - 1 else strip_at + len(strip)
+        out += struct.pack("<H", len(tags))
+        for tag in sorted(tags):
+            value = strip_at if tag == 273 else tags[tag]
+            kind = 3 if value < 0x10000 and tag not in (273, 279) else 4
+            out += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        out += struct.pack("<I", next_at) + strip
+    return bytes(out)
+
+
+def _grey_page(width: int, height: int, strip: bytes, bits: int = 8, sample_format: int = 1, compression: int = 1):
+    tags = {256: width, 257: height, 258: bits, 259: compression, 262: 1, 277: 1, 278: height, 339: sample_format}
+    return tags, strip
+
+
+def tiff_chain(pages: int) -> bytes:
+    """A TIFF of `pages` one-pixel pages (the whole chain is walked only if someone counts it)."""
+    return tiff_pages([_grey_page(1, 1, bytes([index % 256])) for index in range(pages)])
+
+
+def float_tiff(width: int, height: int) -> bytes:
+    """A 32-bit float TIFF of zeros, deflate-compressed in one strip (~400 KB for 10000²)."""
+    return tiff_pages([_grey_page(width, height, _zero_rows(width * 4, height), bits=32, sample_format=3,
+                                  compression=8)])
+
+
+def tiff_with_bad_second_page() -> bytes:
+    """Two pages; the second has no ImageWidth/ImageLength (Pillow's page count raises TypeError)."""
+    first = _grey_page(20, 10, bytes(range(200)))
+    second_tags = {k: v for k, v in _grey_page(20, 10, b"\x80" * 200)[0].items() if k not in (256, 257)}
+    return tiff_pages([first, (second_tags, b"\x80" * 200)])
+
+
+class _Bits:
+    """Bits of JPEG entropy-coded data, 0xFF bytes stuffed."""
+
+    def __init__(self) -> None:
+        self.out, self.acc, self.count = bytearray(), 0, 0
+
+    def put(self, value: int, length: int) -> None:
+        self.acc, self.count = (self.acc << length) | value, self.count + length
+        while self.count >= 8:
+            self.count -= 8
+            byte = (self.acc >> self.count) & 0xFF
+            self.out += b"\xff\x00" if byte == 0xFF else bytes([byte])
+        self.acc &= (1 << self.count) - 1
+
+    def zeros(self, nbits: int) -> None:
+        self.out += b"\x00" * (nbits // 8)
+        self.put(0, nbits % 8)
+
+    def done(self) -> bytes:
+        if self.count:
+            self.put((1 << (8 - self.count)) - 1, 8 - self.count)
+        return bytes(self.out)
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def progressive_jpeg(width: int, height: int, scans: int) -> bytes:
+    """A flat grey progressive JPEG with `scans` scans: one DC scan, then the same AC scan
+    (every block empty, coded as end-of-band runs: a few dozen bytes) repeated. Each scan
+    makes the decoder visit every block."""
+    blocks = -(-width // 8) * -(-height // 8)
+    dc = _Bits()
+    dc.zeros(blocks)  # DC category 0 is the 1-bit code 0: every block unchanged
+    ac = _Bits()
+    left = blocks
+    while left:  # end-of-band runs: symbol r<<4 (4-bit code r) then r extra bits, run 2**r + extra
+        run = min(left, 32767)
+        r = run.bit_length() - 1
+        ac.put(r, 4)
+        ac.put(run - (1 << r), r)
+        left -= run
+    dc_data, ac_data = dc.done(), ac.done()
+    dc_table = bytes([0x00]) + bytes([1] + [0] * 15) + bytes([0])
+    ac_table = bytes([0x10]) + bytes([0, 0, 0, 15] + [0] * 12) + bytes(r << 4 for r in range(15))
+    parts = [
+        b"\xff\xd8",
+        _segment(0xDB, b"\x00" + b"\x01" * 64),
+        _segment(0xC2, struct.pack(">BHHB", 8, height, width, 1) + b"\x01\x11\x00"),
+        _segment(0xC4, dc_table + ac_table),
+        _segment(0xDA, b"\x01\x01\x00\x00\x00\x00"), dc_data,
+    ]
+    ac_scan = _segment(0xDA, b"\x01\x01\x00\x01\x3f\x00") + ac_data
+    return b"".join(parts) + ac_scan * (scans - 1) + b"\xff\xd9"
+
+
+@functools.lru_cache(maxsize=1)
+def hostile_corpus() -> tuple[Case, ...]:
+    """The files of issue 13's table: each once took a service's memory, CPU or health."""
+    return (
+        Case("multi-page tiff whose second page has no dimensions", tiff_with_bad_second_page(), "ok", (20, 10)),
+        Case(f"{HUGE}x{HUGE} 16-bit grey png", png_stream(HUGE, HUGE, 16, 0), "ok"),
+        Case(f"{HUGE}x{HUGE} rgba png", png_stream(HUGE, HUGE, 8, 6), "ok"),
+        # libwebp cannot decode at a reduced scale: its full-size RGBA copies exceed the 1 GiB default.
+        Case(f"{HUGE}x{HUGE} lossless webp", lossless_webp(HUGE, HUGE), "invalid", message="DECODE_MEMORY_MB"),
+        Case(f"{HUGE}x{HUGE} float tiff", float_tiff(HUGE, HUGE), "ok"),
+        Case("8000x8000 progressive jpeg with 3000 scans", progressive_jpeg(8000, 8000, 3000), "invalid",
+             message="scans"),
+        Case("tiff chain of 60000 one-pixel pages", tiff_chain(60_000), "ok", (1, 1)),
+    )
+
+
+def _valid_files() -> dict[str, bytes]:
+    """One small valid file of every accepted format and common variant, for the fuzz loop."""
+    image = photo(48, 32)
+    frames = [photo(24, 16), photo(24, 16).transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    return {
+        "jpeg": encode(image, "JPEG", quality=85),
+        "progressive jpeg": encode(image, "JPEG", quality=85, progressive=True),
+        "png": encode(image, "PNG"),
+        "16-bit png": _sixteen_bit_grey(),
+        "palette png": _palette_with_transparency(),
+        "lossy webp": encode(image, "WEBP", quality=80),
+        "lossless webp": encode(image, "WEBP", lossless=True),
+        "animated webp": _animated_webp(),
+        "animated gif": _animated_gif(),
+        "tiff": encode(image, "TIFF"),
+        "deflate tiff": encode(image, "TIFF", compression="tiff_deflate"),
+        "lzw tiff": encode(image, "TIFF", compression="tiff_lzw"),
+        "jpeg tiff": encode(image, "TIFF", compression="jpeg"),
+        "multi-page tiff": _multipage_tiff(),
+        "float tiff": _float_tiff(),
+        "bmp": encode(image, "BMP"),
+        "heic": encode(photo(64, 48), "HEIF", quality=80),
+    }
+
+
+def fuzz_corpus(seed: int = 13, truncations: int = 5, flips: int = 7) -> list[Case]:
+    """Truncations and byte flips of valid files: each may decode or be INVALID_ARGUMENT,
+    nothing else (expect "any"). Fixed seed, bounded count."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for name, data in _valid_files().items():
+        for keep in np.sort(rng.uniform(0.05, 0.98, truncations)):
+            cases.append(Case(f"{name} cut at {keep:.0%}", data[: int(len(data) * keep)], "any"))
+        for index in range(flips):
+            mutated = bytearray(data)
+            for position in rng.integers(0, len(data), 1 + index * 2):
+                mutated[position] ^= int(rng.integers(1, 256))
+            cases.append(Case(f"{name} with {1 + index * 2} bytes flipped (#{index})", bytes(mutated), "any"))
+    return cases

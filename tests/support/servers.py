@@ -40,6 +40,14 @@ def health_status(address: str, service: str = "", timeout: float = 2.0) -> str:
     return check_address(address, service, timeout)[0]
 
 
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's memory from /proc (VmRSS: now; VmHWM: its peak so far), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
 class ServerProcess:
     """A server subprocess: `with ServerProcess([...args]) as server: server.address`."""
 

@@ -5,10 +5,11 @@ runtime (batching, health, shutdown, decoding) can run in milliseconds. The mode
 services never use it.
 
     python -m tests.support.trivial_server --port N [--load-seconds S] [--infer-seconds S]
-        [--fail-file PATH] [--hang-file PATH]
+        [--fail-file PATH] [--hang-file PATH] [--decode-hang-file PATH]
 
 --fail-file / --hang-file: while that file exists, inference raises / blocks, so tests
 can make the model fail or stall from outside and watch health change.
+--decode-hang-file: while it exists, preparing a decoded image (in the decode pool) blocks.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ class DominantColourBackend(ModelBackend):
     input_edge = 32
 
     def __init__(self, load_seconds: float, infer_seconds: float, fail_file: Path | None,
-                 hang_file: Path | None, batch_log: Path | None):
+                 hang_file: Path | None, batch_log: Path | None, decode_hang_file: Path | None = None):
         self.load_seconds = load_seconds
         self.infer_seconds = infer_seconds
         self.fail_file = fail_file
         self.hang_file = hang_file
         self.batch_log = batch_log
+        self.decode_hang_file = decode_hang_file
         self.lock = threading.Lock()
 
     def load(self) -> None:
@@ -53,6 +55,8 @@ class DominantColourBackend(ModelBackend):
         return Image.new("RGB", (32, 32), (200, 10, 10)), None
 
     def prepare(self, image, request):
+        while request is not None and self.decode_hang_file and self.decode_hang_file.exists():
+            time.sleep(0.05)
         if request is not None and "forbidden" in list(request.vocabulary):
             raise InvalidInput("the tag 'forbidden' is not in the vocabulary")
         poison = request is not None and "poison" in list(request.vocabulary)
@@ -91,8 +95,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fail-file", type=Path)
     parser.add_argument("--hang-file", type=Path)
     parser.add_argument("--batch-log", type=Path)
+    parser.add_argument("--decode-hang-file", type=Path)
     args = parser.parse_args(argv)
-    backend = DominantColourBackend(args.load_seconds, args.infer_seconds, args.fail_file, args.hang_file, args.batch_log)
+    backend = DominantColourBackend(args.load_seconds, args.infer_seconds, args.fail_file, args.hang_file, args.batch_log,
+                                    args.decode_hang_file)
     return run(ModelServiceApp(backend, args), args)
 
 

@@ -3,7 +3,8 @@
 A batch closes when it holds `max_batch_size` items or its oldest item has waited
 `max_queue_delay`. Items whose caller went away (cancelled) or whose deadline passed
 are dropped before inference. The queue is bounded: a full queue raises QueueFull
-(RESOURCE_EXHAUSTED). Inference runs on a dedicated thread, off the event loop, one
+(RESOURCE_EXHAUSTED). The bound admits a request once, before its item is prepared
+(decoding), so requests still decoding count against it too. Inference runs on a dedicated thread, off the event loop, one
 batch at a time (a GPU runs one batch at a time anyway). If a batch raises, its items
 are retried one by one, so a poison item fails only itself.
 """
@@ -15,7 +16,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from archivetag.runtime import metrics
 from archivetag.runtime.errors import DeadlineExpired, QueueFull
@@ -67,6 +68,7 @@ class DynamicBatcher:
         self.max_queue_delay = max_queue_delay
         self.max_queue_size = max_queue_size
         self._queue: list[_Item] = []
+        self._preparing = 0  # admitted requests whose item is still being prepared
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task | None = None
@@ -101,17 +103,38 @@ class DynamicBatcher:
     def has_pending_work(self) -> bool:
         return bool(self._queue) or self.batch_running_since is not None
 
-    async def submit(self, payload: Any, timeout: float | None = None) -> tuple[Any, BatchInfo]:
-        """Queue one item and wait for its result. timeout: seconds the caller still has."""
-        if len(self._queue) >= self.max_queue_size:
+    @property
+    def preparing(self) -> int:
+        return self._preparing
+
+    async def submit(
+        self, payload: Any = None, timeout: float | None = None,
+        prepare: Callable[[], Awaitable[Any]] | None = None,
+    ) -> tuple[Any, BatchInfo]:
+        """Admit one request, queue its item and wait for the result.
+
+        prepare: makes the item (decodes the image) after admission, so a full server refuses
+        a request before spending anything on it. timeout: seconds the caller still has,
+        counted from now, preparation included.
+        """
+        waiting = len(self._queue) + self._preparing
+        if waiting >= self.max_queue_size:
             raise QueueFull(
-                f"inference queue is full ({len(self._queue)} requests waiting for {self.name}); "
-                "retry later (limit: ARCHIVETAG_MAX_QUEUE_SIZE)"
+                f"inference queue is full ({len(self._queue)} requests waiting for {self.name}, "
+                f"{self._preparing} being decoded); retry later (limit: ARCHIVETAG_MAX_QUEUE_SIZE)"
             )
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        if prepare is not None:
+            self._preparing += 1
+            try:
+                payload = await prepare()
+            finally:
+                self._preparing -= 1
         now = time.monotonic()
         if not self.has_pending_work:
             self.last_progress = now  # the stall clock starts when work arrives at an idle batcher
-        item = _Item(payload, asyncio.get_running_loop().create_future(), None if timeout is None else now + timeout, now)
+        item = _Item(payload, asyncio.get_running_loop().create_future(), deadline, now)
         self._queue.append(item)
         metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
         self._arrived.set()

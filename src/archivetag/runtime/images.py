@@ -1,16 +1,24 @@
 """The one image decoder: encoded bytes → an upright 8-bit RGB PIL image, or InvalidInput.
 
-Every service decodes through `decode_image`, in a thread pool (see ImageDecoder), so a
-slow or hostile file never blocks the event loop. Limits are checked on the header,
-before any pixel is decoded.
+Every service decodes through ImageDecoder, in a thread pool of its own, so a slow or
+hostile file never blocks the event loop. Decoding is planned from the header before any
+pixel is decoded (`open_image`): size, pixel and JPEG scan limits, the DCT scale or
+integer reduction that still leaves the model's input edge, and the peak memory the
+decode will hold, which a byte budget shared by all decodes admits (DecodeMemory). Any
+failure to read or decode a file is InvalidInput: the file's fault, never INTERNAL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-import struct
+import os
+import stat
+import threading
+import time
 import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from archivetag.runtime.errors import InvalidInput
+from archivetag.runtime.errors import DeadlineExpired, InvalidInput, QueueFull
 
 try:  # HEIC/HEIF (phone photos) through libheif
     import pillow_heif
@@ -53,6 +61,12 @@ class ImageLimits:
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 100_000_000
     jpeg_draft: bool = True
+    # A camera's progressive JPEG has about 10 scans; each scan is a pass over every block,
+    # so thousands of nearly empty scans cost minutes of CPU in a file of a few KB.
+    max_jpeg_scans: int = 100
+    # The most memory one decode may need at its peak (estimated from the header); also the
+    # budget all of a process's decodes share (DecodeMemory).
+    max_decode_bytes: int = 1024 * 1024 * 1024
 
 
 # Signatures of accepted formats: a file that has one but will not open is a corrupt image,
@@ -84,7 +98,89 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.0f} MP" if pixels >= 1e6 else f"{pixels} pixels"
 
 
-def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+def _jpeg_scans(data: bytes, limit: int) -> int:
+    """How many scans (SOS markers) a JPEG has, counted up to limit + 1 without decoding.
+
+    Segments are skipped by their lengths; entropy-coded data by searching for the next
+    marker (0xFF not followed by a stuffed 0x00 or a restart marker).
+    """
+    scans, pos, end = 0, 2, len(data)
+    while pos + 1 < end:
+        if data[pos] != 0xFF:
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0x00 or 0xD0 <= marker <= 0xD7:  # stuffed byte, restart marker
+            pos += 2
+        elif marker == 0xD9:  # end of image
+            break
+        else:
+            if marker == 0xDA:
+                scans += 1
+                if scans > limit:
+                    break
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return scans
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """How many bytes Pillow stores per pixel of this mode (multi-band modes use 4)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What decoding an opened image will do and cost, known from its header alone."""
+
+    format: str
+    size: tuple[int, int]  # as the decoder will produce it (after a JPEG's DCT scaling)
+    mode: str
+    reduce: int  # integer factor the decoded pixels are shrunk by at once (1: kept)
+    peak_bytes: int  # the most memory the decode holds at one time, estimated
+
+
+# Images up to this size reach the model's own preprocessing as decoded (its results then
+# equal the reference implementation's); larger ones are shrunk first, which bounds the
+# memory and time of everything after the decode.
+SHRINK_ABOVE_PIXELS = 16_000_000
+# Copies of the reduced image alive at once while it is turned into upright RGB
+# (alpha compositing holds the RGBA image, a white background and the result).
+_OUTPUT_COPIES = 4
+# Row bands, buffers and the like, beyond the pixel arrays.
+_FIXED_OVERHEAD = 16 * 1024 * 1024
+
+
+def _plan(image: Image.Image, stored_size: tuple[int, int], min_edge: int | None) -> DecodePlan:
+    width, height = image.size
+    decoded = width * height * _bytes_per_pixel(image.mode)
+    codec = 0  # memory the codec library holds beside Pillow's image
+    if image.format == "JPEG" and image.info.get("progressive"):
+        # libjpeg keeps every DCT coefficient (2 bytes) of the full-size image for a
+        # progressive file, whatever the output scale.
+        codec = stored_size[0] * stored_size[1] * len(image.getbands()) * 2
+    elif image.format == "WEBP":
+        # libwebp's animation decoder (Pillow's only WebP path) keeps two canvases, and the
+        # frame reaches Pillow through a bytes copy; it cannot decode at a reduced scale.
+        codec = width * height * 4 * 3
+    elif image.format in ("HEIF", "TIFF"):
+        codec = width * height * 4  # libheif's frame; libtiff's strip buffer or RGBA raster
+    factor = max(1, min(width, height) // min_edge) if min_edge and width * height > SHRINK_ABOVE_PIXELS else 1
+    premultiplied = decoded if factor > 1 and image.mode in ("LA", "RGBA") else 0  # Pillow's copy while reducing
+    output = -(-width // factor) * -(-height // factor) * 4 * _OUTPUT_COPIES
+    return DecodePlan(image.format, (width, height), image.mode, factor,
+                      decoded + codec + premultiplied + output + _FIXED_OVERHEAD)
+
+
+def open_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None) -> tuple[Image.Image, DecodePlan]:
+    """Read the header only: check the limits and plan the decode. Raises InvalidInput."""
     if not data:
         raise InvalidInput("image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -101,8 +197,10 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
         ) from None
     except Image.DecompressionBombError as exc:
         raise InvalidInput(f"image is too large to decode: {exc}") from None
-    except (OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise InvalidInput(f"image header is corrupt: {exc}") from None
+    except MemoryError:
+        raise QueueFull("not enough memory to read this image's header now; retry later") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a hostile header makes Pillow raise is the file's fault
+        raise InvalidInput(f"image header is corrupt: {_reason(exc)}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise InvalidInput(f"image has no pixels ({width}×{height})")
@@ -112,20 +210,58 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
             f"image is {width}×{height} ({_megapixels(pixels)}); the limit is {_megapixels(limits.max_pixels)} "
             "(set ARCHIVETAG_MAX_IMAGE_PIXELS)"
         )
-    return image
+    if image.format == "JPEG":
+        scans = _jpeg_scans(data, limits.max_jpeg_scans)
+        if scans > limits.max_jpeg_scans:
+            raise InvalidInput(
+                f"JPEG has more than {limits.max_jpeg_scans} scans (a camera's progressive JPEG has about 10); "
+                "decoding it would take minutes of CPU (limit ARCHIVETAG_MAX_JPEG_SCANS)"
+            )
+        if limits.jpeg_draft and min_edge and min(image.size) >= 2 * min_edge:
+            try:
+                image.draft("RGB", (min_edge, min_edge))
+            except Exception as exc:  # noqa: BLE001
+                raise InvalidInput(f"image header is corrupt: {_reason(exc)}") from None
+    plan = _plan(image, (width, height), min_edge)
+    if plan.peak_bytes > limits.max_decode_bytes:
+        raise InvalidInput(
+            f"decoding this {width}×{height} {image.format} ({image.mode}) needs about {plan.peak_bytes >> 20} MiB; "
+            f"the limit is {limits.max_decode_bytes >> 20} MiB (set ARCHIVETAG_DECODE_MEMORY_MB)"
+        )
+    return image, plan
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _high_depth_grey_to_l(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit or float grey → 8-bit grey (Pillow would clip at 255: almost all white)."""
-    array = np.nan_to_num(np.asarray(image, dtype=np.float64))
-    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    """16-bit, 32-bit or float grey → 8-bit grey (Pillow would clip at 255: almost all white).
+
+    16-bit ranges keep their brightness (÷257); other ranges are stretched to full contrast.
+    Works in row bands of float32, so the only full-size array is the 8-bit result.
+    """
+    width, height = image.size
+    rows = max(1, (1 << 20) // width)
+    bands = [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+    def band(top: int, bottom: int) -> np.ndarray:
+        values = np.asarray(image.crop((0, top, width, bottom)), dtype=np.float32)
+        return np.where(np.isfinite(values), values, np.float32(0.0))
+
+    low, high = 0.0, 0.0
+    for top, bottom in bands:
+        values = band(top, bottom)
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
     if image.mode != "F" and low >= 0 and high <= 0xFFFF:
-        scaled = array / 257.0  # 16-bit range → 8-bit range, brightness kept
-    elif high > low:
-        scaled = (array - low) / (high - low) * 255.0  # other ranges: stretch to full contrast
+        low, scale = 0.0, 1 / 257.0
     else:
-        scaled = np.zeros_like(array)
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+        scale = 255.0 / (high - low) if high > low else 0.0
+    grey = np.empty((height, width), dtype=np.uint8)
+    for top, bottom in bands:
+        scaled = (band(top, bottom) - low) * scale
+        grey[top:bottom] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -144,32 +280,114 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
+def _shrink(image: Image.Image, factor: int) -> Image.Image:
+    if factor <= 1:
+        return image
+    try:
+        return image.reduce(factor)  # box filter in one pass; not every mode has it
+    except ValueError:
+        return image.resize((-(-image.width // factor), -(-image.height // factor)), Image.Resampling.BOX)
+
+
+# EXIF orientation → the transpose that shows the photo upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def finish_decode(image: Image.Image, plan: DecodePlan) -> Image.Image:
+    """Decode the pixels of an opened image (its first frame or page only) to upright RGB.
+
+    Only the first frame is ever read: nothing here asks for the frame count, which would
+    walk every page of a TIFF chain or every frame of a GIF.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.load()
+            orientation = image.getexif().get(0x0112)
+            image = _shrink(image, plan.reduce)
+            if orientation in _UPRIGHT:
+                image = image.transpose(_UPRIGHT[orientation])
+            return _to_rgb(image)
+    except MemoryError:
+        raise QueueFull("not enough memory to decode this image now; retry later") from None
+    except Exception as exc:  # noqa: BLE001 - a file Pillow cannot decode is the client's problem, whatever it raises
+        raise InvalidInput(f"image data is truncated or corrupt ({plan.format}): {_reason(exc)}") from None
+
+
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None) -> Image.Image:
     """Decode bytes to an upright RGB image, or raise InvalidInput naming the problem.
 
-    min_edge: the model's input edge; large JPEGs are then decoded at a reduced DCT scale
-    that still leaves both sides at least this long.
+    min_edge: the model's input edge; large JPEGs are then decoded at a reduced DCT scale,
+    and images over SHRINK_ABOVE_PIXELS shrunk at once by an integer factor, both still
+    leaving each side at least this long.
     """
-    image = _open_checked(data, limits)
-    fmt = image.format
-    try:
-        if getattr(image, "n_frames", 1) > 1:
-            image.seek(0)  # animated GIF/WebP/PNG, multi-page TIFF: the first frame
-        if fmt == "JPEG" and limits.jpeg_draft and min_edge and min(image.size) >= 2 * min_edge:
-            image.draft("RGB", (min_edge, min_edge))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
-    except InvalidInput:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise InvalidInput(f"image is too large to decode: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
-        raise InvalidInput(f"image data is truncated or corrupt ({fmt}): {exc}") from None
+    image, plan = open_image(data, limits, min_edge)
+    return finish_decode(image, plan)
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExpired(f"deadline passed before {what}")
+
+
+class DecodeMemory:
+    """A byte budget shared by every decode of a process: a decode waits, in arrival order,
+    until its estimated peak fits (open_image refuses one that alone needs more)."""
+
+    def __init__(self, total_bytes: int):
+        self.total = total_bytes
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int, deadline: float | None):
+        nbytes = min(nbytes, self.total)  # open_image refused more; never wait for the impossible
+        if self._waiting or self.used + nbytes > self.total:
+            granted = asyncio.get_running_loop().create_future()
+            self._waiting.append((nbytes, granted))
+            try:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                await asyncio.wait_for(asyncio.shield(granted), timeout)
+            except BaseException as exc:
+                if granted.done() and not granted.cancelled():
+                    self._release(nbytes)  # granted just as the wait ended
+                else:
+                    granted.cancel()
+                    self._waiting = deque(w for w in self._waiting if w[1] is not granted)
+                    self._grant()
+                if isinstance(exc, TimeoutError):
+                    raise DeadlineExpired("deadline passed while waiting for memory to decode the image") from None
+                raise
+        else:
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            self._release(nbytes)
+
+    def _release(self, nbytes: int) -> None:
+        self.used -= nbytes
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self.used + self._waiting[0][0] <= self.total:
+            nbytes, granted = self._waiting.popleft()
+            if not granted.done():
+                self.used += nbytes
+                granted.set_result(None)
 
 
 class ImageDecoder:
-    """Reads and decodes images in a thread pool so the event loop never waits on pixels."""
+    """Reads and decodes images in its own thread pool so the event loop never waits on pixels.
+
+    A decode runs in two steps: the header (cheap; gives the plan and its memory estimate),
+    then, once the estimate fits the shared DecodeMemory budget, the pixels. A step whose
+    deadline has passed does not start, and one whose caller went away is never started.
+    """
 
     def __init__(
         self, limits: ImageLimits, threads: int = 2, min_edge: int | None = None,
@@ -178,27 +396,72 @@ class ImageDecoder:
         self.limits = limits
         self.min_edge = min_edge
         self.allowed_roots = list(allowed_roots)
+        self.memory = DecodeMemory(limits.max_decode_bytes)
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
+        self._running_since: dict[int, float] = {}  # decode thread id → when its step started
 
-    def _read_and_decode(self, image_proto, then: Callable[[Image.Image], Any] | None) -> Any:
-        data = read_image_source(image_proto, self.allowed_roots)
-        image = decode_image(data, self.limits, self.min_edge)
-        return then(image) if then else image
+    def _open(self, image_proto, deadline: float | None) -> tuple[Image.Image, DecodePlan]:
+        _check_deadline(deadline, "the image was read")
+        data = read_image_source(image_proto, self.allowed_roots, self.limits.max_bytes, deadline)
+        return open_image(data, self.limits, self.min_edge)
 
-    async def decode(self, image_proto, then: Callable[[Image.Image], Any] | None = None) -> Any:
+    def _finish(self, image: Image.Image, plan: DecodePlan, then: Callable[[Image.Image], Any] | None,
+                deadline: float | None) -> Any:
+        _check_deadline(deadline, "the image was decoded")
+        decoded = finish_decode(image, plan)
+        return then(decoded) if then else decoded
+
+    def _timed(self, step: Callable[..., Any], *args: Any) -> Any:
+        thread = threading.get_ident()
+        self._running_since[thread] = time.monotonic()
+        try:
+            return step(*args)
+        finally:
+            del self._running_since[thread]
+
+    async def _in_pool(self, step: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, step, *args)
+
+    async def decode(self, image_proto, then: Callable[[Image.Image], Any] | None = None,
+                     deadline: float | None = None) -> Any:
         """Decode an archivetag.v1.Image (bytes, or a path under an allowed root) in the pool.
 
-        then: further per-image work (the model's preprocessing) to run in the same thread.
+        then: further per-image work (the model's preprocessing) to run in the same thread,
+        inside the memory budget. deadline: a time.monotonic() value, or None.
         """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._read_and_decode, image_proto, then)
+        image, plan = await self._in_pool(self._open, image_proto, deadline)
+        async with self.memory.hold(plan.peak_bytes, deadline):
+            return await self._in_pool(self._finish, image, plan, then, deadline)
+
+    def longest_step_seconds(self) -> float:
+        """How long the longest-running decode step has been running (0: none is), for the watchdog."""
+        starts = list(self._running_since.values())
+        return time.monotonic() - min(starts) if starts else 0.0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def read_image_source(image_proto, allowed_roots: list[Path] | list[str]) -> bytes:
-    """The bytes of an archivetag.v1.Image: its data, or a file under an allowed root."""
+def _uri_path(uri: str) -> str:
+    path_text = uri[len("file://"):] if uri.startswith("file://") else uri
+    if "://" in path_text:
+        raise InvalidInput(f"image.uri {uri!r}: only local paths and file:// URIs are accepted")
+    return path_text
+
+
+_READ_CHUNK = 1024 * 1024
+
+
+def read_image_source(
+    image_proto, allowed_roots: list[Path] | list[str], max_bytes: int = ImageLimits.max_bytes,
+    deadline: float | None = None,
+) -> bytes:
+    """The bytes of an archivetag.v1.Image: its data, or a regular file under an allowed root.
+
+    A path must be a regular file (a FIFO would block the reader, a device never ends), no
+    larger than max_bytes (checked before reading), read before the deadline
+    (time.monotonic()). Blocking: call it off the event loop.
+    """
     source = image_proto.WhichOneof("source")
     if source == "data":
         return image_proto.data
@@ -210,14 +473,57 @@ def read_image_source(image_proto, allowed_roots: list[Path] | list[str]) -> byt
             "- send the file's bytes in image.data"
         )
     uri = image_proto.uri
-    path_text = uri[len("file://"):] if uri.startswith("file://") else uri
-    if "://" in path_text:
-        raise InvalidInput(f"image.uri {uri!r}: only local paths and file:// URIs are accepted")
-    path = Path(path_text).resolve()
-    roots = [Path(r).expanduser().resolve() for r in allowed_roots]
-    if not any(path.is_relative_to(root) for root in roots):
-        raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots")
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror}") from None
+        path = Path(os.path.realpath(_uri_path(uri)))
+        roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
+        if not any(path.is_relative_to(root) for root in roots):
+            raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the resolved
+        # path must not have become a link since.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError) as exc:  # ELOOP (a symlink loop), ENOENT, EACCES, a NUL in the path
+        raise InvalidInput(f"image.uri {uri!r} cannot be opened: {getattr(exc, 'strerror', None) or exc}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(f"image.uri {uri!r} is not a regular file ({_file_kind(info.st_mode)})")
+        raise InvalidInput(
+            f"image.uri {uri!r} is {info.st_size} bytes; the limit is {max_bytes} bytes "
+            "(set ARCHIVETAG_MAX_IMAGE_BYTES)"
+        )
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        chunks, size = [], 0
+        try:
+            while chunk := file.read(min(_READ_CHUNK, max_bytes + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidInput(f"image.uri {uri!r} grew past the limit of {max_bytes} bytes while being read")
+                _check_deadline(deadline, f"image.uri {uri!r} was read")
+        except OSError as exc:
+            raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror or exc}") from None
+        return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+_FILE_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-read")
+
+
+async def read_image_source_async(
+    image_proto, allowed_roots: list[Path] | list[str], max_bytes: int = ImageLimits.max_bytes,
+    deadline: float | None = None,
+) -> bytes:
+    """read_image_source in a pool of its own, so slow disks never hold the event loop's default pool."""
+    if image_proto.WhichOneof("source") == "data":
+        return image_proto.data
+    return await asyncio.get_running_loop().run_in_executor(
+        _FILE_READS, read_image_source, image_proto, allowed_roots, max_bytes, deadline
+    )

@@ -20,6 +20,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from archivetag.runtime import metrics
 from archivetag.runtime.batcher import DynamicBatcher
+from archivetag.runtime.images import ImageDecoder
 from archivetag.runtime.logs import fields
 
 log = logging.getLogger("archivetag.lifecycle")
@@ -61,7 +62,7 @@ class InferenceWatchdog:
     """Turns the model NOT_SERVING when inference stalls or keeps failing, and back.
 
     Stalled: work is waiting and no batch finished for `stall_seconds` (a hung GPU call,
-    a deadlock). Failing: `max_failures` batches failed in a row (e.g. repeated CUDA
+    a deadlock), or one decode step has run that long (a wedged decoder or file read). Failing: `max_failures` batches failed in a row (e.g. repeated CUDA
     out-of-memory); while so, `probe` (the warm-up inference) is retried every
     `probe_interval` seconds, and its success brings the model back.
     """
@@ -72,6 +73,7 @@ class InferenceWatchdog:
         health: ModelHealth,
         probe: Callable[[], Awaitable[None]],
         *,
+        decoder: ImageDecoder | None = None,
         stall_seconds: float,
         max_failures: int,
         probe_interval: float,
@@ -79,6 +81,7 @@ class InferenceWatchdog:
         self.batcher = batcher
         self.health = health
         self.probe = probe
+        self.decoder = decoder
         self.stall_seconds = stall_seconds
         self.max_failures = max(1, max_failures)
         self.probe_interval = probe_interval
@@ -92,6 +95,12 @@ class InferenceWatchdog:
         if b.has_pending_work and idle_for > self.stall_seconds:
             return (
                 f"inference stalled: no batch finished for {idle_for:.0f} s with {b.depth} requests waiting "
+                f"(limit ARCHIVETAG_STALL_SECONDS={self.stall_seconds:g})"
+            )
+        decoding_for = self.decoder.longest_step_seconds() if self.decoder else 0.0
+        if decoding_for > self.stall_seconds:
+            return (
+                f"image decoding stalled: one decode has run for {decoding_for:.0f} s "
                 f"(limit ARCHIVETAG_STALL_SECONDS={self.stall_seconds:g})"
             )
         if b.consecutive_failures >= self.max_failures:

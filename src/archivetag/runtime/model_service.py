@@ -113,7 +113,8 @@ class ModelServiceApp:
         self.name = backend.family
         self.service_names = [backend.service]
         self.decoder = ImageDecoder(
-            ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.jpeg_draft),
+            ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.jpeg_draft,
+                        settings.max_jpeg_scans, settings.decode_memory_mb * 1024 * 1024),
             threads=settings.decode_threads,
             min_edge=backend.input_edge,
             allowed_roots=settings.allowed_roots,
@@ -165,7 +166,7 @@ class ModelServiceApp:
         await self.health.set(SERVING)
         s = self.settings
         self.watchdog = InferenceWatchdog(
-            self.batcher, self.health, self.warmup, stall_seconds=s.stall_seconds,
+            self.batcher, self.health, self.warmup, decoder=self.decoder, stall_seconds=s.stall_seconds,
             max_failures=s.max_failed_batches, probe_interval=s.recovery_probe_seconds,
         )
         self.watchdog.start()
@@ -193,12 +194,24 @@ class ModelServiceApp:
         assert self.health is not None
         if self.health.phase not in (SERVING, DRAINING):
             raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}")
-        started = time.perf_counter()
-        item = await self.decoder.decode(image_proto, then=lambda image: self.backend.prepare(image, request))
-        decoded = time.perf_counter()
-        result, info = await self.batcher.submit(item, timeout=context.time_remaining())
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        decode_seconds = 0.0
+
+        async def decode_and_prepare() -> Any:
+            nonlocal decode_seconds
+            started = time.perf_counter()
+            try:
+                return await self.decoder.decode(
+                    image_proto, then=lambda image: self.backend.prepare(image, request), deadline=deadline
+                )
+            finally:
+                decode_seconds = time.perf_counter() - started
+
+        # One admission for decode and queue: a full server refuses before decoding.
+        result, info = await self.batcher.submit(timeout=remaining, prepare=decode_and_prepare)
         timings = common_pb2.ServiceTimings(
-            decode_seconds=decoded - started,
+            decode_seconds=decode_seconds,
             queue_seconds=info.queue_seconds,
             inference_seconds=info.inference_seconds,
             batch_size=info.batch_size,

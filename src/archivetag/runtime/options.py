@@ -21,7 +21,13 @@ SERVER_OPTIONS = OptionGroup(
         Option("max_message_mb", 32, "Largest gRPC message accepted or sent, in MiB.", int),
         Option(
             "max_concurrent_rpcs", 256,
-            "Calls handled at once; more are refused with RESOURCE_EXHAUSTED.", int,
+            "Calls handled at once (health checks and streams not counted); more are refused with "
+            "RESOURCE_EXHAUSTED.", int,
+        ),
+        Option(
+            "max_streams_per_peer", 64,
+            "Streams (health watches, reflection, TagImages) one client address may hold open; more are "
+            "refused with RESOURCE_EXHAUSTED.", int,
         ),
         Option("grace_seconds", 30.0, "On SIGTERM, how long in-flight calls may take to finish.", float),
         Option("keepalive_seconds", 30.0, "Ping idle client connections this often.", float),
@@ -76,6 +82,16 @@ MODEL_SERVICE_OPTIONS = OptionGroup(
         Option("decode_threads", 2, "Threads decoding images (off the event loop).", int),
         Option("max_image_bytes", 32 * 1024 * 1024, "Largest encoded image accepted, in bytes.", int),
         Option("max_image_pixels", 100_000_000, "Largest image accepted, in pixels (decompression bombs).", int),
+        Option(
+            "decode_memory_mb", 1024,
+            "Memory all image decodes may hold at once, in MiB (each decode's peak is estimated from the header "
+            "first); decodes wait their turn, and an image that alone needs more is refused.", int,
+        ),
+        Option(
+            "max_jpeg_scans", 100,
+            "Most scans a JPEG may have (a camera's progressive JPEG has about 10; each scan costs a pass "
+            "over the whole image).", int,
+        ),
         Option(
             "jpeg_draft", True,
             "Decode large JPEGs at a reduced scale (still at least the model's input size): much faster.",

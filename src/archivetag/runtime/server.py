@@ -1,9 +1,9 @@
 """The one server bootstrap: every archivetag process serves through `serve(app, settings)`.
 
 It registers grpc.health.v1 ("" = the process is alive; each service's full name = its
-model is ready) and server reflection, applies message-size, concurrency and keepalive
-limits, serves Prometheus metrics, and on SIGTERM/SIGINT turns everything NOT_SERVING,
-refuses new calls, lets in-flight calls finish within the grace period and returns 0.
+model is ready) and server reflection, applies message-size and keepalive limits and
+admission (runtime/admission.py: calls and streams counted apart), serves Prometheus
+metrics, and on SIGTERM/SIGINT turns everything NOT_SERVING, refuses new calls, lets in-flight calls finish within the grace period and returns 0.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from archivetag.runtime.admission import AdmissionInterceptor
 from archivetag.runtime.channels import server_channel_options
 from archivetag.runtime.logs import configure_logging, fields
 from archivetag.runtime.metrics import RequestMetricsInterceptor, start_metrics_server
@@ -90,8 +91,11 @@ async def serve(app: ServerApp, settings) -> int:
     start_metrics_server(settings.host, settings.metrics_port)
     server = grpc.aio.server(
         options=server_channel_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
-        interceptors=[RequestMetricsInterceptor(), *getattr(app, "interceptors", [])],
+        interceptors=[
+            RequestMetricsInterceptor(),
+            AdmissionInterceptor(settings.max_concurrent_rpcs, settings.max_streams_per_peer),
+            *getattr(app, "interceptors", []),
+        ],
     )
     health = DrainingHealthServicer()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
