@@ -9,10 +9,10 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from archivetag.orchestrator.auth import AuthInterceptor, TokenAuthenticator, TokenError, load_tokens
+from archivetag.orchestrator.auth import AuthInterceptor, TokenAuthenticator, TokenError, is_loopback_host, load_tokens
 from archivetag.orchestrator.backends import Backend, TargetError
 from archivetag.orchestrator.breaker import CircuitBreaker
-from archivetag.orchestrator.fairness import FairScheduler
+from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler
 from archivetag.orchestrator.routing import Router
 from archivetag.orchestrator.service import TaggingServicer
 from archivetag.runtime.logs import fields
@@ -44,13 +44,19 @@ class OrchestratorApp:
             settings.fallback_reserve_seconds,
         )
         self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight, settings.client_max_queued)
+        self.budget = ByteBudget(settings.max_mb_in_flight * MIB, settings.client_max_mb_in_flight * MIB)
+        self.servicer: TaggingServicer | None = None
         self.interceptors = [AuthInterceptor(self._authenticator())]
         self.health: health_aio.HealthServicer | None = None
 
     def _authenticator(self) -> TokenAuthenticator | None:
         s = self.settings
         if not s.auth:
-            log.warning("client authentication is off: every caller is trusted")
+            if is_loopback_host(s.host):
+                log.warning("client authentication is off: every local caller is trusted")
+            else:
+                log.warning("client authentication is off on a network address: every caller that can reach "
+                            "this port is trusted", extra=fields(host=s.host))
             return None
         try:
             tokens = load_tokens(s.api_tokens_file, s.api_tokens)
@@ -59,7 +65,8 @@ class OrchestratorApp:
         if not tokens:
             raise SystemExit(
                 "auth is on but no client tokens are configured: set --api-tokens-file / ARCHIVETAG_API_TOKENS_FILE "
-                "or ARCHIVETAG_API_TOKENS, or turn auth off with --no-auth on a single-user machine"
+                "or ARCHIVETAG_API_TOKENS, or turn auth off with --no-auth (ARCHIVETAG_AUTH=false) on a "
+                "single-user machine"
             )
         log.info("client authentication on", extra=fields(clients=sorted(set(tokens.values()))))
         return TokenAuthenticator(tokens)
@@ -75,12 +82,14 @@ class OrchestratorApp:
             reconnect_max=s.reconnect_max_seconds,
             resolve_every=s.resolve_seconds,
             max_message_bytes=s.max_message_mb * 1024 * 1024,
+            health_check_every=s.health_check_seconds,
+            health_check_timeout=s.health_check_timeout_seconds,
         )
 
     def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None:
         self.health = health
-        servicer = TaggingServicer(self.router, self.scheduler, list(self.backends.values()), self.settings)
-        tagging_pb2_grpc.add_TaggingServiceServicer_to_server(servicer, server)
+        self.servicer = TaggingServicer(self.router, self.scheduler, self.budget, list(self.backends.values()), self.settings)
+        tagging_pb2_grpc.add_TaggingServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
         for backend in self.backends.values():
@@ -96,7 +105,8 @@ class OrchestratorApp:
             backends={n: b.describe_health() for n, b in self.backends.items()}))
 
     async def drain(self) -> None:
-        pass
+        if self.servicer is not None:
+            self.servicer.drain()
 
     async def close(self) -> None:
         for backend in self.backends.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import ipaddress
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -69,8 +70,29 @@ class TokenAuthenticator:
         return found
 
 
-def _client_without_auth(metadata: Any) -> str:
-    return next((str(v) for k, v in (metadata or ()) if k == "x-archivetag-client"), "local")
+def is_loopback_host(host: str) -> bool:
+    """Is a listen or peer address (an IP or 'localhost') reachable from this machine only?"""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def is_loopback_peer(peer: str) -> bool:
+    """Is a gRPC peer ('ipv4:127.0.0.1:5000', 'ipv6:[::1]:5000', 'unix:...') on this machine?"""
+    kind, _, rest = peer.partition(":")
+    return kind == "unix" or is_loopback_host(rest.rpartition(":")[0])
+
+
+def client_without_auth(metadata: Any, peer: str) -> str:
+    """With auth off, a local caller may name itself (x-archivetag-client) for fair sharing;
+    a remote one is known by its address, so it cannot take another client's share."""
+    if is_loopback_peer(peer):
+        return next((str(v) for k, v in (metadata or ()) if k == "x-archivetag-client"), "local")
+    return "peer " + peer.partition(":")[2].rpartition(":")[0].strip("[]")
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -86,20 +108,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
+        metadata = details.invocation_metadata
         if self.authenticator is None:
-            client, problem = _client_without_auth(details.invocation_metadata), ""
-        else:
-            client = self.authenticator.client_for(details.invocation_metadata)
-            has_header = any(k == "authorization" for k, _ in (details.invocation_metadata or ()))
-            problem = "" if client else (
-                "invalid token" if has_header
-                else "missing token: send metadata 'authorization: Bearer <token>'"
-            )
-        return _with_client(handler, client, problem)
+            return _with_client(handler, lambda context: (client_without_auth(metadata, context.peer()), ""))
+        client = self.authenticator.client_for(metadata)
+        has_header = any(k == "authorization" for k, _ in (metadata or ()))
+        problem = "" if client else (
+            "invalid token" if has_header
+            else "missing token: send metadata 'authorization: Bearer <token>'"
+        )
+        return _with_client(handler, lambda context: (client, problem))
 
 
-def _with_client(handler: grpc.RpcMethodHandler, client: str | None, problem: str) -> grpc.RpcMethodHandler:
+def _with_client(handler: grpc.RpcMethodHandler,
+                 identify: Callable[[grpc.aio.ServicerContext], tuple[str | None, str]]) -> grpc.RpcMethodHandler:
     async def check(context: grpc.aio.ServicerContext) -> None:
+        client, problem = identify(context)
         if problem:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         current_client.set(client)

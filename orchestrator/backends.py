@@ -18,7 +18,7 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +32,8 @@ from archivetag.orchestrator.breaker import CircuitBreaker
 log = logging.getLogger("archivetag.orchestrator.backends")
 
 SERVING, NOT_SERVING, UNREACHABLE = "SERVING", "NOT_SERVING", "UNREACHABLE"
+# Ping backends this often, and drop a connection whose ping is unanswered this long.
+KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS = 4.0, 3.0
 
 
 class TargetError(ValueError):
@@ -91,11 +93,31 @@ def parse_target(text: str) -> Target:
     return Target(f"{families.pop()}:{','.join(addresses)}", None, hosts[0][1], tuple(addresses))
 
 
+# A backend's fault: these count against its breaker and error count. The others are the
+# caller's (INVALID_ARGUMENT, CANCELLED...) or load shedding by a working backend
+# (RESOURCE_EXHAUSTED: opening the breaker on it would let one flooding client switch a
+# busy backend off for everyone); they fail over or go back to the caller, uncounted.
+BACKEND_FAULTS = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED,
+})
+
+
+def is_backend_fault(code: grpc.StatusCode, own_deadline: bool) -> bool:
+    """DEADLINE_EXCEEDED counts only when the backend used its own deadline, not a caller's shorter one."""
+    return code in BACKEND_FAULTS or (code == grpc.StatusCode.DEADLINE_EXCEEDED and own_deadline)
+
+
 @dataclass
 class Replica:
     address: str
-    status: str = "UNKNOWN"
+    status: str = "UNKNOWN"  # what its health watch last said
     detail: str = ""
+    hung: str = ""  # why it counts as UNREACHABLE although the watch said otherwise ('' when it answers)
+
+    @property
+    def effective_status(self) -> str:
+        return UNREACHABLE if self.hung else self.status
 
 
 class Backend:
@@ -112,6 +134,8 @@ class Backend:
         reconnect_max: float,
         resolve_every: float,
         max_message_bytes: int,
+        health_check_every: float,
+        health_check_timeout: float,
     ):
         self.spec = spec
         self.name = spec.name
@@ -124,6 +148,8 @@ class Backend:
         self.reconnect_max = reconnect_max
         self.resolve_every = resolve_every
         self.max_message_bytes = max_message_bytes
+        self.health_check_every = health_check_every
+        self.health_check_timeout = health_check_timeout
         self.target = parse_target(target) if enabled else None
         self.replicas: dict[str, Replica] = {}
         self.model = common_pb2.ModelIdentity(family=spec.name)
@@ -133,7 +159,7 @@ class Backend:
         self.error_count = 0
         self.last_error = ""
         self.channel: grpc.aio.Channel | None = None
-        self.stub: Any = None
+        self._raw_methods: dict[str, Any] = {}
         self._watchers: dict[str, asyncio.Task] = {}
         self._resolver: asyncio.Task | None = None
         self.health_changed = asyncio.Event()
@@ -141,7 +167,12 @@ class Backend:
     # -- lifecycle ----------------------------------------------------------------
     def _channel_options(self, balanced: bool) -> list[tuple[str, Any]]:
         options = [
-            *client_channel_options(self.max_message_bytes, reconnect_max_seconds=self.reconnect_max),
+            # A replica that stops answering (SIGSTOP, a wedged host) loses its connection within
+            # keepalive time + timeout, so round-robin stops sending it calls; the servers accept
+            # pings this often (runtime/channels.py server_channel_options).
+            *client_channel_options(self.max_message_bytes, keepalive_seconds=KEEPALIVE_SECONDS,
+                                    keepalive_timeout_seconds=KEEPALIVE_TIMEOUT_SECONDS,
+                                    reconnect_max_seconds=self.reconnect_max),
             ("grpc.dns_min_time_between_resolutions_ms", int(self.resolve_every * 1000)),
         ]
         if balanced:
@@ -170,12 +201,21 @@ class Backend:
         if not self.enabled:
             return
         self.channel = grpc.aio.insecure_channel(self.target.channel_target, options=self._channel_options(True))
-        self.stub = self.spec.stub(self.channel)
         if self.target.dns_name:
             self._resolver = asyncio.get_running_loop().create_task(self._resolve_loop(), name=f"{self.name}-resolve")
         else:
             for address in self.target.addresses:
                 self._start_watch(address)
+
+    def raw_method(self, name: str, response_class: type) -> Any:
+        """A unary method of the service that sends a request already serialized (bytes), so a
+        large image is not copied again for the call (routing.with_image)."""
+        method = self._raw_methods.get(name)
+        if method is None:
+            method = self._raw_methods[name] = self.channel.unary_unary(
+                f"/{self.health_service}/{name}", response_deserializer=response_class.FromString
+            )
+        return method
 
     async def stop(self) -> None:
         tasks = [*self._watchers.values(), *([self._resolver] if self._resolver else [])]
@@ -210,6 +250,15 @@ class Backend:
             self._watch(address), name=f"{self.name}-watch-{address}"
         )
 
+    def _set_hung(self, address: str, hung: str) -> None:
+        replica = self.replicas.get(address)
+        if replica is None or replica.hung == hung:
+            return
+        log.warning("backend replica answers health checks" if not hung else "backend replica hung",
+                    extra=fields(backend=self.name, replica=address, detail=hung))
+        replica.hung = hung
+        self._changed()
+
     def _set_replica(self, address: str, status: str, detail: str = "") -> None:
         replica = self.replicas.get(address)
         if replica is None or (replica.status, replica.detail) == (status, detail):
@@ -224,27 +273,50 @@ class Backend:
         self.health_changed = asyncio.Event()
 
     async def _watch(self, address: str) -> None:
-        """Keep a Watch stream open to one replica; reconnect with capped, jittered backoff."""
-        backoff = 0.2
+        """Keep a Watch stream open to one replica (reconnected with capped, jittered backoff),
+        and beside it a Health/Check with a short deadline: a stopped process keeps its
+        connection and its stream open, and only an unanswered check shows it is hung."""
         async with grpc.aio.insecure_channel(address, options=self._channel_options(False)) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            info_stub = self.spec.stub(channel)
-            while True:
-                try:
-                    call = health.Watch(health_pb2.HealthCheckRequest(service=self.health_service))
-                    async for reply in call:
-                        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                        if status == "SERVICE_UNKNOWN":
-                            status, detail = NOT_SERVING, f"no {self.health_service} at this address"
-                        else:
-                            detail = await self._model_info(info_stub, status)
-                        self._set_replica(address, status, detail)
-                        backoff = 0.2
-                    self._set_replica(address, UNREACHABLE, "health stream ended (server shutting down)")
-                except grpc.aio.AioRpcError as exc:
-                    self._set_replica(address, UNREACHABLE, f"{exc.code().name}: {exc.details()}")
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, self.reconnect_max)
+            checker = asyncio.get_running_loop().create_task(self._check(address, channel))
+            try:
+                await self._watch_stream(address, channel)
+            finally:
+                checker.cancel()
+                await asyncio.gather(checker, return_exceptions=True)
+
+    async def _check(self, address: str, channel: grpc.aio.Channel) -> None:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=self.health_service)
+        while True:
+            await asyncio.sleep(self.health_check_every)
+            try:
+                await health.Check(request, timeout=self.health_check_timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self._set_hung(address, f"health check unanswered for {self.health_check_timeout:g} s (hung?)")
+                continue  # other failures (refused, NOT_FOUND) are the watch's to report
+            self._set_hung(address, "")
+
+    async def _watch_stream(self, address: str, channel: grpc.aio.Channel) -> None:
+        backoff = 0.2
+        health = health_pb2_grpc.HealthStub(channel)
+        info_stub = self.spec.stub(channel)
+        while True:
+            try:
+                call = health.Watch(health_pb2.HealthCheckRequest(service=self.health_service))
+                async for reply in call:
+                    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                    if status == "SERVICE_UNKNOWN":
+                        status, detail = NOT_SERVING, f"no {self.health_service} at this address"
+                    else:
+                        detail = await self._model_info(info_stub, status)
+                    self._set_replica(address, status, detail)
+                    backoff = 0.2
+                self._set_replica(address, UNREACHABLE, "health stream ended (server shutting down)")
+            except grpc.aio.AioRpcError as exc:
+                self._set_replica(address, UNREACHABLE, f"{exc.code().name}: {exc.details()}")
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, self.reconnect_max)
 
     async def _model_info(self, stub: Any, status: str) -> str:
         """Refresh the model identity; return why the replica does not serve ('' if it does)."""
@@ -260,7 +332,7 @@ class Backend:
         """Aggregated health over the replicas, as a BackendHealth value."""
         if not self.enabled:
             return tagging_pb2.BACKEND_HEALTH_DISABLED
-        statuses = [r.status for r in self.replicas.values()]
+        statuses = [r.effective_status for r in self.replicas.values()]
         if SERVING in statuses:
             return tagging_pb2.BACKEND_HEALTH_SERVING
         if NOT_SERVING in statuses:
@@ -277,7 +349,7 @@ class Backend:
             return "disabled"
         if health == tagging_pb2.BACKEND_HEALTH_UNSPECIFIED:
             return "health not known yet (connecting)"
-        details = sorted({r.detail for r in self.replicas.values() if r.detail})
+        details = sorted({r.hung or r.detail for r in self.replicas.values() if r.hung or r.detail})
         text = tagging_pb2.BackendHealth.Name(health).removeprefix("BACKEND_HEALTH_")
         return f"{text} ({'; '.join(details)})" if details and health != tagging_pb2.BACKEND_HEALTH_SERVING else text
 
@@ -290,31 +362,49 @@ class Backend:
         return ""
 
     # -- calls ----------------------------------------------------------------------
-    async def call(self, method: Callable[..., Awaitable[Any]], request: Any, timeout: float) -> Any:
+    async def call(self, method: Callable[..., Any], request: Any, timeout: float, own_deadline: bool = True) -> Any:
         """Call the backend; record latency, errors and the breaker's verdict.
 
-        INVALID_ARGUMENT is the request's fault: it does not count against the backend.
+        Only the backend's faults count against it (is_backend_fault). A call still waiting
+        when the backend turns unusable (every replica hung or gone) is abandoned at once
+        with UNAVAILABLE, so it fails over instead of paying the rest of its deadline.
         """
         started = time.monotonic()
+        call = method(request, timeout=timeout)
+        down = asyncio.ensure_future(self._until_unusable())
         try:
-            response = await method(request, timeout=timeout)
+            done, _ = await asyncio.wait({asyncio.ensure_future(call), down}, return_when=asyncio.FIRST_COMPLETED)
+            if down in done:
+                call.cancel()
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                    f"call abandoned after {time.monotonic() - started:.1f} s: {self.describe_health()}",
+                )
+            response = await call
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                self.breaker.record_success()
-            else:
+            if is_backend_fault(exc.code(), own_deadline):
                 self.error_count += 1
                 self.last_error = f"{exc.code().name}: {exc.details()}"
                 self.breaker.record_failure()
+            else:
+                self.breaker.release_probe()
             raise
         except asyncio.CancelledError:
+            call.cancel()
             self.breaker.release_probe()
             raise
+        finally:
+            down.cancel()
         self.latencies.append(time.monotonic() - started)
         self.ok_count += 1
         self.breaker.record_success()
         if response.model.name:
             self.model = response.model
         return response
+
+    async def _until_unusable(self) -> None:
+        while self.health() == tagging_pb2.BACKEND_HEALTH_SERVING:
+            await self.health_changed.wait()
 
     def status(self) -> tagging_pb2.BackendStatus:
         latencies = sorted(self.latencies)
@@ -332,7 +422,7 @@ class Backend:
             health=self.health(),
             breaker=breaker,
             replicas=len(self.replicas),
-            serving_replicas=sum(r.status == SERVING for r in self.replicas.values()),
+            serving_replicas=sum(r.effective_status == SERVING for r in self.replicas.values()),
             latency_p50_seconds=p50,
             latency_p95_seconds=p95,
             ok_count=self.ok_count,

@@ -111,3 +111,59 @@ class FairScheduler:
                 self.turns.append(client)
             else:
                 del self.waiting[client]
+
+
+MIB = 1024 * 1024
+
+
+class ByteBudget:
+    """Bytes of images the orchestrator holds (waiting or in flight), per client and in total.
+
+    Taken as soon as a request is read, before its image is copied into backend requests
+    or waits for a slot, so a client sending large files can hold at most `per_client`
+    bytes and all clients together at most `total` (the process also keeps a few copies
+    of each image: the request, and one serialized request per backend).
+    """
+
+    def __init__(self, total: int, per_client: int):
+        self.total = max(1, total)
+        self.per_client = max(1, min(per_client, self.total))
+        self.held = 0
+        self.held_by_client: dict[str, int] = {}
+        self._freed = asyncio.Event()  # set (and replaced) whenever bytes are given back
+
+    def _refusal(self, client: str, size: int) -> str:
+        """Why `size` more bytes for `client` do not fit now ('' when they do)."""
+        mine = self.held_by_client.get(client, 0)
+        if mine + size > self.per_client:
+            return (f"client {client!r} has {mine / MIB:.1f} MiB of images in flight and this one is {size / MIB:.1f} MiB; "
+                    f"the limit is {self.per_client / MIB:.0f} MiB (ARCHIVETAG_CLIENT_MAX_MB_IN_FLIGHT): "
+                    "wait for answers before sending more")
+        if self.held + size > self.total:
+            return (f"the orchestrator holds {self.held / MIB:.1f} MiB of images for all clients; the limit is "
+                    f"{self.total / MIB:.0f} MiB (ARCHIVETAG_MAX_MB_IN_FLIGHT): retry in a moment")
+        return ""
+
+    def take(self, client: str, size: int) -> None:
+        """Hold `size` bytes for `client` now, or raise QueueFull (RESOURCE_EXHAUSTED) saying why."""
+        refusal = self._refusal(client, size)
+        if refusal:
+            raise QueueFull(refusal)
+        self.held += size
+        self.held_by_client[client] = self.held_by_client.get(client, 0) + size
+
+    async def wait_and_take(self, client: str, size: int) -> None:
+        """As take(), but wait for room (a stream's reader: it reads no further meanwhile)."""
+        if size > self.per_client:
+            self.take(client, size)  # can never fit: raise now
+        while self._refusal(client, size):
+            await self._freed.wait()
+        self.take(client, size)
+
+    def give_back(self, client: str, size: int) -> None:
+        self.held -= size
+        self.held_by_client[client] -= size
+        if not self.held_by_client[client]:
+            del self.held_by_client[client]
+        self._freed.set()
+        self._freed = asyncio.Event()

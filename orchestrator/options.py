@@ -45,6 +45,15 @@ BACKEND_OPTIONS = OptionGroup(
         Option("breaker_cooldown_seconds", 30.0, "How long an open breaker skips its backend before one probe call.", float),
         Option("reconnect_max_seconds", 5.0, "Longest pause between reconnects to a backend (health watch, calls).", float),
         Option("resolve_seconds", 30.0, "How often backend DNS names are resolved again to find replicas.", float),
+        Option(
+            "health_check_seconds", 2.0,
+            "How often each replica is also asked Health/Check (beside its Watch stream), to see a hung one.", float,
+        ),
+        Option(
+            "health_check_timeout_seconds", 3.0,
+            "A replica whose Health/Check is unanswered this long counts as UNREACHABLE (hung) until it answers.",
+            float,
+        ),
     ),
 )
 
@@ -65,6 +74,12 @@ CLIENT_OPTIONS = OptionGroup(
             "client_max_queued", 1000,
             "Images one client may have waiting; more are refused with RESOURCE_EXHAUSTED.", int,
         ),
+        Option(
+            "max_mb_in_flight", 256,
+            "MiB of images held at once (waiting or in flight) over all clients; more are refused "
+            "with RESOURCE_EXHAUSTED (TagImages streams wait instead).", int,
+        ),
+        Option("client_max_mb_in_flight", 64, "MiB of images one client may have held at once (as --max-mb-in-flight).", int),
         Option("stream_window", 16, "TagImages items read ahead and in flight per stream (flow control).", int),
     ),
 )

@@ -3,7 +3,8 @@
     primary tagger (default Florence-2), if SERVING and its breaker allows,
         with deadline = min(its setting, the caller's time left − a reserve for the fallback)
     on DEADLINE_EXCEEDED, UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN (any failure but
-        INVALID_ARGUMENT), or when not SERVING / breaker open → the fallback tagger, and say why
+        INVALID_ARGUMENT), or when not SERVING / breaker open → the fallback tagger, and say why;
+        only the backend's own faults count against its breaker (backends.is_backend_fault)
     INVALID_ARGUMENT → the image's fault: back to the caller, no failover
     SigLIP runs concurrently; if it cannot answer, the result is degraded, not an error
 """
@@ -30,6 +31,23 @@ DEGRADED = Counter("archivetag_degraded_total", "Answers missing a part (e.g. th
 
 # Below this, a call cannot usefully start.
 MIN_CALL_SECONDS = 0.05
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def with_image(message, image: bytes) -> bytes:
+    """A TagRequest or ClassifyRequest serialized with `image` as its image.data (field 1 holding
+    field 1): the image is copied once, straight into the bytes sent, not into a message and then
+    into its serialization. Protocol buffers accept fields in any order."""
+    data_header = b"\x0a" + _varint(len(image))
+    return b"".join((message.SerializeToString(), b"\x0a", _varint(len(data_header) + len(image)), data_header, image))
 
 
 @dataclass
@@ -98,9 +116,9 @@ class Router:
         reasons: list[str] = []
         failover_seconds = 0.0
         tag_request = tagger_pb2.TagRequest(context=request.context, max_tags=request.max_tags)
-        tag_request.image.data = image
         if request.HasField("threshold"):
             tag_request.threshold = request.threshold
+        tag_bytes = with_image(tag_request, image)  # once for both taggers and their retries
         for index, backend in enumerate(self.taggers):
             if not backend.enabled:
                 reasons.append(f"{backend.name}: disabled")
@@ -117,7 +135,8 @@ class Router:
                 continue
             attempt_started = time.monotonic()
             try:
-                response = await backend.call(backend.stub.Tag, tag_request, timeout)
+                tag = backend.raw_method("Tag", tagger_pb2.TagResponse)
+                response = await backend.call(tag, tag_bytes, timeout, timeout >= backend.deadline)
             except grpc.aio.AioRpcError as exc:
                 spent = time.monotonic() - attempt_started
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -148,10 +167,10 @@ class Router:
         if why_not:
             return ViewOutcome(unknown, problem=f"{backend.name}: {why_not}")
         started = time.monotonic()
-        classify = view_type_pb2.ClassifyRequest(include_embedding=request.include_embedding)
-        classify.image.data = image
+        classify = with_image(view_type_pb2.ClassifyRequest(include_embedding=request.include_embedding), image)
         try:
-            reply = await backend.call(backend.stub.Classify, classify, timeout)
+            method = backend.raw_method("Classify", view_type_pb2.ClassifyResponse)
+            reply = await backend.call(method, classify, timeout, timeout >= backend.deadline)
         except grpc.aio.AioRpcError as exc:
             spent = time.monotonic() - started
             return ViewOutcome(unknown, spent, f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")

@@ -9,30 +9,59 @@ import grpc
 
 from archivetag.orchestrator.auth import current_client
 from archivetag.orchestrator.backends import Backend
-from archivetag.orchestrator.fairness import FairScheduler
+from archivetag.orchestrator.fairness import ByteBudget, FairScheduler
 from archivetag.orchestrator.routing import Router
-from archivetag.runtime.errors import DeadlineExpired, InvalidInput, abort_with, status_for
+from archivetag.runtime.errors import DeadlineExpired, InvalidInput, QueueFull, abort_with, status_for
 from archivetag.runtime.images import read_image_source
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 
 
+class Draining(Exception):
+    """Shutdown began while a stream waited for its next item."""
+
+
+def _error_answer(item_id: str, exc: BaseException) -> tagging_pb2.TagImagesResponse:
+    code, message = status_for(exc)
+    error = tagging_pb2.ItemError(code=code.value[0], status=code.name, message=message)
+    return tagging_pb2.TagImagesResponse(id=item_id, error=error)
+
+
 class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
-    def __init__(self, router: Router, scheduler: FairScheduler, backends: list[Backend], settings):
+    def __init__(self, router: Router, scheduler: FairScheduler, budget: ByteBudget, backends: list[Backend], settings):
         self.router = router
         self.scheduler = scheduler
+        self.budget = budget
         self.backends = backends
         self.settings = settings
+        self.draining = asyncio.Event()
+
+    def drain(self) -> None:
+        """SIGTERM: streams read no new items, finish those in flight, then end with UNAVAILABLE."""
+        self.draining.set()
 
     # -- one image ----------------------------------------------------------------------
-    async def _tag(self, request: tagging_pb2.TagImageRequest, client: str, time_left: float) -> tagging_pb2.TagImageResponse:
+    async def _tag(self, request: tagging_pb2.TagImageRequest, client: str, time_left: float,
+                   prepaid: bool = False) -> tagging_pb2.TagImageResponse:
+        """Tag one image. Its bytes are held in the client's byte budget (taken here unless the
+        stream reading it took them already) before they are copied or wait for a slot."""
         deadline = time.monotonic() + time_left
+        held = 0
         try:
+            if not prepaid:
+                self.budget.take(client, request.ByteSize())
+                held = request.ByteSize()
             async with asyncio.timeout(time_left):
                 image = await asyncio.to_thread(read_image_source, request.image, self.settings.allowed_roots)
+                if request.image.WhichOneof("source") == "uri":  # read here: count what was read
+                    self.budget.take(client, len(image))
+                    held += len(image)
                 async with self.scheduler.slot(client) as waited:
                     return await self.router.tag_image(request, image, deadline, waited)
         except TimeoutError:
             raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged") from None
+        finally:
+            if held:
+                self.budget.give_back(client, held)
 
     def _time_left(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -46,37 +75,84 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
             await abort_with(context, exc)
 
     # -- bulk -------------------------------------------------------------------------------
+    async def _before_drain(self, awaitable):
+        """The awaitable's result, or Draining if shutdown begins first."""
+        task = asyncio.ensure_future(awaitable)
+        drain = asyncio.ensure_future(self.draining.wait())
+        try:
+            done, _ = await asyncio.wait({task, drain}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drain.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise Draining
+
     async def TagImages(self, request_iterator, context):
-        """Answer every item once, under its id, in completion order, with a bounded window."""
+        """Answer every item id once, in completion order, with a bounded window.
+
+        An id used twice is answered once, with INVALID_ARGUMENT (the first item is not
+        tagged either, when it is still in flight). On shutdown the stream reads no
+        further, answers the items it read, and ends with UNAVAILABLE: the client sends
+        the unanswered ones again, to another replica or later.
+        """
         client = current_client.get()
         window = asyncio.Semaphore(max(1, self.settings.stream_window))
         answers: asyncio.Queue = asyncio.Queue()
-        seen: set[str] = set()
-        tasks: set[asyncio.Task] = set()
+        pending: dict[str, asyncio.Task] = {}  # id → its task, until answered
+        answered: set[str] = set()
+        DONE, DRAINED = object(), object()
 
-        async def answer(item: tagging_pb2.TagImagesRequest) -> None:
+        async def answer(item: tagging_pb2.TagImagesRequest, size: int) -> None:
             try:
-                if not item.id:
-                    raise InvalidInput("item id is empty: give every item of the stream a unique id")
-                if item.id in seen:
-                    raise InvalidInput(f"item id {item.id!r} was already used in this stream")
-                seen.add(item.id)
-                result = await self._tag(item.request, client, self._time_left(context))
-                await answers.put(tagging_pb2.TagImagesResponse(id=item.id, result=result))
+                result = await self._tag(item.request, client, self._time_left(context), prepaid=True)
+                response = tagging_pb2.TagImagesResponse(id=item.id, result=result)
             except Exception as exc:  # noqa: BLE001 - every failure becomes the item's own error
-                code, message = status_for(exc)
-                error = tagging_pb2.ItemError(code=code.value[0], status=code.name, message=message)
-                await answers.put(tagging_pb2.TagImagesResponse(id=item.id, error=error))
+                response = _error_answer(item.id, exc)
+            finally:
+                self.budget.give_back(client, size)
+            # No await from here to the queue: a duplicate id seen meanwhile finds it answered.
+            pending.pop(item.id, None)
+            answered.add(item.id)
+            answers.put_nowait(response)
+
+        def refuse(item_id: str, message: str) -> None:
+            answered.add(item_id)
+            answers.put_nowait(_error_answer(item_id, InvalidInput(message)))
 
         async def read() -> None:
-            async for item in request_iterator:
-                await window.acquire()  # flow control: read no further than the window allows
-                task = asyncio.create_task(answer(item))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks))
-            await answers.put(None)
+            items = request_iterator.__aiter__()
+            end = DONE
+            try:
+                while True:
+                    if self.draining.is_set():
+                        raise Draining
+                    await self._before_drain(window.acquire())
+                    item = await self._before_drain(anext(items, None))
+                    if item is None:
+                        break
+                    if not item.id:
+                        refuse("", "item id is empty: give every item of the stream a unique id")
+                    elif item.id in pending:
+                        pending.pop(item.id).cancel()  # one answer for both: this refusal
+                        window.release()
+                        refuse(item.id, f"item id {item.id!r} was used twice in this stream: neither item was tagged; "
+                                        "give every item a unique id")
+                    elif item.id in answered:
+                        refuse(item.id, f"item id {item.id!r} was already answered in this stream: give every item a unique id")
+                    else:
+                        size = item.request.ByteSize()
+                        try:
+                            await self.budget.wait_and_take(client, size)
+                        except QueueFull as exc:
+                            answers.put_nowait(_error_answer(item.id, exc))
+                            continue
+                        task = asyncio.create_task(answer(item, size))
+                        pending[item.id] = task
+            except Draining:
+                end = DRAINED
+            await asyncio.gather(*pending.values(), return_exceptions=True)
+            await answers.put(end)
 
         reader = asyncio.create_task(read())
         try:
@@ -88,13 +164,19 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                     reader.result()  # the request stream failed: raise its error
                     continue
                 response = getter.result()
-                if response is None:
+                if response is DONE:
                     return
+                if response is DRAINED:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "orchestrator draining (shutting down): every item read was answered, the rest were not "
+                        "read; send the unanswered items again (another replica, or once it is back)",
+                    )
                 yield response
                 window.release()
         finally:
             reader.cancel()
-            for task in list(tasks):
+            for task in list(pending.values()):
                 task.cancel()
 
     # -- status -----------------------------------------------------------------------------

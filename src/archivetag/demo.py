@@ -16,7 +16,7 @@ import textwrap
 from importlib import resources
 from pathlib import Path
 
-from archivetag.bulk import find_photos, tag_photos
+from archivetag.bulk import TAG_OPTIONS, find_photos, tag_photos
 from archivetag.results import ResultStore
 from archivetag.stack import UP_OPTIONS, Stack, StackError, missing_models
 
@@ -71,8 +71,11 @@ async def demo(args) -> int:
         print(f"starting the stack (logs: {args.log_dir})")
         await stack.wait_serving(args.start_timeout_seconds)
         print(stack.endpoints_text())
-        client = argparse.Namespace(target=f"127.0.0.1:{args.orchestrator_port}", token="", tls_ca=None,
-                                    tls_client_cert=None, tls_client_key=None, concurrency=4, max_tags=0, retries=2)
+        client = argparse.Namespace(**{
+            **{o.name: o.default for o in TAG_OPTIONS.options},
+            "target": f"127.0.0.1:{args.orchestrator_port}", "token": "", "tls_ca": None,
+            "tls_client_cert": None, "tls_client_key": None, "concurrency": 4, "retries": 2,
+        })
         with tempfile.TemporaryDirectory() as tmp:
             db_path = args.db or Path(tmp) / "demo.sqlite"
             store = ResultStore(db_path)

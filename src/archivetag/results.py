@@ -4,18 +4,27 @@
     results(sha256, models_key, status, ...)       one row per photo content and model set
     tags, view_scores, result_models               the details of a result
     model_sets(models_key, models_json)            which models a key stands for
+    claims(path, owner, expires_at)                photos a running `tag` is working on
 
 A photo is done when its content has an 'ok' result for the current model set; then a
-re-run skips it, whatever its path. Every answer is committed as it arrives (WAL mode).
+re-run skips it, whatever its path, and a later failure of the same content elsewhere
+never replaces that result. Every answer is committed as it arrives (WAL mode). Paths
+are TEXT, except a name that is not valid UTF-8: its raw bytes (os.fsencode) as a BLOB,
+so it round-trips exactly. Two runs on one database split the work through claims.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import platformdirs
 from google.protobuf.json_format import MessageToJson
@@ -70,6 +79,11 @@ CREATE TABLE IF NOT EXISTS result_models (
     result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
     family TEXT, name TEXT, revision TEXT, weights_sha256 TEXT, device TEXT, dtype TEXT, smoke INTEGER
 );
+CREATE TABLE IF NOT EXISTS claims (
+    path TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,                 -- 'host:pid:random' of the run
+    expires_at REAL NOT NULL             -- unix time; the run renews it while alive
+);
 CREATE INDEX IF NOT EXISTS tags_by_name ON tags(name);
 CREATE INDEX IF NOT EXISTS tags_by_result ON tags(result_id);
 CREATE INDEX IF NOT EXISTS view_scores_by_result ON view_scores(result_id);
@@ -91,21 +105,118 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+CLAIM_SECONDS = 120.0
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says why."""
+
+
+def path_key(path: Path) -> str | bytes:
+    """How a path is stored: its text, or its raw bytes when the name is not valid UTF-8."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return text
+
+
+def path_from_key(value: str | bytes) -> Path:
+    return Path(os.fsdecode(value))
+
+
+def _owner_alive(owner: str) -> bool:
+    """False only when the owner is a run on this host whose process has gone."""
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(rest.partition(":")[0]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def _check_usable(path: Path) -> None:
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder: give the path of a database file (it is created if missing)")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror}") from None
+        if header and header != SQLITE_HEADER:
+            raise StoreError(f"{path} is not an SQLite database: give another file, or move this one away")
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"{path} is read-only: the results cannot be written (check its permissions)")
+    if not os.access(path.parent, os.W_OK):
+        raise StoreError(f"cannot write in {path.parent} (read-only?): SQLite keeps its journal beside the database")
+
+
 class ResultStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from None
+        _check_usable(self.path)
+        try:
+            # A second run on the same database waits for the other's short writes.
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot use {self.path} as the results database: {exc}") from None
 
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write transaction, taken at once (a read turned write could fail under a second run)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
+
+    # -- claims: two runs on one database do not tag the same photo -------------------------
+    def claim(self, path: Path) -> str:
+        """Claim a photo for this run: '' when it is ours now, else the run holding it."""
+        key = path_key(path)
+        now = time.time()
+        with self._writing():
+            row = self.db.execute("SELECT owner, expires_at FROM claims WHERE path = ?", (key,)).fetchone()
+            if row and row[0] != self.owner and row[1] > now and _owner_alive(row[0]):
+                return row[0]
+            self.db.execute("INSERT OR REPLACE INTO claims (path, owner, expires_at) VALUES (?, ?, ?)",
+                            (key, self.owner, now + CLAIM_SECONDS))
+        return ""
+
+    def release(self, path: Path) -> None:
+        with self._writing():
+            self._release(path)
+
+    def _release(self, path: Path) -> None:
+        self.db.execute("DELETE FROM claims WHERE path = ? AND owner = ?", (path_key(path), self.owner))
+
+    def renew_claims(self) -> None:
+        with self._writing():
+            self.db.execute("UPDATE claims SET expires_at = ? WHERE owner = ?", (time.time() + CLAIM_SECONDS, self.owner))
+
     def remember_models(self, key: str, models: list[common_pb2.ModelIdentity]) -> None:
         description = json.dumps([json.loads(MessageToJson(m)) for m in models])
-        with self.db:
+        with self._writing():
             self.db.execute(
                 "INSERT OR IGNORE INTO model_sets (models_key, models_json, first_seen) VALUES (?, ?, ?)",
                 (key, description, _now()),
@@ -120,33 +231,46 @@ class ResultStore:
     def is_done(self, sha256: str, key: str) -> bool:
         return self._ok_result(sha256, key) is not None
 
-    def path_is_done(self, path: Path, key: str) -> bool:
-        """Done without reading the file: same path, size and mtime as a photo tagged OK."""
-        stat = path.stat()
+    def path_is_done(self, path: Path, key: str, ok_only: bool = True) -> bool:
+        """Done without reading the file: same path, size and mtime as a photo tagged OK
+        (or with any answer, when not `ok_only`). False when the file cannot be examined."""
+        try:
+            stat = path.stat()
+        except OSError:
+            return False  # reading it will say why
         row = self.db.execute(
             "SELECT f.sha256 FROM files f JOIN results r ON r.id = f.result_id "
-            "WHERE f.path = ? AND f.size = ? AND f.mtime = ? AND r.models_key = ? AND r.status = 'ok'",
-            (str(path), stat.st_size, stat.st_mtime, key),
+            "WHERE f.path = ? AND f.size = ? AND f.mtime = ? AND r.models_key = ?"
+            + (" AND r.status = 'ok'" if ok_only else ""),
+            (path_key(path), stat.st_size, stat.st_mtime, key),
         ).fetchone()
         return row is not None
 
     def link(self, path: Path, sha256: str, size: int, mtime: float, key: str) -> None:
         """Point a path at the existing result for its content."""
-        with self.db:
+        with self._writing():
             self._upsert_file(path, sha256, size, mtime, self._ok_result(sha256, key))
+            self._release(path)
 
     def _upsert_file(self, path: Path, sha256: str, size: int, mtime: float, result_id: int | None) -> None:
         self.db.execute(
             "INSERT INTO files (path, sha256, size, mtime, result_id) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, size=excluded.size, "
             "mtime=excluded.mtime, result_id=excluded.result_id",
-            (str(path), sha256, size, mtime, result_id),
+            (path_key(path), sha256, size, mtime, result_id),
         )
 
     def record(self, path: Path, sha256: str, size: int, mtime: float, key: str,
                answer: tagging_pb2.TagImagesResponse) -> int:
-        """Store one answer (result or error) and its details, in one transaction."""
-        with self.db:
+        """Store one answer (result or error) and its details, in one transaction, and drop the
+        photo's claim. A good result of the same content stands: the path is linked to it
+        whatever this answer says (an error elsewhere, or the same tags again)."""
+        with self._writing():
+            self._release(path)
+            good = self._ok_result(sha256, key)
+            if good is not None:
+                self._upsert_file(path, sha256, size, mtime, good)
+                return good
             self.db.execute("DELETE FROM results WHERE sha256 = ? AND models_key = ?", (sha256, key))
             if answer.WhichOneof("outcome") == "result":
                 r = answer.result

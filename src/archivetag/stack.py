@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from archivetag.orchestrator.auth import is_loopback_host
 from archivetag.runtime.health_client import check_async
 from archivetag.runtime.options import MODELS_OPTION
 from archivetag.runtime.registry import MODEL_NAMES, MODELS, ORCHESTRATOR, SERVERS, ServerSpec
@@ -38,8 +39,14 @@ UP_OPTIONS = OptionGroup(
         Option("metrics", True, "Serve Prometheus metrics (ports 9151-9154).", parse_bool),
         Option(
             "api_tokens_file", None,
-            "Client tokens file; given, the orchestrator requires tokens (off by default on one machine).",
+            "Client tokens file; given, the orchestrator requires tokens (off by default on loopback).",
             parse_path, metavar="FILE",
+        ),
+        Option(
+            "orchestrator_auth", None,
+            "Require client tokens. Unset: on with --api-tokens-file, off on loopback, and a non-loopback "
+            "--orchestrator-host without tokens refuses to start; --no-orchestrator-auth serves it to anyone.",
+            parse_bool,
         ),
         Option("log_dir", "~/.cache/archivetag/logs",
                "Folder for the services' logs and pid files.", parse_path),
@@ -57,6 +64,22 @@ def archivetag_command(*args: str) -> list[str]:
 
 class StackError(RuntimeError):
     """The stack cannot start; the message says why and what to do."""
+
+
+def orchestrator_auth(settings) -> bool:
+    """Whether the orchestrator requires tokens; StackError when the choice would be unsafe or impossible."""
+    auth, tokens, host = settings.orchestrator_auth, settings.api_tokens_file, settings.orchestrator_host
+    if auth is None:
+        if not tokens and not is_loopback_host(host):
+            raise StackError(
+                f"--orchestrator-host {host} is reachable from the network but no client tokens are set: give "
+                "--api-tokens-file FILE ('client-name:token' lines), or --no-orchestrator-auth to let anyone who "
+                "can reach the port tag photos"
+            )
+        return bool(tokens)
+    if auth and not tokens:
+        raise StackError("--orchestrator-auth needs --api-tokens-file FILE ('client-name:token' lines)")
+    return auth
 
 
 def missing_models(models: Path) -> list[str]:
@@ -100,7 +123,7 @@ class Stack:
                 argv += ["--host", s.orchestrator_host]
                 for backend in MODELS:
                     argv += [f"--{backend.name}-target", f"127.0.0.1:{ports[backend.name]}"]
-                argv += ["--auth", "--api-tokens-file", str(s.api_tokens_file)] if s.api_tokens_file else ["--no-auth"]
+                argv += ["--auth", "--api-tokens-file", str(s.api_tokens_file)] if orchestrator_auth(s) else ["--no-auth"]
             else:
                 argv += ["--host", "127.0.0.1", "--models", str(s.models)]
             self.services.append(Service(spec, argv, ports[spec.name], s.log_dir / f"{spec.name}.log"))
@@ -208,12 +231,12 @@ class Stack:
 
 
 async def run_stack(settings) -> int:
-    stack = Stack(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        stack = Stack(settings)
         stack.start()
     except StackError as exc:
         print(f"archivetag up: {exc}", file=sys.stderr)

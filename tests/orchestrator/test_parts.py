@@ -1,4 +1,4 @@
-"""The orchestrator's parts in isolation: breaker, fair scheduler, tokens, targets."""
+"""The orchestrator's parts in isolation: breaker, fair scheduler, byte budget, tokens, peers, targets."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import asyncio
 
 import pytest
 
-from archivetag.orchestrator.auth import TokenAuthenticator, TokenError, load_tokens, parse_tokens
-from archivetag.orchestrator.backends import TargetError, parse_target
+import grpc
+
+from archivetag.orchestrator.auth import (
+    TokenAuthenticator, TokenError, client_without_auth, is_loopback_peer, load_tokens, parse_tokens,
+)
+from archivetag.orchestrator.backends import TargetError, is_backend_fault, parse_target
 from archivetag.orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from archivetag.orchestrator.fairness import FairScheduler
+from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler
+from archivetag.orchestrator.routing import with_image
+from archivetag.v1 import tagger_pb2, view_type_pb2
 from archivetag.runtime.errors import QueueFull
 
 
@@ -162,3 +168,81 @@ def test_targets_name_one_or_several_replicas():
     for bad in ("", "rampp", "127.0.0.1:1,[::1]:2"):
         with pytest.raises(TargetError):
             parse_target(bad)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  grpc.StatusCode.CANCELLED, grpc.StatusCode.FAILED_PRECONDITION])
+def test_errors_the_caller_or_the_load_caused_are_not_backend_faults(code):
+    assert not is_backend_fault(code, own_deadline=True)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN])
+def test_broken_backends_are_faults(code):
+    assert is_backend_fault(code, own_deadline=False)
+
+
+def test_a_deadline_counts_only_when_it_was_the_backends_own():
+    assert is_backend_fault(grpc.StatusCode.DEADLINE_EXCEEDED, own_deadline=True)
+    assert not is_backend_fault(grpc.StatusCode.DEADLINE_EXCEEDED, own_deadline=False)
+
+
+async def test_byte_budget_refuses_a_client_over_its_share_and_says_which_limit():
+    budget = ByteBudget(total=10 * MIB, per_client=4 * MIB)
+    budget.take("a", 3 * MIB)
+    with pytest.raises(QueueFull, match="ARCHIVETAG_CLIENT_MAX_MB_IN_FLIGHT"):
+        budget.take("a", 2 * MIB)
+    budget.take("b", 4 * MIB)
+    budget.take("c", 3 * MIB)
+    with pytest.raises(QueueFull, match="ARCHIVETAG_MAX_MB_IN_FLIGHT"):
+        budget.take("d", 1 * MIB)
+    for client, size in (("a", 3), ("b", 4), ("c", 3)):
+        budget.give_back(client, size * MIB)
+    assert budget.held == 0 and budget.held_by_client == {}
+
+
+async def test_byte_budget_makes_a_stream_wait_for_room_instead_of_refusing():
+    budget = ByteBudget(total=10 * MIB, per_client=4 * MIB)
+    budget.take("a", 3 * MIB)
+    waiter = asyncio.create_task(budget.wait_and_take("a", 2 * MIB))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    budget.give_back("a", 3 * MIB)
+    await asyncio.wait_for(waiter, 5)
+    assert budget.held_by_client == {"a": 2 * MIB}
+
+
+async def test_an_image_larger_than_a_clients_whole_share_is_refused_at_once():
+    budget = ByteBudget(total=10 * MIB, per_client=4 * MIB)
+    with pytest.raises(QueueFull):
+        await budget.wait_and_take("a", 5 * MIB)
+
+
+@pytest.mark.parametrize("peer", ["ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "ipv6:[::ffff:127.0.0.1]:5000", "unix:/tmp/s"])
+def test_loopback_peers(peer):
+    assert is_loopback_peer(peer)
+
+
+@pytest.mark.parametrize("peer", ["ipv4:10.0.0.5:5000", "ipv6:[2001:db8::1]:5000", "ipv4:192.168.1.2:443"])
+def test_network_peers(peer):
+    assert not is_loopback_peer(peer)
+
+
+def test_without_auth_only_a_local_caller_may_name_itself():
+    header = (("x-archivetag-client", "desk"),)
+    assert client_without_auth(header, "ipv4:127.0.0.1:5000") == "desk"
+    assert client_without_auth((), "ipv4:127.0.0.1:5000") == "local"
+    assert client_without_auth(header, "ipv4:10.0.0.5:5000") == "peer 10.0.0.5"
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, 3_000_000])
+def test_a_request_serialized_around_the_image_reads_back_as_the_same_message(size):
+    image = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    tag = tagger_pb2.TagRequest(max_tags=5, threshold=0.25)
+    tag.context.region = "Wallonia"
+    parsed = tagger_pb2.TagRequest.FromString(with_image(tag, image))
+    assert parsed.image.data == image
+    assert (parsed.max_tags, parsed.threshold, parsed.context.region) == (5, 0.25, "Wallonia")
+    classify = view_type_pb2.ClassifyRequest.FromString(
+        with_image(view_type_pb2.ClassifyRequest(include_embedding=True), image))
+    assert classify.image.data == image
+    assert classify.include_embedding

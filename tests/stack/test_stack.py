@@ -190,6 +190,96 @@ def test_tag_json_keeps_stdout_for_results_and_every_problem_on_stderr(stack, tm
     assert f"{missing}: no such file or folder" in result.stderr and f"failed: {broken.resolve()}" in result.stderr
 
 
+def tag_argv(stack, *paths: Path, db: Path, concurrency: int = 2) -> list[str]:
+    return [*ARCHIVETAG, "tag", *map(str, paths), "--db", str(db), "--target",
+            f"127.0.0.1:{stack['ports']['orchestrator']}", "--concurrency", str(concurrency), "--no-progress"]
+
+
+def summary_counts(stderr: str) -> dict[str, int]:
+    """'N photos: T tagged, S already done, F failed, U unreadable (...)' → counts."""
+    line = stderr.strip().splitlines()[-1]
+    head, _, rest = line.partition(" photos: ")
+    counts = {"photos": int(head)}
+    for part in rest.split(" (")[0].split(", "):
+        number, _, name = part.partition(" ")
+        counts[name] = int(number)
+    return counts
+
+
+def ok_paths(db: Path) -> list:
+    """Paths with a good result (str, or bytes for a name that is not UTF-8); [] before the tables exist."""
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        try:
+            return [row[0] for row in con.execute(
+                "SELECT f.path FROM files f JOIN results r ON r.id = f.result_id WHERE r.status = 'ok'")]
+        except sqlite3.OperationalError:
+            return []
+
+
+def test_tag_goes_past_an_oversized_file_and_stores_a_non_utf8_name_exactly(stack, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    goods = []
+    for i in range(4):
+        goods.append(folder / f"good-{i}.png")
+        goods[-1].write_bytes(encode(photo(70 + i, 50), "PNG"))
+    odd = Path(os.fsdecode(os.fsencode(folder) + b"/caf\xe9-\xff.jpg"))
+    odd.write_bytes(encode(photo(90, 60), "JPEG"))
+    huge = folder / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.truncate(40 * 1024 * 1024)  # sparse: over the 32 MiB a request may carry
+    db = tmp_path / "results.sqlite"
+    result = subprocess.run(tag_argv(stack, folder, db=db), capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr  # one file was not tagged: the exit code says so
+    counts = summary_counts(result.stderr)
+    assert counts["photos"] == 6
+    assert counts["tagged"] == 5
+    assert counts["unreadable"] == 1
+    assert f"unreadable: {huge}: 40.0 MiB, over the" in result.stderr
+    stored = ok_paths(db)
+    assert os.fsencode(odd) in stored  # the raw bytes of the name, exactly
+    assert sorted(p for p in stored if isinstance(p, str)) == sorted(str(g) for g in goods)
+
+
+def test_two_tag_runs_on_one_database_tag_each_photo_once(stack, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(24):
+        (folder / f"p-{i:02d}.png").write_bytes(encode(photo(60 + i, 40 + i % 9), "PNG"))
+    db = tmp_path / "shared.sqlite"
+    runs = [subprocess.Popen(tag_argv(stack, folder, db=db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (_, stderr) in zip(runs, outputs):
+        assert run.returncode == 0, stderr
+    counts = [summary_counts(stderr) for _, stderr in outputs]
+    assert sum(c["tagged"] for c in counts) == 24  # none tagged by both
+    assert len(ok_paths(db)) == 24
+
+
+def test_tag_resumes_after_the_orchestrator_drains_on_sigterm_none_lost_none_twice(stack, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"p-{i:02d}.png").write_bytes(encode(photo(64 + i, 48 + i % 7), "PNG"))
+    db = tmp_path / "results.sqlite"
+    run = subprocess.Popen(tag_argv(stack, folder, db=db, concurrency=2) + ["--retries", "10"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(ok_paths(db)) >= 5 or run.poll() is not None, 300, "no progress")
+    os.kill(pid_of(stack, "orchestrator"), signal.SIGTERM)  # `up` starts it again
+    _, stderr = run.communicate(timeout=900)
+    assert run.returncode == 0, stderr
+    assert "draining" in stderr  # the stream really ended early, and the run went on
+    counts = summary_counts(stderr)
+    assert counts["tagged"] == 40  # each photo answered once, none lost
+    assert len(ok_paths(db)) == 40
+    target = f"127.0.0.1:{stack['ports']['orchestrator']}"
+    wait_for(lambda: health_status(target, server("orchestrator").health_service) == "SERVING", 300, "orchestrator back")
+
+
 def test_a_killed_service_is_restarted_and_sigterm_stops_all_four(stack):
     rampp = pid_of(stack, "rampp")
     os.kill(rampp, signal.SIGKILL)

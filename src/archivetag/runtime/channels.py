@@ -23,6 +23,9 @@ def client_channel_options(max_message_bytes: int, *, keepalive_seconds: float =
         *message_limits(max_message_bytes),
         ("grpc.keepalive_time_ms", int(keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(keepalive_timeout_seconds * 1000)),
+        # Core waits this long for the ack of any ping, the keepalive's included (default 60 s:
+        # without it a stopped peer is noticed after a minute, whatever keepalive_timeout says).
+        ("grpc.http2.ping_timeout_ms", int(keepalive_timeout_seconds * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
@@ -42,8 +45,9 @@ def server_channel_options(settings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
-        # Accept clients' keepalive pings as often as every 5 s (the orchestrator pings every 10 s).
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        # Accept clients' keepalive pings as often as every 2 s (the orchestrator pings its backends
+        # every 4 s to see a hung one); pings more frequent than this get GOAWAY too_many_pings.
+        ("grpc.http2.min_ping_interval_without_data_ms", 2_000),
         ("grpc.http2.max_pings_without_data", 0),
         # Without this a second server on the same port starts silently and steals calls.
         ("grpc.so_reuseport", 0),
