@@ -108,7 +108,8 @@ def test_model_services_have_grpc_probes_gpus_headless_services_and_a_drain_grac
     assert set(env) - {"HOME"} <= known_env_vars()
     assert container["image"].startswith("ghcr.io/")  # the kustomize image transformer applied
     service = by_kind("Service")[name]
-    assert service["spec"]["clusterIP"] == "None" and service["spec"]["ports"][0]["port"] == port
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["ports"][0]["port"] == port
     assert by_kind("HorizontalPodAutoscaler")[name]["spec"]["scaleTargetRef"]["name"] == name
     assert by_kind("PodDisruptionBudget")[name]["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
     claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]["claimName"]
@@ -122,7 +123,8 @@ def test_the_orchestrator_finds_each_model_service_through_its_headless_service(
     assert set(env) - {"HOME"} <= known_env_vars()
     for name in ("florence", "rampp", "siglip"):
         host, port = env[f"ARCHIVETAG_{name.upper()}_TARGET"].split(":")
-        assert host == name and int(port) == PORTS[name]
+        assert host == name
+        assert int(port) == PORTS[name]
     secret = deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
     assert secret in by_kind("Secret")
     assert env["ARCHIVETAG_API_TOKENS_FILE"].startswith(container["volumeMounts"][0]["mountPath"])
@@ -171,7 +173,8 @@ def test_compose_publishes_only_the_orchestrator_and_gives_models_the_gpu():
         assert "container_name" not in service  # `--scale` needs generated names
         probe = service["healthcheck"]["test"]
         assert probe[1:3] == ["archivetag", "probe"]
-        assert f"127.0.0.1:{PORTS[name]}" in probe and HEALTH_NAMES[name] in probe
+        assert f"127.0.0.1:{PORTS[name]}" in probe
+        assert HEALTH_NAMES[name] in probe
         assert service["volumes"] == ["models:/models:ro"]
     orchestrator = services["orchestrator"]
     assert orchestrator["depends_on"]["rampp"]["condition"] == "service_healthy"
@@ -186,6 +189,8 @@ def test_dockerfiles_pass_hadolint_and_run_as_non_root_without_models(dockerfile
     result = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     text = dockerfile.read_text()
-    assert "USER 10001" in text and "HEALTHCHECK" in text
+    assert "USER 10001" in text
+    assert "HEALTHCHECK" in text
     assert 'VOLUME ["/models"]' in text
-    assert "COPY models" not in text and "models pull" not in text  # never baked in
+    assert "COPY models" not in text
+    assert "models pull" not in text  # never baked in

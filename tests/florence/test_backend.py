@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -44,7 +43,8 @@ def test_caption_equals_transformers_generate_and_post_process(backend):
         expected = processor.post_process_generation(text, task="<MORE_DETAILED_CAPTION>", image_size=image.size)
         result = tag(backend, image)
         assert result.caption == expected["<MORE_DETAILED_CAPTION>"]
-        assert result.caption and all(word.isalpha() for word in result.caption.split())
+        assert result.caption
+        assert all(word.isalpha() for word in result.caption.split())
 
 
 def test_tags_come_from_the_caption_with_confidences_in_0_1(backend):
@@ -70,7 +70,9 @@ def test_beam_search_gives_tags_with_confidences_too():
                                       "--florence-task", "<CAPTION>"))
     backend.load()
     result = tag(backend, images(1)[0])
-    assert result.caption and result.tags and all(0 < c <= 1 for _, c in result.tags)
+    assert result.caption
+    assert result.tags
+    assert all(0 < c <= 1 for _, c in result.tags)
 
 
 def test_threshold_max_tags_and_vocabulary_restrict_the_answer(backend):
@@ -98,6 +100,11 @@ def test_an_abandoned_batch_stops_generating_after_one_token(backend):
 
 def test_identity_says_smoke_with_the_weights_checksum(backend):
     identity = backend.identity()
-    assert identity.family == "florence" and identity.smoke and "smoke" in identity.name
-    assert len(identity.weights_sha256) == 64 and identity.device == "cpu" and identity.dtype == "float32"
-    assert backend.input_edge == 768 and len(backend.vocabulary()) > 100
+    assert identity.family == "florence"
+    assert identity.smoke
+    assert "smoke" in identity.name
+    assert len(identity.weights_sha256) == 64
+    assert identity.device == "cpu"
+    assert identity.dtype == "float32"
+    assert backend.input_edge == 768
+    assert len(backend.vocabulary()) > 100

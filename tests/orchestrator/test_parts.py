@@ -17,6 +17,7 @@ from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler
 from archivetag.orchestrator.routing import with_image
 from archivetag.v1 import tagger_pb2, view_type_pb2
 from archivetag.runtime.errors import QueueFull
+from tests.support.waiting import wait_for_async
 
 
 class Clock:
@@ -35,13 +36,15 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once_after_the_cool
         breaker.record_failure()
     assert breaker.state == CLOSED
     breaker.record_failure()
-    assert breaker.state == OPEN and not breaker.allow()
+    assert breaker.state == OPEN
+    assert not breaker.allow()
     clock.now += 10
     assert breaker.current_state() == HALF_OPEN
     assert breaker.allow()  # the probe
     assert not breaker.allow()  # only one probe at a time
     breaker.record_success()
-    assert breaker.state == CLOSED and breaker.allow()
+    assert breaker.state == CLOSED
+    assert breaker.allow()
 
 
 def test_a_failed_probe_reopens_the_breaker_for_another_cooldown():
@@ -51,7 +54,8 @@ def test_a_failed_probe_reopens_the_breaker_for_another_cooldown():
     clock.now += 5
     assert breaker.allow()
     breaker.record_failure()
-    assert breaker.state == OPEN and not breaker.allow()
+    assert breaker.state == OPEN
+    assert not breaker.allow()
     assert "next probe in 5 s" in breaker.describe()
 
 
@@ -63,26 +67,78 @@ def test_a_success_resets_the_failure_count():
     assert breaker.state == CLOSED
 
 
-async def test_fair_scheduler_gives_a_waiting_client_the_next_free_slot():
-    scheduler = FairScheduler(capacity=2, per_client=2, max_queued=100)
-    order = []
-    release = asyncio.Event()
+class Jobs:
+    """Jobs that hold a slot until the test finishes them, recording the order slots were granted."""
 
-    async def job(client, n):
-        async with scheduler.slot(client):
-            order.append((client, n))
-            await release.wait()
+    def __init__(self, scheduler: FairScheduler):
+        self.scheduler = scheduler
+        self.granted: list[tuple[str, int]] = []
+        self.finish: dict[tuple[str, int], asyncio.Event] = {}
+        self.tasks: list[asyncio.Task] = []
 
-    flood = [asyncio.create_task(job("import", i)) for i in range(20)]
-    await asyncio.sleep(0.01)
-    single = asyncio.create_task(job("desk", 0))
-    await asyncio.sleep(0.01)
-    assert order == [("import", 0), ("import", 1)]
-    assert scheduler.queued == 19
-    release.set()
-    await asyncio.gather(*flood, single)
-    # The single photo ran as soon as the first slot was freed, not after the import.
-    assert order.index(("desk", 0)) == 2
+    def start(self, client: str, count: int) -> None:
+        first = sum(1 for c, _ in self.finish if c == client)
+        for n in range(first, first + count):
+            self.finish[(client, n)] = asyncio.Event()
+            self.tasks.append(asyncio.create_task(self._job(client, n)))
+
+    async def _job(self, client: str, n: int) -> None:
+        async with self.scheduler.slot(client):
+            self.granted.append((client, n))
+            await self.finish[(client, n)].wait()
+
+    async def settle(self, running: int, queued: int) -> None:
+        """Wait (on the event loop, no clock involved) until the scheduler shows this state."""
+        await wait_for_async(lambda: (self.scheduler.running, self.scheduler.queued),
+                             lambda seen: seen == (running, queued), describe="(running, queued)")
+
+    async def finish_oldest_running(self) -> None:
+        oldest = next(job for job in self.granted if not self.finish[job].is_set())
+        self.finish[oldest].set()
+        task = self.tasks[list(self.finish).index(oldest)]
+        # Ended, and the job given its freed slot has started (every slot granted is recorded).
+        await wait_for_async(
+            lambda: (task.done(), len(self.granted) - sum(t.done() for t in self.tasks) - self.scheduler.running),
+            lambda seen: seen == (True, 0), describe=f"job {oldest} to end and the next to start (ended, unrecorded)")
+
+    async def finish_all(self) -> None:
+        for finish in self.finish.values():
+            finish.set()
+        await asyncio.gather(*self.tasks)
+
+
+async def flood_then_desk(desk_photos: int) -> Jobs:
+    """Two slots held by an import of 20 photos (18 waiting), then a desk client's photos queued."""
+    jobs = Jobs(FairScheduler(capacity=2, per_client=2, max_queued=100))
+    jobs.start("import", 20)
+    await jobs.settle(running=2, queued=18)
+    jobs.start("desk", desk_photos)
+    await jobs.settle(running=2, queued=18 + desk_photos)
+    assert jobs.granted == [("import", 0), ("import", 1)]
+    return jobs
+
+
+async def test_fair_scheduler_gives_a_single_photo_the_next_free_slot_ahead_of_a_flood():
+    jobs = await flood_then_desk(1)
+    await jobs.finish_oldest_running()
+    assert jobs.granted[2] == ("desk", 0)  # the first freed slot, though 18 import photos came first
+    while len(jobs.granted) < 21:
+        await jobs.finish_oldest_running()
+    assert jobs.granted == [("import", 0), ("import", 1), ("desk", 0), *(("import", n) for n in range(2, 20))]
+    await jobs.finish_all()
+    assert jobs.scheduler.running == 0
+    assert jobs.scheduler.queued == 0
+
+
+async def test_fair_scheduler_alternates_freed_slots_between_a_flood_and_a_client_with_a_few_photos():
+    jobs = await flood_then_desk(3)
+    while len(jobs.granted) < 8:
+        await jobs.finish_oldest_running()
+    # Each freed slot goes to the client with less work running: the desk's three photos are
+    # granted one freed slot after another, never behind more than one import photo.
+    clients = [client for client, _ in jobs.granted]
+    assert [i for i, client in enumerate(clients) if client == "desk"] == [2, 4, 6], clients
+    await jobs.finish_all()
 
 
 async def test_fair_scheduler_caps_each_clients_in_flight_work():
@@ -99,7 +155,8 @@ async def test_fair_scheduler_caps_each_clients_in_flight_work():
             running["a"] -= 1
 
     tasks = [asyncio.create_task(job()) for _ in range(10)]
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: scheduler.queued, lambda queued: queued == 7, describe="queued")
+    assert scheduler.running == 3
     gate.set()
     await asyncio.gather(*tasks)
     assert peak["a"] == 3
@@ -114,23 +171,27 @@ async def test_fair_scheduler_refuses_a_client_over_its_queue_limit():
             await gate.wait()
 
     tasks = [asyncio.create_task(job()) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: scheduler.queued, lambda queued: queued == 2, describe="queued")
     with pytest.raises(QueueFull, match="ARCHIVETAG_CLIENT_MAX_QUEUED"):
         await scheduler.acquire("a")
     gate.set()
     await asyncio.gather(*tasks)
-    assert scheduler.running == 0 and scheduler.queued == 0
+    assert scheduler.running == 0
+    assert scheduler.queued == 0
 
 
 async def test_a_caller_that_leaves_while_waiting_frees_its_place():
     scheduler = FairScheduler(capacity=1, per_client=1, max_queued=10)
     holder = await scheduler.acquire("a")
     waiting = asyncio.create_task(scheduler.acquire("b"))
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: scheduler.queued, lambda queued: queued == 1, describe="queued")
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
+    assert scheduler.queued == 0
     scheduler.release("a")
-    assert holder == 0.0 and scheduler.running == 0 and scheduler.queued == 0
+    assert holder == 0.0  # granted at once: no wait
+    assert scheduler.running == 0
+    assert scheduler.queued == 0
 
 
 def test_tokens_are_named_clients_and_short_or_malformed_ones_are_refused(tmp_path):
@@ -158,11 +219,14 @@ def test_authenticator_matches_bearer_tokens_only():
 
 def test_targets_name_one_or_several_replicas():
     single = parse_target("127.0.0.1:50053")
-    assert single.channel_target == "ipv4:127.0.0.1:50053" and single.addresses == ("127.0.0.1:50053",)
+    assert single.channel_target == "ipv4:127.0.0.1:50053"
+    assert single.addresses == ("127.0.0.1:50053",)
     listed = parse_target("127.0.0.1:1,127.0.0.2:2")
-    assert listed.channel_target == "ipv4:127.0.0.1:1,127.0.0.2:2" and len(listed.addresses) == 2
+    assert listed.channel_target == "ipv4:127.0.0.1:1,127.0.0.2:2"
+    assert len(listed.addresses) == 2
     named = parse_target("rampp:50053")
-    assert named.channel_target == "dns:///rampp:50053" and named.dns_name == "rampp"
+    assert named.channel_target == "dns:///rampp:50053"
+    assert named.dns_name == "rampp"
     assert parse_target("dns:///rampp:50053").dns_name == "rampp"
     assert parse_target("[::1]:7").channel_target == "ipv6:[::1]:7"
     for bad in ("", "rampp", "127.0.0.1:1,[::1]:2"):

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from archivetag.runtime.registry import TAGGER_NAMES
-from tests.support.servers import free_port, wait_for
+from tests.support.servers import free_port
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "src" / "archivetag" / "samples" / "coffee-table.jpg"
@@ -76,7 +77,8 @@ def test_installed_wheel_tags_a_photo_through_the_whole_stack(installed, where, 
                                "--no-metrics", *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]],
                               cwd=cwd, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        wait_for(lambda: "services are SERVING" in out.read_text() or up.poll() is not None, 600, "up to serve")
+        wait_for(out.read_text, lambda text: "services are SERVING" in text or up.poll() is not None, timeout=600,
+                 describe="`up` to say the services serve (its output)")
         assert up.poll() is None, out.read_text() + "".join(p.read_text()[-2000:] for p in logs.glob("*.log"))
         tagged = archivetag(installed, "tag", str(SAMPLE), "--target", f"127.0.0.1:{ports['orchestrator']}",
                             "--db", str(tmp_path / "results.sqlite"), "--json", cwd=cwd)

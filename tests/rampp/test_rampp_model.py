@@ -63,7 +63,8 @@ def test_loader_requires_every_manifest_key_except_the_recomputed_buffers():
     required = required_official_shapes(model)
     expected = {k: tuple(v) for k, v in MANIFEST.items() if not any(b in k for b in RECOMPUTED)}
     assert required == expected
-    assert len(MANIFEST) - len(required) == 35 and required["label_embed"] == (233835, 512)
+    assert len(MANIFEST) - len(required) == 35
+    assert required["label_embed"] == (233835, 512)
 
 
 # -- full size ------------------------------------------------------------------------------
@@ -71,12 +72,14 @@ def test_full_size_random_checkpoint_in_the_official_layout_loads_strictly_and_t
     path = tmp_path / "ram_plus_swin_large_14m.pth"
     write_official_checkpoint(random_model(FULL), path, extra_entries=True)  # optimizer etc. are ignored
     model, unexpected, _ = load_model(path)
-    assert unexpected == [] and model.config == FULL
+    assert unexpected == []
+    assert model.config == FULL
     vocab = TagVocabulary.read(RAMPP_TAG_LIST, RAMPP_THRESHOLDS)
     with torch.inference_mode():
         probs = torch.sigmoid(model(photos(384, 1)))[0].numpy()
     tags = select_tags(vocab.names, probs, vocab.thresholds)
-    assert probs.shape == (4585,) and 0 < len(tags) < 1000
+    assert probs.shape == (4585,)
+    assert 0 < len(tags) < 1000
     assert all(p > vocab.thresholds[vocab.index[n]] for n, p in tags)
 
 
@@ -102,7 +105,8 @@ def test_generator_spreads_probabilities_so_some_tags_pass_and_some_do_not(tiny)
     with torch.inference_mode():
         probs = torch.sigmoid(tiny(photos()))
     passed = (probs > 0.65).float().mean()
-    assert 0.0 < passed < 0.5 and probs.min() < 0.3
+    assert 0.0 < passed < 0.5
+    assert probs.min() < 0.3
 
 
 def test_the_ten_tags_whose_threshold_is_1_never_fire_even_at_probability_1():
@@ -114,7 +118,9 @@ def test_the_ten_tags_whose_threshold_is_1_never_fire_even_at_probability_1():
     assert (probs == 1.0).all()
     tags = {name for name, _ in select_tags(vocab.names, probs, vocab.thresholds)}
     never = {vocab.names[i] for i in np.nonzero(vocab.thresholds >= 1.0)[0]}
-    assert len(never) == 10 and not tags & never and len(tags) == len(vocab.names) - 10
+    assert len(never) == 10
+    assert not tags & never
+    assert len(tags) == len(vocab.names) - 10
 
 
 # -- broken checkpoints ---------------------------------------------------------------------

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
 from archivetag.runtime.batcher import DynamicBatcher
 from archivetag.runtime.errors import DeadlineExpired, QueueFull
+from tests.support.waiting import wait_for_async
 
 
 class RecordingModel:
@@ -44,11 +46,14 @@ async def test_concurrent_requests_are_served_in_batches():
     await batcher.stop()
 
 
-async def test_a_single_request_waits_at_most_the_queue_delay():
+async def test_a_single_request_is_served_alone_once_the_queue_delay_has_passed():
     model = RecordingModel()
     batcher = await _started(model, max_batch_size=8, max_queue_delay=0.02)
-    result, info = await asyncio.wait_for(batcher.submit(21), 1.0)
-    assert result == 42 and info.batch_size == 1 and info.queue_seconds < 0.5
+    result, info = await asyncio.wait_for(batcher.submit(21), 60)  # not waiting for 7 more requests
+    assert result == 42
+    assert info.batch_size == 1
+    assert info.queue_seconds >= 0.02 - 1e-6  # it waited for company, as long as the delay allows
+    assert model.batches == [[21]]
     await batcher.stop()
 
 
@@ -59,7 +64,7 @@ async def test_a_full_queue_refuses_with_a_message_that_says_so():
     first = asyncio.create_task(batcher.submit(0))
     await asyncio.to_thread(model.entered.wait, 5)  # the worker is busy with item 0
     queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: batcher.depth, lambda depth: depth == 2, describe="queue depth")
     with pytest.raises(QueueFull, match="queue is full"):
         await batcher.submit(3)
     model.gate.set()
@@ -76,9 +81,11 @@ async def test_cancelled_and_expired_requests_never_reach_the_model():
     cancelled = asyncio.create_task(batcher.submit(1))
     expiring = asyncio.create_task(batcher.submit(2, timeout=0.05))
     kept = asyncio.create_task(batcher.submit(3))
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: batcher.depth, lambda depth: depth == 3, describe="queue depth")
     cancelled.cancel()
-    await asyncio.sleep(0.1)  # the deadline of item 2 passes while the model is busy
+    # The deadline of item 2 (0.05 s after it was queued) passes while the model is busy.
+    passed = time.monotonic() + 0.05
+    await wait_for_async(time.monotonic, lambda now: now > passed, describe="item 2's deadline to pass")
     model.gate.set()
     assert (await kept)[0] == 6
     with pytest.raises(DeadlineExpired):
@@ -95,7 +102,8 @@ async def test_an_item_error_fails_only_that_item():
     model = RecordingModel()
     batcher = await _started(model, max_batch_size=8, max_queue_delay=0.05)
     results = await asyncio.gather(batcher.submit(1), batcher.submit("bad"), batcher.submit(3), return_exceptions=True)
-    assert results[0][0] == 2 and results[2][0] == 6
+    assert results[0][0] == 2
+    assert results[2][0] == 6
     assert isinstance(results[1], ValueError)
     assert batcher.consecutive_failures == 0  # the model worked; one input was bad
     await batcher.stop()
@@ -112,9 +120,12 @@ async def test_a_batch_that_raises_is_retried_item_by_item_so_only_the_poison_fa
 
     batcher = await _started(model, max_batch_size=8, max_queue_delay=0.05)
     results = await asyncio.gather(batcher.submit(1), batcher.submit("poison"), batcher.submit(3), return_exceptions=True)
-    assert results[0][0] == 2 and results[2][0] == 6
+    assert results[0][0] == 2
+    assert results[2][0] == 6
     assert isinstance(results[1], RuntimeError)
-    assert calls[0] == [1, "poison", 3] and [1] in calls and [3] in calls
+    assert calls[0] == [1, "poison", 3]
+    assert [1] in calls
+    assert [3] in calls
     assert batcher.consecutive_failures == 0
     await batcher.stop()
 
@@ -131,7 +142,8 @@ async def test_failed_batches_are_counted_until_one_succeeds():
     for _ in range(3):
         with pytest.raises(RuntimeError):
             await batcher.submit(1)
-    assert batcher.consecutive_failures == 3 and "device-side assert" in batcher.last_failure
+    assert batcher.consecutive_failures == 3
+    assert "device-side assert" in batcher.last_failure
     broken["on"] = False
     await batcher.submit(1)
     assert batcher.consecutive_failures == 0
@@ -144,18 +156,18 @@ async def test_abandoned_tells_the_model_when_every_caller_is_gone():
 
     def model(items, abandoned):
         seen["before"] = abandoned()
-        release.wait(5)
+        release.wait(60)
         seen["after"] = abandoned()
         return items
 
     batcher = await _started(model, max_batch_size=4, max_queue_delay=0.02)
     tasks = [asyncio.create_task(batcher.submit(i)) for i in range(2)]
-    await asyncio.sleep(0.1)
+    await wait_for_async(lambda: dict(seen), lambda s: "before" in s, timeout=60, describe="the model to be called")
     for task in tasks:
         task.cancel()
-    await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks, return_exceptions=True)
     release.set()
-    await asyncio.sleep(0.1)
+    await wait_for_async(lambda: dict(seen), lambda s: "after" in s, timeout=60, describe="the model to look again")
     assert seen == {"before": False, "after": True}
     await batcher.stop()
 
@@ -170,7 +182,8 @@ async def test_inference_runs_off_the_event_loop():
 
     batcher = await _started(model)
     await batcher.submit(1)
-    assert threads and all(t != loop_thread for t in threads)
+    assert threads
+    assert loop_thread not in threads
     await batcher.stop()
 
 

@@ -11,26 +11,32 @@ import json
 import os
 import signal
 import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 
+from archivetag.runtime.batcher import BULK, INTERACTIVE, LANE_METADATA_KEY
 from archivetag.runtime.registry import TAGGER_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.support.image_corpus import answers_to_every_case, encode, photo
-from tests.support.servers import ServerProcess, free_port, grpcurl, health_status, python_module
+from tests.support.servers import ServerProcess, free_port, grpcurl, health_status, metric, python_module
+from tests.support.waiting import wait_for
 
 
+def trivial_server(tmp_path: Path, *args: str, metrics_port: int = 0) -> ServerProcess:
+    return ServerProcess(python_module("tests.support.trivial_server", *args), log_path=tmp_path / "server.log",
+                         metrics_port=metrics_port)
 
-def trivial_server(tmp_path: Path, *args: str) -> ServerProcess:
-    return ServerProcess(python_module("tests.support.trivial_server", *args), log_path=tmp_path / "server.log")
+
+def batch_sizes(log: Path) -> list[int]:
+    return [json.loads(line)["size"] for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def tag(address: str, data: bytes, timeout: float = 10.0, **fields) -> tagger_pb2.TagResponse:
+def tag(address: str, data: bytes, timeout: float = 60.0, **fields) -> tagger_pb2.TagResponse:
     with grpc.insecure_channel(address) as channel:
         return tagger_pb2_grpc.TaggerServiceStub(channel).Tag(
             tagger_pb2.TagRequest(image=common_pb2.Image(data=data), **fields), timeout=timeout
@@ -64,12 +70,14 @@ def test_grpcurl_health_check_and_tag_call_with_base64_image(server):
     bad = grpcurl(server.address, "archivetag.v1.TaggerService/Tag",
                   data=json.dumps({"image": {"data": base64.b64encode(b"not a photo").decode()}}))
     assert bad.returncode != 0
-    assert "InvalidArgument" in bad.stderr and "text, not an image" in bad.stderr
+    assert "InvalidArgument" in bad.stderr
+    assert "text, not an image" in bad.stderr
 
 
 def test_every_corpus_file_gets_its_status_and_the_server_stays_serving(server):
     answers = answers_to_every_case(lambda data: tag(server.address, data))
-    assert answers and all(len(reply.tags) == 3 for reply in answers)
+    assert answers
+    assert all(len(reply.tags) == 3 for reply in answers)
     assert health_status(server.address, TAGGER_SERVICE) == "SERVING"
 
 
@@ -91,37 +99,51 @@ def test_a_message_over_the_size_limit_is_refused_cleanly(tmp_path):
 
 
 def test_health_is_not_serving_during_a_slow_warm_up_then_serving(tmp_path):
-    with trivial_server(tmp_path, "--load-seconds", "3") as srv:
-        srv.wait_status("", "SERVING", timeout=30)  # the process is alive ...
+    loading = tmp_path / "still-loading"
+    loading.touch()
+    with trivial_server(tmp_path, "--load-gate-file", str(loading)) as srv:
+        srv.wait_status("", "SERVING", timeout=120)  # the process is alive ...
         assert health_status(srv.address, TAGGER_SERVICE) == "NOT_SERVING"  # ... the model is not ready
         with pytest.raises(grpc.RpcError) as info:
             tag(srv.address, encode(photo(), "PNG"))
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details()
-        srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=30)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in info.value.details()
+        loading.unlink()  # the load finishes
+        srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=120)
         assert len(tag(srv.address, encode(photo(), "PNG")).tags) == 3
 
 
 def test_concurrent_calls_are_batched_and_a_full_queue_is_resource_exhausted(tmp_path):
-    log = tmp_path / "batches.jsonl"
-    args = ("--infer-seconds", "0.3", "--max-batch-size", "4", "--max-queue-size", "6", "--batch-log", str(log))
+    log, hang = tmp_path / "batches.jsonl", tmp_path / "hang"
+    args = ("--hang-file", str(hang), "--max-batch-size", "4", "--max-queue-size", "6", "--batch-log", str(log))
     with trivial_server(tmp_path, *args) as srv:
         srv.wait_status(TAGGER_SERVICE, "SERVING")
+        warm_up = len(batch_sizes(log))
+        hang.touch()  # the first batch stays in inference: the queue behind it fills up
         image = encode(photo(), "PNG")
 
         def call(_):
             try:
-                tag(srv.address, image)
+                tag(srv.address, image, timeout=300)
                 return "OK"
             except grpc.RpcError as exc:
                 return f"{exc.code().name}: {exc.details()}"
 
         with ThreadPoolExecutor(24) as pool:
-            outcomes = list(pool.map(call, range(24)))
-        assert outcomes.count("OK") >= 6
+            calls = [pool.submit(call, i) for i in range(24)]
+            # At most 4 (the hung batch) + 6 (the queue) are held; every other call is refused.
+            wait_for(lambda: sum(c.done() for c in calls), lambda done: done >= 14, timeout=300,
+                     describe="14 of 24 calls refused while the model hangs (calls answered)")
+            held = batch_sizes(log)[warm_up:]
+            hang.unlink()
+            outcomes = [c.result(timeout=300) for c in calls]
+        assert len(held) == 1  # one batch was in inference while the others queued
+        assert outcomes.count("OK") == held[0] + 6  # the hung batch and the full queue, nothing lost
         refused = [o for o in outcomes if o != "OK"]
-        assert refused and all(o.startswith("RESOURCE_EXHAUSTED") and "queue is full" in o for o in refused)
-        sizes = [json.loads(line)["size"] for line in log.read_text().splitlines()]
-        assert max(sizes) > 1  # concurrent calls shared batches
+        assert len(refused) == 24 - held[0] - 6
+        assert all(o.startswith("RESOURCE_EXHAUSTED") for o in refused), refused
+        assert all("queue is full" in o for o in refused), refused
+        assert batch_sizes(log)[warm_up + 1:] == [4, 2]  # the six queued calls shared batches
         assert health_status(srv.address, TAGGER_SERVICE) == "SERVING"
 
 
@@ -142,14 +164,14 @@ def test_watchdog_turns_not_serving_on_a_stall_and_back(tmp_path, hang_flag, rea
         srv.wait_status(TAGGER_SERVICE, "SERVING")
         hang.touch()
         with ThreadPoolExecutor(1) as pool:
-            stuck = pool.submit(tag, srv.address, encode(photo(), "PNG"), 30)
-            srv.wait_status(TAGGER_SERVICE, "NOT_SERVING", timeout=15)
+            stuck = pool.submit(tag, srv.address, encode(photo(), "PNG"), 300)
+            srv.wait_status(TAGGER_SERVICE, "NOT_SERVING", timeout=120)
             state = model_state(srv.address)
             assert state.phase == "unhealthy"
             assert reason in state.reason
             hang.unlink()
-            srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=15)
-            assert len(stuck.result(30).tags) == 3  # the call caught in the stall still gets its answer
+            srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=120)
+            assert len(stuck.result(300).tags) == 3  # the call caught in the stall still gets its answer
 
 
 def test_calls_over_the_concurrency_limit_are_refused_while_health_checks_still_answer(tmp_path):
@@ -162,7 +184,8 @@ def test_calls_over_the_concurrency_limit_are_refused_while_health_checks_still_
         with ThreadPoolExecutor(2) as pool:
             held = [pool.submit(tag, srv.address, encode(photo(), "PNG"), 60) for _ in range(2)]
             try:
-                wait_for_batch_of(log, 2)  # both calls are inside the server, held by the hung batch
+                # both calls are inside the server, held by the hung batch
+                wait_for(lambda: batch_sizes(log), lambda sizes: 2 in sizes, describe="a batch of 2")
                 with pytest.raises(grpc.RpcError) as refused:
                     tag(srv.address, encode(photo(), "PNG"), 10)
                 assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -174,17 +197,6 @@ def test_calls_over_the_concurrency_limit_are_refused_while_health_checks_still_
         assert len(tag(srv.address, encode(photo(), "PNG")).tags) == 3
 
 
-def wait_for_batch_of(log: Path, size: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    sizes: list[int] = []
-    while time.monotonic() < deadline:
-        sizes = [json.loads(line)["size"] for line in log.read_text().splitlines()] if log.exists() else []
-        if size in sizes:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"no batch of {size} within {timeout} s; batches: {sizes}")
-
-
 def test_watchdog_turns_not_serving_after_consecutive_failures_and_recovers(tmp_path):
     fail = tmp_path / "fail"
     args = ("--fail-file", str(fail), "--max-failed-batches", "2", "--recovery-probe-seconds", "0.5")
@@ -194,38 +206,93 @@ def test_watchdog_turns_not_serving_after_consecutive_failures_and_recovers(tmp_
         for _ in range(2):
             with pytest.raises(grpc.RpcError) as info:
                 tag(srv.address, encode(photo(), "PNG"))
-            assert info.value.code() == grpc.StatusCode.INTERNAL and "simulated device failure" in info.value.details()
-        srv.wait_status(TAGGER_SERVICE, "NOT_SERVING", timeout=10)
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            assert "simulated device failure" in info.value.details()
+        srv.wait_status(TAGGER_SERVICE, "NOT_SERVING", timeout=120)
         state = model_state(srv.address)
-        assert state.phase == "unhealthy" and "failed in a row" in state.reason
+        assert state.phase == "unhealthy"
+        assert "failed in a row" in state.reason
         fail.unlink()
-        srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=10)  # the recovery probe passed
+        srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=120)  # the recovery probe passed
         assert len(tag(srv.address, encode(photo(), "PNG")).tags) == 3
 
 
-def test_sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_0(tmp_path):
-    with trivial_server(tmp_path, "--infer-seconds", "2", "--max-batch-size", "1", "--grace-seconds", "20") as srv:
+def batch_colours(log: Path) -> list[list[str]]:
+    return [json.loads(line)["colours"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def tag_in_lane(address: str, data: bytes, lane: str, timeout: float = 300.0) -> tagger_pb2.TagResponse:
+    with grpc.insecure_channel(address) as channel:
+        return tagger_pb2_grpc.TaggerServiceStub(channel).Tag(
+            tagger_pb2.TagRequest(image=common_pb2.Image(data=data)), timeout=timeout,
+            metadata=((LANE_METADATA_KEY, lane),),
+        )
+
+
+def test_the_lane_metadata_puts_an_interactive_call_ahead_of_queued_bulk_calls(tmp_path):
+    hang, log, metrics_port = tmp_path / "hang", tmp_path / "batches.jsonl", free_port()
+    args = ("--hang-file", str(hang), "--batch-log", str(log), "--max-batch-size", "4")
+    red, green, blue = (encode(Image.new("RGB", (48, 48), c), "PNG") for c in ((220, 10, 10), (10, 220, 10), (10, 10, 220)))
+    with trivial_server(tmp_path, *args, metrics_port=metrics_port) as srv:
         srv.wait_status(TAGGER_SERVICE, "SERVING")
+        warm_up = len(batch_colours(log))
+        hang.touch()
+        with ThreadPoolExecutor(6) as pool:
+            held = pool.submit(tag_in_lane, srv.address, blue, BULK)
+            wait_for(lambda: batch_colours(log)[warm_up:], lambda seen: seen == [["blue"]],
+                     describe="the blue call in inference")
+            bulk = [pool.submit(tag_in_lane, srv.address, red, BULK) for _ in range(4)]
+            wait_for(lambda: metric(metrics_port, "archivetag_queue_depth", model="trivial"), lambda n: n == 4,
+                     describe="four bulk calls queued")
+            interactive = pool.submit(tag_in_lane, srv.address, green, INTERACTIVE)
+            wait_for(lambda: metric(metrics_port, "archivetag_queue_depth", model="trivial"), lambda n: n == 5,
+                     describe="the interactive call queued behind them")
+            hang.unlink()
+            assert interactive.result(300).tags[0].name == "green"
+            assert [f.result(300).tags[0].name for f in [held, *bulk]] == ["blue", "red", "red", "red", "red"]
+        assert batch_colours(log)[warm_up + 1:] == [["green", "red", "red", "red"], ["red"]]
+        assert metric(metrics_port, "archivetag_queue_wait_seconds_count", model="trivial", lane="bulk") == 5
+        assert metric(metrics_port, "archivetag_queue_wait_seconds_count", model="trivial", lane="interactive") >= 1
+
+
+def test_an_unknown_lane_is_refused_with_invalid_argument(server):
+    with pytest.raises(grpc.RpcError) as refused:
+        tag_in_lane(server.address, encode(photo(), "PNG"), "urgent", timeout=60)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "archivetag-lane" in refused.value.details()
+    assert len(tag(server.address, encode(photo(), "PNG")).tags) == 3  # still serving
+
+
+def test_sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_0(tmp_path):
+    hang, log, metrics_port = tmp_path / "hang", tmp_path / "batches.jsonl", free_port()
+    args = ("--hang-file", str(hang), "--batch-log", str(log), "--max-batch-size", "1", "--grace-seconds", "600")
+    with trivial_server(tmp_path, *args, metrics_port=metrics_port) as srv:
+        srv.wait_status(TAGGER_SERVICE, "SERVING")
+        warm_up = len(batch_sizes(log))
+        hang.touch()  # in-flight calls stay in flight until the test lets them finish
         image = encode(photo(), "PNG")
         with ThreadPoolExecutor(3) as pool:
-            in_flight = [pool.submit(tag, srv.address, image, 30) for _ in range(3)]
-            time.sleep(0.5)  # all three are inside the server (one infers, two queue)
+            in_flight = [pool.submit(tag, srv.address, image, 300) for _ in range(3)]
+            wait_for(lambda: (batch_sizes(log)[warm_up:], metric(metrics_port, "archivetag_queue_depth", model="trivial")),
+                     lambda seen: seen == ([1], 2.0), timeout=120,
+                     describe="one call in inference and two queued (batches, queue depth)")
             srv.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while health_status(srv.address, TAGGER_SERVICE, timeout=1) == "SERVING" and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: health_status(srv.address, TAGGER_SERVICE, timeout=5), lambda s: s != "SERVING",
+                     timeout=120, describe="health to leave SERVING after SIGTERM")
             with pytest.raises(grpc.RpcError) as refused:
-                tag(srv.address, image, 5)
+                tag(srv.address, image, 30)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            replies = [f.result(timeout=30) for f in in_flight]
+            assert not any(f.done() for f in in_flight)  # still held by the hung model, not cut off
+            hang.unlink()
+            replies = [f.result(timeout=300) for f in in_flight]
         assert all(len(r.tags) == 3 for r in replies)
-        assert srv.proc.wait(30) == 0
+        assert srv.proc.wait(120) == 0
 
 
 def test_a_health_watcher_does_not_hold_up_shutdown(tmp_path):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with trivial_server(tmp_path, "--grace-seconds", "30") as srv:
+    with trivial_server(tmp_path, "--grace-seconds", "3600") as srv:
         srv.wait_status(TAGGER_SERVICE, "SERVING")
         seen = []
         channel = grpc.insecure_channel(srv.address)
@@ -240,14 +307,14 @@ def test_a_health_watcher_does_not_hold_up_shutdown(tmp_path):
 
         reader = threading.Thread(target=read)
         reader.start()
-        time.sleep(0.3)
-        started = time.monotonic()
+        wait_for(lambda: list(seen), lambda s: s == ["SERVING"], describe="the watcher's first answer")
         srv.proc.send_signal(signal.SIGTERM)
-        assert srv.proc.wait(20) == 0
-        assert time.monotonic() - started < 10  # not the 30 s grace
-        reader.join(5)
+        # Exits long before the hour of grace it would wait for a call it counted as in flight.
+        assert srv.proc.wait(300) == 0
+        reader.join(60)
         channel.close()
-        assert seen[0] == "SERVING" and seen[-1] == "NOT_SERVING"
+        assert seen[0] == "SERVING"
+        assert seen[-1] == "NOT_SERVING"
 
 
 def test_metrics_count_requests_by_method_and_code(tmp_path):
@@ -268,5 +335,5 @@ def test_metrics_count_requests_by_method_and_code(tmp_path):
 def test_a_port_already_in_use_is_a_clear_error(tmp_path, server):
     srv = ServerProcess(python_module("tests.support.trivial_server"), port=server.port, log_path=tmp_path / "second.log")
     srv.start()
-    assert srv.proc.wait(30) == 2
+    assert srv.proc.wait(300) == 2
     assert "cannot listen" in srv.log_tail()

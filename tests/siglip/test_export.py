@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +69,10 @@ def test_manifest_stamps_identity_hashes_classes_and_probe(tiny):
     assert manifest["text"]["tokenizer"]["max_length"] == 64
     assert list(manifest["classes"]) == ["interior", "exterior", "aerial", "detail"]
     assert all(len(prompts) >= 3 for prompts in manifest["classes"].values())
-    assert manifest["image"]["resample"] == "bicubic" and manifest["image"]["mean"] == [0.5, 0.5, 0.5]
-    assert manifest["logit_scale"] == pytest.approx(np.log(112.0), abs=1e-5) and manifest["logit_bias"] == -10.0
+    assert manifest["image"]["resample"] == "bicubic"
+    assert manifest["image"]["mean"] == [0.5, 0.5, 0.5]
+    assert manifest["logit_scale"] == pytest.approx(np.log(112.0), abs=1e-5)
+    assert manifest["logit_bias"] == -10.0
     text = read_json(tiny.a.export / layout.TEXT_EMBEDDINGS)
     assert text["model"] == manifest["model"]
     assert np.linalg.norm(manifest["probe"]["embedding"]) == pytest.approx(1.0, abs=1e-6)
@@ -115,7 +116,8 @@ def test_a_good_export_loads_with_its_identity(tiny):
     assert manifest["model"]["id"].startswith(identity.name)
     assert identity.revision == card.revision
     assert identity.weights_sha256 == manifest["vision"]["sha256"]
-    assert identity.device == "cpu" and identity.dtype == "float32"
+    assert identity.device == "cpu"
+    assert identity.dtype == "float32"
     assert backend.probe_cosine > 0.9999
 
 
@@ -165,8 +167,11 @@ def test_the_old_apps_file_trio_is_refused_naming_the_export_command(tmp_path):
     with pytest.raises(ModelLoadError) as info:
         loaded(folder)
     message = str(info.value)
-    assert "old app" in message and "padding" in message and "logit_bias" in message
-    assert "archivetag models export-siglip" in message and "archivetag models pull" in message
+    assert "old app" in message
+    assert "padding" in message
+    assert "logit_bias" in message
+    assert "archivetag models export-siglip" in message
+    assert "archivetag models pull" in message
 
 
 def test_a_missing_model_folder_says_how_to_get_one(tmp_path):

@@ -22,6 +22,9 @@ from tests.conftest import model_service
 from tests.siglip import models_dir_with, tiny_exports
 from tests.support.image_corpus import answers_to_every_case, encode, fuzz_corpus, hostile_corpus, photo
 from tests.support.servers import grpcurl, health_status, memory_kib
+from tests.support.image_corpus import answers_to_every_case, encode, photo
+from tests.support.servers import grpcurl, health_status
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +66,16 @@ def model_info(address: str) -> view_type_pb2.ViewTypeServiceGetModelInfoRespons
         return client.GetModelInfo(view_type_pb2.ViewTypeServiceGetModelInfoRequest(), timeout=5)
 
 
-def wait_failed(srv, timeout: float = 90.0) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            info = model_info(srv.address)
-            if info.state.phase == "failed":
-                return info
-            assert info.state.phase != "serving", "a tampered export went SERVING"
-        except grpc.RpcError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(srv.log_tail())
+def wait_failed(srv, timeout: float = 180.0) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:
+    def failed(info) -> bool:
+        assert info.state.phase != "serving", "a tampered export went SERVING"
+        return info.state.phase == "failed"
+
+    try:
+        return wait_for(lambda: model_info(srv.address), failed, timeout=timeout,
+                        describe="the model phase 'failed' in GetModelInfo", ignore=(grpc.RpcError,))
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}: {srv.log_tail()}") from None
 
 
 def direct_siglip(checkpoint, classes: dict[str, list[str]], images) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +125,8 @@ def test_reply_has_every_class_sorted_identity_and_embedding_on_request(server, 
     assert list(plain.embedding) == []
     assert sorted(s.name for s in plain.scores) == sorted(manifest["classes"])
     assert [s.probability for s in plain.scores] == sorted((s.probability for s in plain.scores), reverse=True)
-    assert plain.model.smoke and "smoke" in plain.model.name
+    assert plain.model.smoke
+    assert "smoke" in plain.model.name
     assert plain.model.weights_sha256 == manifest["vision"]["sha256"]
     with_embedding = classify(server.address, encode(photo(), "JPEG"), include_embedding=True)
     assert len(with_embedding.embedding) == manifest["vision"]["embedding_dim"]
@@ -132,12 +134,14 @@ def test_reply_has_every_class_sorted_identity_and_embedding_on_request(server, 
     info = model_info(server.address)
     assert list(info.classes) == list(manifest["classes"])
     assert info.model.revision == manifest["model"]["revision"]
-    assert info.settings["unknown_threshold"] == "0.4" and "CPUExecutionProvider" in info.settings["providers"]
+    assert info.settings["unknown_threshold"] == "0.4"
+    assert "CPUExecutionProvider" in info.settings["providers"]
 
 
 def test_bad_images_are_invalid_argument_and_the_service_stays_serving(server):
     answers = answers_to_every_case(lambda data: classify(server.address, data))
-    assert answers and all(len(reply.scores) == 4 for reply in answers)
+    assert answers
+    assert all(len(reply.scores) == 4 for reply in answers)
     assert health_status(server.address, VIEW_TYPE_SERVICE) == "SERVING"
 
 
@@ -233,10 +237,12 @@ def test_grpcurl_classify_with_a_base64_image(server):
     assert reply.returncode == 0, reply.stderr
     answer = json.loads(reply.stdout)
     assert answer["view_type"] in {"interior", "exterior", "aerial", "detail", "unknown"}
-    assert len(answer["scores"]) == 4 and len(answer["embedding"]) == 64
+    assert len(answer["scores"]) == 4
+    assert len(answer["embedding"]) == 64
     bad = grpcurl(server.address, "archivetag.v1.ViewTypeService/Classify",
                   data=json.dumps({"image": {"data": base64.b64encode(b"not a photo").decode()}}))
-    assert bad.returncode != 0 and "InvalidArgument" in bad.stderr
+    assert bad.returncode != 0
+    assert "InvalidArgument" in bad.stderr
 
 
 @pytest.mark.parametrize("swapped, reason", [
@@ -248,7 +254,8 @@ def test_a_file_from_another_model_keeps_the_service_not_serving_and_says_why(ti
     shutil.copyfile(tiny.b.export / swapped, models / "siglip" / swapped)
     with model_service("siglip", models, tmp_path) as srv:
         info = wait_failed(srv)
-        assert reason in info.state.reason and "export-siglip" in info.state.reason
+        assert reason in info.state.reason
+        assert "export-siglip" in info.state.reason
         assert not info.state.serving
         assert health_status(srv.address, VIEW_TYPE_SERVICE) == "NOT_SERVING"
         with pytest.raises(grpc.RpcError) as error:

