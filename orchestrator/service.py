@@ -11,6 +11,7 @@ from archivetag.orchestrator.auth import current_client
 from archivetag.orchestrator.backends import Backend
 from archivetag.orchestrator.fairness import ByteBudget, FairScheduler
 from archivetag.orchestrator.routing import Router
+from archivetag.runtime.batcher import BULK, INTERACTIVE
 from archivetag.runtime.errors import DeadlineExpired, InvalidInput, QueueFull, abort_with, status_for
 from archivetag.runtime.images import read_image_source
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
@@ -41,8 +42,8 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     # -- one image ----------------------------------------------------------------------
     async def _tag(self, request: tagging_pb2.TagImageRequest, client: str, time_left: float,
-                   prepaid: bool = False) -> tagging_pb2.TagImageResponse:
-        """Tag one image. Its bytes are held in the client's byte budget (taken here unless the
+                   prepaid: bool = False, lane: str = INTERACTIVE) -> tagging_pb2.TagImageResponse:
+        """Tag one image in `lane` (TagImage: interactive; TagImages: bulk). Its bytes are held in the client's byte budget (taken here unless the
         stream reading it took them already) before they are copied or wait for a slot."""
         deadline = time.monotonic() + time_left
         held = 0
@@ -55,8 +56,8 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                 if request.image.WhichOneof("source") == "uri":  # read here: count what was read
                     self.budget.take(client, len(image))
                     held += len(image)
-                async with self.scheduler.slot(client) as waited:
-                    return await self.router.tag_image(request, image, deadline, waited)
+                async with self.scheduler.slot(client, lane) as waited:
+                    return await self.router.tag_image(request, image, deadline, waited, lane)
         except TimeoutError:
             raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged") from None
         finally:
@@ -105,7 +106,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
         async def answer(item: tagging_pb2.TagImagesRequest, size: int) -> None:
             try:
-                result = await self._tag(item.request, client, self._time_left(context), prepaid=True)
+                result = await self._tag(item.request, client, self._time_left(context), prepaid=True, lane=BULK)
                 response = tagging_pb2.TagImagesResponse(id=item.id, result=result)
             except Exception as exc:  # noqa: BLE001 - every failure becomes the item's own error
                 response = _error_answer(item.id, exc)
