@@ -375,14 +375,15 @@ class Backend:
         call = method(request, timeout=timeout, metadata=((LANE_METADATA_KEY, lane),))
         down = asyncio.ensure_future(self._until_unusable())
         try:
-            done, _ = await asyncio.wait({asyncio.ensure_future(call), down}, return_when=asyncio.FIRST_COMPLETED)
+            answered = asyncio.ensure_future(call)  # awaited below, so its failure is retrieved
+            done, _ = await asyncio.wait({answered, down}, return_when=asyncio.FIRST_COMPLETED)
             if down in done:
                 call.cancel()
                 raise grpc.aio.AioRpcError(
                     grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
                     f"call abandoned after {time.monotonic() - started:.1f} s: {self.describe_health()}",
                 )
-            response = await call
+            response = await answered
         except grpc.aio.AioRpcError as exc:
             if is_backend_fault(exc.code(), own_deadline):
                 self.error_count += 1

@@ -336,7 +336,10 @@ def finish_decode_with_torch(data: bytes, image: Image.Image, plan: DecodePlan, 
     Imported lazily: only torch services (Florence-2, RAM++) on CUDA come here; SigLIP stays torch-free.
     """
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs for torchcodec; they still work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     width, height = plan.size
     size = (-(-height // plan.reduce), -(-width // plan.reduce))
