@@ -55,6 +55,16 @@ def test_images(count: int) -> list[bytes]:
     return images
 
 
+def stack_arguments(models: Path, log_dir: Path, *extra: str):
+    """`up`'s settings for a stack of `models` on free loopback ports, and those ports by server name."""
+    ports = {name: free_port() for name in ("orchestrator", "florence", "rampp", "siglip")}
+    up_args = build_parser().parse_args(
+        ["up", "--models", str(models), "--log-dir", str(log_dir), "--no-metrics", *extra,
+         *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
+    )
+    return up_args, ports
+
+
 def percentiles(latencies: list[float]) -> dict[str, float]:
     values = np.array(latencies) * 1000
     return {f"p{p}_ms": float(np.percentile(values, p)) for p in (50, 95, 99)}
@@ -176,11 +186,7 @@ def main() -> int:
     images = test_images(16)
 
     results: dict = {"machine": {"cpus": os.cpu_count()}, "images": args.images}
-    ports = {name: free_port() for name in ("orchestrator", "florence", "rampp", "siglip")}
-    up_args = build_parser().parse_args(
-        ["up", "--models", str(models), "--log-dir", str(Path(tmp.name) / "logs"), "--no-metrics",
-         *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
-    )
+    up_args, ports = stack_arguments(models, Path(tmp.name) / "logs")
 
     async def through_stack() -> list[dict]:
         stack = Stack(up_args, say=lambda *_: None)

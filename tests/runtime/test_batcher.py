@@ -46,34 +46,23 @@ async def test_concurrent_requests_are_served_in_batches():
     await batcher.stop()
 
 
-async def test_an_idle_model_serves_a_single_request_at_once_without_waiting_the_queue_delay():
+async def test_a_single_request_is_served_alone_once_the_queue_delay_has_passed():
     model = RecordingModel()
-    batcher = await _started(model, max_batch_size=8, max_queue_delay=3600)  # an hour: waiting it would time out
-    result, info = await asyncio.wait_for(batcher.submit(21), 60)
+    batcher = await _started(model, max_batch_size=8, max_queue_delay=0.02)
+    result, info = await asyncio.wait_for(batcher.submit(21), 60)  # not waiting for 7 more requests
     assert result == 42
     assert info.batch_size == 1
+    assert info.queue_seconds >= 0.02 - 1e-6  # it waited for company, as long as the delay allows
     assert model.batches == [[21]]
     await batcher.stop()
 
 
-async def test_an_idle_model_waits_for_requests_still_being_decoded_to_join_the_batch():
+async def test_without_a_queue_delay_what_arrives_while_the_model_is_busy_forms_the_next_batch():
     model = RecordingModel()
-    batcher = await _started(model, max_batch_size=8, max_queue_delay=3600)
-    decoded = asyncio.Event()
-
-    async def decode():
-        await decoded.wait()
-        return 2
-
-    joining = asyncio.create_task(batcher.submit(prepare=decode))
-    await wait_for_async(lambda: batcher.preparing, lambda n: n == 1, describe="a request decoding")
-    ready = asyncio.create_task(batcher.submit(1))
-    await wait_for_async(lambda: batcher.depth, lambda n: n == 1, describe="a request queued")
-    for _ in range(10):
-        await asyncio.sleep(0)  # the batch loop's chance to (wrongly) go without the decoding request
-    decoded.set()
-    assert [r for r, _ in await asyncio.gather(ready, joining)] == [2, 4]
-    assert model.batches == [[1, 2]]
+    batcher = await _started(model, max_batch_size=8)  # the default delay: 0 (how soon is the stack benchmark's)
+    answers = await _held_then_queued(model, batcher, [(i, "interactive") for i in range(3)])
+    assert answers == [0, 2, 4]
+    assert model.batches == [[-1], [0, 1, 2]]
     await batcher.stop()
 
 

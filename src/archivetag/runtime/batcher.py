@@ -1,8 +1,8 @@
 """The one dynamic batcher: concurrent requests → batched inference on one worker thread.
 
-Continuous batching: when the model is idle, a batch goes at once with what is queued
-(it waits up to `max_queue_delay` only while admitted requests are still being decoded
-and would join it); while a batch runs, arrivals queue and form the next batch.
+A batch goes when it holds `max_batch_size` items or its oldest item has waited
+`max_queue_delay`. With the default delay of 0 that is continuous batching: an idle model
+starts at once with what is queued, and what arrives while a batch runs forms the next one.
 
 Two lanes: interactive items (a person waiting for one photo) are taken first and bulk
 items fill the rest of the batch. Bulk never starves: while bulk waits, every batch
@@ -80,7 +80,7 @@ class DynamicBatcher:
         *,
         name: str,
         max_batch_size: int = 8,
-        max_queue_delay: float = 0.005,
+        max_queue_delay: float = 0.0,
         max_queue_size: int = 64,
     ):
         if max_batch_size < 1 or max_queue_size < 1:
@@ -209,9 +209,7 @@ class DynamicBatcher:
                 continue
             oldest = min(queue[0].enqueued for queue in self._queues.values() if queue)
             remaining = oldest + self.max_queue_delay - time.monotonic()
-            # Idle model: go now, unless requests still decoding would fill the batch soon.
-            more_coming = self._preparing > 0 and queued < self.max_batch_size
-            if not more_coming or remaining <= 0:
+            if queued >= self.max_batch_size or remaining <= 0:
                 return self._take_batch()
             self._arrived.clear()
             try:
