@@ -99,17 +99,15 @@ def bias_towards(model, token_ids: list[int], strength: float = WORD_BIAS) -> No
         embedding[2, 0] = 0.3  # </s> now and then, so captions have different lengths
 
 
-def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Path | None = None) -> None:
-    """Write a tiny random Florence-2 (native layout) with its processor into `target`."""
+def write_random_checkpoint(target: Path, vocabulary: list[str]) -> None:
+    """A tiny random Florence-2 with its processor, saved as the hub checkpoints are (native layout).
+
+    Its tokenizer knows the words of `vocabulary`, so its captions can contain those tags."""
     import torch
     from transformers import Florence2ForConditionalGeneration, GenerationConfig
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    if tag_list is not None:
-        vocabulary = [line.strip() for line in Path(tag_list).read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        vocabulary = smoke_vocabulary()
     words = sorted({word for tag in vocabulary for word in tag.split()} | {"a", "the", "of", "with", "and", "in"})
     tokenizer = build_tokenizer(words)
     processor = smoke_processor(tokenizer)
@@ -126,6 +124,16 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
     )
     model.save_pretrained(target)
     processor.save_pretrained(target)
+
+
+def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Path | None = None) -> None:
+    """Write a tiny random Florence-2 (native layout) with its processor into `target`."""
+    target = Path(target)
+    if tag_list is not None:
+        vocabulary = [line.strip() for line in Path(tag_list).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        vocabulary = smoke_vocabulary()
+    write_random_checkpoint(target, vocabulary)
     (target / VOCABULARY_FILE).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
     ModelCard.for_smoke("florence").write(target)
 

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.errors import ModelLoadError
-from archivetag.services.rampp.model import FULL, RamPlus, RamPlusConfig
+from archivetag.services.rampp.model import FULL, RamPlus, RamPlusConfig, tiny_config
 
 # Buffers the official file carries and the model recomputes (dropped on load, §2 step 1).
 RECOMPUTED = ("relative_position_index", "attn_mask")
@@ -93,6 +93,21 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], RamPlusConfi
     return state, RamPlusConfig.from_json(json.loads(metadata[CONFIG_METADATA_KEY])), metadata
 
 
+def architecture_of(state: dict[str, torch.Tensor]) -> RamPlusConfig:
+    """Which known architecture an official-layout state holds: the released swin_l/384, or the tiny
+    size of smoke and test checkpoints (`tiny_config`, 3 descriptions per tag). The strict check
+    that follows decides; anything unknown is checked against the released one and refused there."""
+    label_embed = state.get("label_embed")
+    if label_embed is None or label_embed.ndim != 2:
+        return FULL
+    rows, width = label_embed.shape
+    tiny = tiny_config(rows // 3)
+    if (rows, width) != (FULL.num_tags * FULL.descriptions_per_tag, FULL.embed_width) and rows % 3 == 0 \
+            and width == tiny.embed_width:
+        return tiny
+    return FULL
+
+
 def check_official_state(state: dict[str, torch.Tensor], model: RamPlus, source: Path) -> list[str]:
     """Strict check (stricter than upstream, §2): every weight present with its shape.
 
@@ -116,13 +131,14 @@ def check_official_state(state: dict[str, torch.Tensor], model: RamPlus, source:
 def load_model(path: Path, config: RamPlusConfig | None = None) -> tuple[RamPlus, list[str], dict[str, str]]:
     """A RAM++ model with the weights of `path` (.pth official layout or converted .safetensors).
 
-    config: the architecture of a .pth file (default: the released swin_l/384); a safetensors
-    file records its own. Returns the model, the unexpected keys that were ignored, and the
-    file's metadata (safetensors only; empty for .pth)."""
+    config: the architecture of a .pth file (default: the known one its shapes match, see
+    architecture_of); a safetensors file records its own. Returns the model, the unexpected keys
+    that were ignored, and the file's metadata (safetensors only; empty for .pth)."""
     if path.suffix == ".safetensors":
         state, config, metadata = _read_safetensors(path)
     else:
-        state, config, metadata = _read_pth(path), config or FULL, {}
+        state, metadata = _read_pth(path), {}
+        config = config or architecture_of(state)
     ours = {name: tensor for key, tensor in state.items() if (name := model_name(key)) is not None}
     with torch.device("meta"):
         model = RamPlus(config)

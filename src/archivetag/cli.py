@@ -60,6 +60,9 @@ def all_option_groups() -> Iterator[tuple[str, list[OptionGroup]]]:
         groups = list(getattr(importlib.import_module(module_name), "OPTION_GROUPS", []))
         if groups:
             yield command, groups
+    from archivetag.pull import OPTION_GROUPS as PULL_OPTION_GROUPS
+
+    yield "models pull", PULL_OPTION_GROUPS
 
 
 def run_server(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from archivetag.pull import OPTION_GROUPS as PULL_OPTION_GROUPS, SIGLIP_REPO
 from archivetag.runtime.options import MODELS_OPTION
 from archivetag.runtime.registry import MODEL_NAMES, MODELS, server
 from archivetag.runtime.settings import OptionGroup, add_option_groups
@@ -47,7 +48,8 @@ def _run_smoke(args: argparse.Namespace) -> int:
 def _run_pull(args: argparse.Namespace) -> int:
     from archivetag.pull import pull
 
-    return pull(args.models, list(args.only or SERVICES), args.florence_variant, args.siglip_model)
+    return pull(args.models, list(args.only or SERVICES), args.florence_variant, args.siglip_model,
+                args.revision, args.rampp_tag_list_url, args.keep_free_mb)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     smoke.add_argument("--force", action="store_true", help="replace existing models")
     smoke.set_defaults(func=_run_smoke)
 
-    pull = commands.add_parser("pull", help="download the real weights into the models directory (needs network)")
-    add_option_groups(pull, models_group)
+    pull = commands.add_parser(
+        "pull", help="download the real weights into the models directory (needs network; HF_ENDPOINT for a mirror)")
+    add_option_groups(pull, PULL_OPTION_GROUPS)
     pull.add_argument("--only", nargs="+", choices=SERVICES, help="only these models")
     pull.add_argument("--florence-variant", choices=("base", "large"), default="base", help="Florence-2 size")
-    pull.add_argument("--siglip-model", default="google/siglip-base-patch16-224", help="SigLIP checkpoint to export")
+    pull.add_argument("--siglip-model", default=SIGLIP_REPO, help="SigLIP checkpoint to export")
     pull.set_defaults(func=_run_pull)
 
     # Each model's own commands (convert-florence, convert-rampp, export-siglip, ...): their modules

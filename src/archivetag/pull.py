@@ -1,144 +1,455 @@
-"""`archivetag models pull`: the real weights, downloaded once into the models directory.
+"""`archivetag models pull`: the real weights, at pinned commits, into the models directory.
 
+    <models>/rampp/      xinyu1205/recognize-anything-plus-model: ram_plus_swin_large_14m.pth,
+                         converted once to model.safetensors; ram_tag_list(_threshold).txt
     <models>/florence/   florence-community/Florence-2-{base,large} (native transformers layout)
                          + tag_vocabulary.txt (the RAM++ English tag list: one vocabulary for both taggers)
-    <models>/rampp/      ram_plus_swin_large_14m.pth → converted once to safetensors,
-                         ram_tag_list.txt, ram_tag_list_threshold.txt
-    <models>/siglip/     google/siglip-base-patch16-224 exported by `models export-siglip`
+    <models>/siglip/     google/siglip-base-patch16-224, exported (ONNX vision tower + text embeddings)
 
-Every file is checked: the RAM++ data files against the SHA-256 recorded here (from the
-upstream repository at a pinned commit), the hub files against the hub's own LFS
-checksums; each folder gets a CHECKSUMS.sha256 of what was installed. Downloads go to a
-temporary folder first, so an interrupted pull never leaves a half-written model.
+How a pull goes: each repository is asked for its file list at the pinned commit (sizes and
+SHA-256 from the hub's LFS metadata); only the files the services load are fetched. The
+total and the free disk space are checked before the first byte. Downloads go to
+<models>/.staging/<name>/ and resume there after an interruption (HTTP Range: the hub client
+of this version discards partial files, so resuming is done here, through its session).
+Each finished file is checked against the hub's size and SHA-256 (git blob id for small
+files) and refused when it differs. The model folder is built in staging, gets its model card
+(archivetag-model.json: repository, commit, file checksums) and only then replaces
+<models>/<name>/, so a service never sees a half-installed model.
+
+The hub is huggingface_hub's: HF_ENDPOINT points it at a mirror. The RAM++ tag list comes
+from GitHub (--rampp-tag-list-url points it at a mirror) and is checked against the SHA-256
+recorded here.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import os
 import shutil
 import sys
-import tempfile
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from archivetag.runtime.checksums import sha256_file
+from archivetag.runtime.errors import ModelLoadError
+from archivetag.runtime.model_card import CARD_FILE, ModelCard
+from archivetag.runtime.options import MODELS_OPTION
+from archivetag.runtime.settings import Option, OptionGroup, parse_list
+
+STAGING = ".staging"  # inside the models directory: same disk, renamed into place; never a model name
+PART = ".part"
+CHUNK = 1 << 20  # written to disk every MiB, so a killed pull loses at most this much
 
 RAMPP_REPO = "xinyu1205/recognize-anything-plus-model"
-RAMPP_CHECKPOINT = "ram_plus_swin_large_14m.pth"
+FLORENCE_REPOS = {"base": "florence-community/Florence-2-base", "large": "florence-community/Florence-2-large"}
+SIGLIP_REPO = "google/siglip-base-patch16-224"
+
+# The commits pulled unless --revision says otherwise. Florence-2 (florence-community) has no
+# commit recorded yet: it is pulled at `main`, and the commit that resolves to is what the
+# model card records and the pull prints (pin it here once verified against the hub).
+PINNED = {
+    RAMPP_REPO: "84d4aee3a0265c4e0df1f714f0572011d1bf2ec3",
+    SIGLIP_REPO: "7fd15f0689c79d79e38b1c2e2e2370a7bf2761ed",
+}
+
 # Tag list and thresholds: xinyu1205/recognize-anything at this commit (Apache-2.0).
 RAMPP_DATA_COMMIT = "7cb804a8609e9f4b1a50b7f31436d2df40bb9481"
+RAMPP_DATA_URL = f"https://raw.githubusercontent.com/xinyu1205/recognize-anything/{RAMPP_DATA_COMMIT}/ram/data"
 RAMPP_DATA_FILES = {
-    "ram_tag_list.txt": ("ram/data/ram_tag_list.txt",
-                         "5d96d2f7225527480ad773aaac76b6e5c08a18adf6eae9ca7d2ab923d5e7bd8b"),
-    "ram_tag_list_threshold.txt": ("ram/data/ram_tag_list_threshold.txt",
-                                   "b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447"),
+    "ram_tag_list.txt": "5d96d2f7225527480ad773aaac76b6e5c08a18adf6eae9ca7d2ab923d5e7bd8b",
+    "ram_tag_list_threshold.txt": "b6f81d0de1bc7f9c251af512c413eae976c77dbfbadf700d4e3d90510f4c6447",
 }
-FLORENCE_REPOS = {"base": "florence-community/Florence-2-base", "large": "florence-community/Florence-2-large"}
-SIGLIP_MODEL = "google/siglip-base-patch16-224"
+TAG_LIST = "ram_tag_list.txt"
+TAG_DATA_DIR = "ram-data"  # <models>/.staging/ram-data: the tag list, shared by RAM++ and Florence-2
+
+PULL_OPTIONS = OptionGroup("pull", (
+    Option("revision", [], "Pull these commits instead of the pinned ones: NAME=COMMIT[,NAME=COMMIT] "
+           "(names: florence, rampp, siglip).", parse_list, metavar="NAME=COMMIT"),
+    Option("rampp_tag_list_url", RAMPP_DATA_URL, "Folder URL holding ram_tag_list.txt and "
+           "ram_tag_list_threshold.txt (xinyu1205/recognize-anything's ram/data at the pinned commit, or a "
+           "mirror of it); both are checked against the SHA-256 recorded in archivetag.", metavar="URL"),
+    Option("keep_free_mb", 1024, "Free space the pull leaves on the models disk, in MiB: it stops before "
+           "downloading when the downloads and conversions would leave less.", int),
+))
+OPTION_GROUPS = [OptionGroup("models", (MODELS_OPTION,)), PULL_OPTIONS]
 
 
 class PullError(RuntimeError):
-    """A download failed; the message says what and why."""
+    """A model was not installed; the message says what and why."""
 
 
-def write_checksums(folder: Path) -> None:
-    lines = [f"{sha256_file(p)}  {p.relative_to(folder)}" for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != "CHECKSUMS.sha256"]
-    (folder / "CHECKSUMS.sha256").write_text("\n".join(lines) + "\n")
+# -- what to pull ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    """One model: where it comes from and which of its files the service needs."""
+
+    name: str  # the registry name and <models>/<name>
+    repo: str
+    patterns: tuple[str, ...]  # files the service loads (allow patterns)
+    required: tuple[str, ...]  # patterns that must match at least one file
+    converted: bool  # the build writes a converted copy of the weights (needs their size again)
 
 
-def download(url: str, dest: Path, expected_sha256: str | None = None) -> None:
+def sources(florence_variant: str = "base", siglip_repo: str = SIGLIP_REPO) -> dict[str, Source]:
+    return {
+        # RAM++ first: Florence-2 takes its tag vocabulary from the same list.
+        "rampp": Source("rampp", RAMPP_REPO, ("ram_plus_swin_large_14m.pth",), ("*.pth",), converted=True),
+        "florence": Source("florence", FLORENCE_REPOS[florence_variant], ("*.json", "*.txt", "*.safetensors"),
+                           ("config.json", "*.safetensors"), converted=False),
+        "siglip": Source("siglip", siglip_repo, ("*.json", "*.model", "*.safetensors"),
+                         ("config.json", "*.safetensors"), converted=True),
+    }
+
+
+@dataclass
+class HubFile:
+    name: str
+    size: int
+    sha256: str | None  # LFS files: the content's SHA-256
+    blob_id: str | None  # small files: the git blob id of the content
+
+
+@dataclass
+class Plan:
+    source: Source
+    commit: str
+    pinned: bool
+    files: list[HubFile]
+    folder: Path  # <models>/.staging/<name>/<commit>: downloads, kept until installed
+    have: int = 0  # bytes already on disk from an earlier run
+    downloaded: int = 0
+    seconds: float = 0.0
+    installed_bytes: int = 0
+    error: str = ""
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def to_download(self) -> int:
+        return self.size - self.have
+
+    @property
+    def needs_bytes(self) -> int:
+        """Disk space still to be taken: the rest of the downloads, and a converted copy."""
+        return self.to_download + (self.size if self.source.converted else 0)
+
+
+def parse_revisions(items: list[str]) -> dict[str, str]:
+    revisions = {}
+    for item in items:
+        name, sep, commit = item.partition("=")
+        if not sep or not commit or name not in sources():
+            raise PullError(f"--revision {item!r}: expected NAME=COMMIT with NAME one of {', '.join(sources())}")
+        revisions[name] = commit
+    return revisions
+
+
+def plan(source: Source, models: Path, revision: str | None) -> Plan:
+    """Ask the hub what the commit holds; keep the files the service needs."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    wanted = revision or PINNED.get(source.repo) or "main"
+    try:
+        info = HfApi().model_info(source.repo, revision=wanted, files_metadata=True)
+    except HfHubHTTPError as exc:
+        raise PullError(f"{source.repo} at {wanted}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS: all mean "hub not reachable"
+        raise PullError(f"cannot reach the hub for {source.repo} ({type(exc).__name__}: {exc})") from None
+    files = [
+        HubFile(s.rfilename, s.lfs.size if s.lfs else (s.size or 0), s.lfs.sha256 if s.lfs else None,
+                None if s.lfs else s.blob_id)
+        for s in info.siblings or []
+        if any(fnmatch.fnmatch(s.rfilename, p) for p in source.patterns)
+    ]
+    unsafe = [f.name for f in files if Path(f.name).is_absolute() or ".." in Path(f.name).parts]
+    if unsafe:
+        raise PullError(f"{source.repo} at {info.sha} lists files outside the repository ({unsafe[0]!r}): refused")
+    for pattern in source.required:
+        if not any(fnmatch.fnmatch(f.name, pattern) for f in files):
+            raise PullError(f"{source.repo} at {info.sha} has no {pattern}: not the checkpoint this service loads")
+    result = Plan(source, info.sha, pinned=wanted == info.sha, files=files,
+                  folder=models / STAGING / source.name / info.sha)
+    result.have = sum(downloaded_bytes(result.folder, f) for f in files)
+    return result
+
+
+def downloaded_bytes(folder: Path, file: HubFile) -> int:
+    done, part = folder / file.name, folder / (file.name + PART)
+    if done.is_file():
+        return done.stat().st_size
+    return min(part.stat().st_size, file.size) if part.is_file() else 0
+
+
+def check_disk_space(models: Path, plans: list[Plan], keep_free: int) -> None:
+    needed = sum(p.needs_bytes for p in plans) + keep_free
+    free = shutil.disk_usage(models).free
+    if free < needed:
+        raise PullError(
+            f"not enough free space in {models}: the pull needs {human(needed)} "
+            f"({human(sum(p.to_download for p in plans))} to download, "
+            f"{human(sum(p.needs_bytes - p.to_download for p in plans))} for converted copies, "
+            f"{human(keep_free)} kept free by --keep-free-mb) and {human(free)} is free; nothing was downloaded")
+
+
+# -- downloading ----------------------------------------------------------------------------
+def fetch(source: Source, commit: str, file: HubFile, folder: Path) -> int:
+    """One file into folder, resuming a .part left by an earlier run; checked, then renamed.
+
+    Returns the bytes downloaded now."""
+    from huggingface_hub import get_session, hf_hub_url, hf_raise_for_status
+    from huggingface_hub.utils import build_hf_headers
     from tqdm import tqdm
 
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr) as bar:
-                for block in iter(lambda: response.read(1 << 16), b""):
-                    out.write(block)
-                    bar.update(len(block))
-    except (urllib.error.URLError, OSError) as exc:
-        raise PullError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
-    if expected_sha256 and sha256_file(dest) != expected_sha256:
-        raise PullError(f"{url}: checksum mismatch (expected {expected_sha256}); nothing was installed")
+    done, part = folder / file.name, folder / (file.name + PART)
+    if done.is_file():
+        return 0
+    done.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.is_file() else 0
+    if have > file.size:
+        part.unlink()
+        have = 0
+    headers = build_hf_headers()
+    headers["Accept-Encoding"] = "identity"  # sizes and ranges count the stored bytes
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    received = 0
+    url = hf_hub_url(source.repo, file.name, revision=commit)
+    with tqdm(total=file.size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+              desc=f"{source.name}: {file.name}", file=sys.stderr, leave=True) as bar:
+        if have < file.size:
+            try:
+                with get_session().stream("GET", url, headers=headers, follow_redirects=True) as response:
+                    if response.status_code >= 400:
+                        response.read()  # the hub's error message is in the body
+                    hf_raise_for_status(response)
+                    if have and response.status_code != 206:  # the server ignored the range: start over
+                        have = 0
+                        bar.reset(total=file.size)
+                    with open(part, "r+b" if have else "wb") as out:
+                        out.seek(have)
+                        out.truncate()
+                        for block in response.iter_bytes(CHUNK):
+                            out.write(block)
+                            received += len(block)
+                            bar.update(len(block))
+            except Exception as exc:  # noqa: BLE001 - network and HTTP errors: the .part stays for the next run
+                raise PullError(f"{source.repo}/{file.name}: download stopped after {human(have + received)} "
+                                f"of {human(file.size)} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                                "run the pull again to resume") from None
+    verify(source, file, part)
+    os.replace(part, done)
+    return received
 
 
-def _hub_download(repo: str, filename: str | None, dest: Path) -> Path:
-    """One file (or the whole repo) from the hub into dest; the hub client verifies checksums."""
-    try:
-        from huggingface_hub import hf_hub_download, snapshot_download
-
-        if filename:
-            return Path(hf_hub_download(repo, filename, local_dir=dest))
-        return Path(snapshot_download(repo, local_dir=dest))
-    except Exception as exc:  # noqa: BLE001 - the hub client raises many kinds; all mean "not downloaded"
-        raise PullError(f"cannot download {repo}{'/' + filename if filename else ''}: {exc}") from None
-
-
-def _install(staging: Path, target: Path) -> None:
-    write_checksums(staging)
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(staging), str(target))
+def verify(source: Source, file: HubFile, path: Path) -> None:
+    """Size and checksum as the hub records them; a mismatch deletes the file and refuses."""
+    size = path.stat().st_size
+    if size != file.size:
+        problem = f"has {size} bytes, the hub's metadata says {file.size}"
+    elif file.sha256 and (got := sha256_file(path)) != file.sha256:
+        problem = f"has SHA-256 {got}, the hub's LFS metadata says {file.sha256}"
+    elif file.blob_id and (got := git_blob_id(path)) != file.blob_id:
+        problem = f"has git blob id {got}, the hub says {file.blob_id}"
+    else:
+        return
+    path.unlink()
+    raise PullError(f"{source.repo}/{file.name} {problem}: the download or the mirror is corrupt. "
+                    "The file was deleted and nothing was installed; run the pull again (from another mirror "
+                    "if it keeps failing)")
 
 
-def pull_rampp(models: Path, keep_pth: bool = False) -> None:
+def git_blob_id(path: Path) -> str:
+    data = path.read_bytes()  # only small (non-LFS) files are checked this way
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def fetch_tag_list(models: Path, base_url: str) -> Path:
+    """The RAM++ tag list and thresholds into <models>/.staging/ram-data/, checked against the pinned SHA-256."""
+    folder = models / STAGING / TAG_DATA_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, expected in RAMPP_DATA_FILES.items():
+        path = folder / name
+        if path.is_file() and sha256_file(path) == expected:
+            continue
+        url = f"{base_url.rstrip('/')}/{name}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                path.write_bytes(response.read())
+        except (urllib.error.URLError, OSError) as exc:
+            raise PullError(f"cannot download {url}: {getattr(exc, 'reason', exc)}") from None
+        if (got := sha256_file(path)) != expected:
+            path.unlink()
+            raise PullError(f"{url} has SHA-256 {got}, expected {expected} (xinyu1205/recognize-anything at "
+                            f"{RAMPP_DATA_COMMIT}); nothing was installed")
+    return folder
+
+
+# -- building and installing ----------------------------------------------------------------
+def build_rampp(p: Plan, build: Path, tag_data: Path) -> None:
     from archivetag.services.rampp.commands import convert_checkpoint_file
 
-    with tempfile.TemporaryDirectory(dir=models) as tmp:
-        staging = Path(tmp) / "rampp"
-        staging.mkdir()
-        for name, (path, sha) in RAMPP_DATA_FILES.items():
-            url = f"https://raw.githubusercontent.com/xinyu1205/recognize-anything/{RAMPP_DATA_COMMIT}/{path}"
-            download(url, staging / name, sha)
-        pth = _hub_download(RAMPP_REPO, RAMPP_CHECKPOINT, Path(tmp) / "hub")
-        convert_checkpoint_file(pth, staging)
-        if keep_pth:
-            shutil.move(str(pth), str(staging / RAMPP_CHECKPOINT))
-        _install(staging, models / "rampp")
+    convert_checkpoint_file(p.folder / p.files[0].name, build)
+    for name in RAMPP_DATA_FILES:
+        shutil.copyfile(tag_data / name, build / name)
 
 
-def pull_florence(models: Path, variant: str) -> None:
-    with tempfile.TemporaryDirectory(dir=models) as tmp:
-        staging = Path(tmp) / "florence"
-        _hub_download(FLORENCE_REPOS[variant], None, staging)
-        shutil.rmtree(staging / ".cache", ignore_errors=True)
-        vocabulary = models / "rampp" / "ram_tag_list.txt"
-        if vocabulary.exists():
-            shutil.copyfile(vocabulary, staging / "tag_vocabulary.txt")
-        _install(staging, models / "florence")
+def build_florence(p: Plan, build: Path, tag_data: Path) -> None:
+    from archivetag.services.florence.layout import VOCABULARY_FILE
+
+    for file in p.files:
+        (build / file.name).parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(p.folder / file.name, build / file.name)
+    shutil.copyfile(tag_data / TAG_LIST, build / VOCABULARY_FILE)
 
 
-def pull_siglip(models: Path, model_id: str) -> None:
-    from archivetag.services.siglip.commands import export_to_folder
+def build_siglip(p: Plan, build: Path, tag_data: Path) -> None:
+    from archivetag.services.siglip.export import export_folder
 
-    with tempfile.TemporaryDirectory(dir=models) as tmp:
-        staging = Path(tmp) / "siglip"
-        hub = Path(tmp) / "hub"
-        _hub_download(model_id, None, hub)
-        export_to_folder(str(hub), staging, model_id=model_id)
-        _install(staging, models / "siglip")
+    write_hub_commit(p.folder, p.commit)
+    export_folder(str(p.folder), build, model_id=p.source.repo)
 
 
-def pull(models: Path, which: list[str], florence_variant: str = "base", siglip_model: str = SIGLIP_MODEL) -> int:
+def write_hub_commit(folder: Path, commit: str) -> None:
+    """Where the exporter (hub_commit_of) reads a downloaded folder's commit, as huggingface_hub writes it."""
+    metadata = folder / ".cache" / "huggingface" / "download" / "config.json.metadata"
+    metadata.parent.mkdir(parents=True, exist_ok=True)
+    metadata.write_text(f"{commit}\n\n{time.time()}\n", encoding="utf-8")
+
+
+BUILDERS = {"rampp": build_rampp, "florence": build_florence, "siglip": build_siglip}
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # same disk: no second copy of a large file
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def write_card(p: Plan, build: Path) -> int:
+    """The model card of what was installed (it replaces the converter's); returns the installed size."""
+    from huggingface_hub import constants
+
+    files = {path.relative_to(build).as_posix(): sha256_file(path)
+             for path in sorted(build.rglob("*")) if path.is_file() and path.name != CARD_FILE}
+    ModelCard(family=p.source.name, name=p.source.repo, revision=p.commit, smoke=False,
+              source=f"{constants.ENDPOINT}/{p.source.repo}", files=files).write(build)
+    return sum((build / name).stat().st_size for name in files)
+
+
+def install(build: Path, target: Path) -> None:
+    """Put the finished folder at target; the folder it replaces is moved aside first, then removed.
+
+    Between the two renames target is absent for an instant, never half-written."""
+    aside = target.parent / STAGING / f"{target.name}.replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(build, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def pull_one(p: Plan, models: Path, tag_data: Path) -> None:
+    started = time.monotonic()
+    for file in p.files:
+        p.downloaded += fetch(p.source, p.commit, file, p.folder)
+    build = models / STAGING / p.source.name / "build"
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    BUILDERS[p.source.name](p, build, tag_data)
+    p.installed_bytes = write_card(p, build)
+    install(build, models / p.source.name)
+    shutil.rmtree(models / STAGING / p.source.name, ignore_errors=True)
+    p.seconds = time.monotonic() - started
+
+
+def remove_staging(models: Path) -> None:
+    """The shared tag-list download, and the staging folder once no other model's downloads wait there."""
+    shutil.rmtree(models / STAGING / TAG_DATA_DIR, ignore_errors=True)
+    try:
+        (models / STAGING).rmdir()
+    except OSError:
+        pass  # not empty: another model's interrupted pull resumes from it
+
+
+# -- the command ----------------------------------------------------------------------------
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+def print_plan(plans: list[Plan]) -> None:
+    from huggingface_hub import constants
+
+    print(f"models pull from {constants.ENDPOINT} (HF_ENDPOINT):", file=sys.stderr)
+    for p in plans:
+        note = "" if p.pinned else " (not pinned: the commit main is at now)"
+        resumed = f", {human(p.have)} already here" if p.have else ""
+        files = f"{len(p.files)} file{'s' if len(p.files) != 1 else ''}"
+        print(f"  {p.source.name:<9} {p.source.repo} @ {p.commit[:12]}{note}: {files}, {human(p.size)}{resumed}",
+              file=sys.stderr)
+    print(f"  total {human(sum(p.size for p in plans))}, {human(sum(p.to_download for p in plans))} to download",
+          file=sys.stderr)
+
+
+def print_summary(plans: list[Plan]) -> None:
+    rows = [("model", "repository", "revision", "size", "downloaded", "time", "result")]
+    for p in plans:
+        rows.append((p.source.name, p.source.repo, p.commit[:12], human(p.installed_bytes or p.size),
+                     human(p.downloaded), f"{p.seconds:.1f}s", p.error and "NOT INSTALLED" or "installed"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def pull(models: Path, which: list[str], florence_variant: str = "base", siglip_repo: str = SIGLIP_REPO,
+         revisions: list[str] | None = None, tag_list_url: str = RAMPP_DATA_URL, keep_free_mb: int = 1024) -> int:
+    models = Path(models).expanduser()
     models.mkdir(parents=True, exist_ok=True)
-    steps = {
-        "rampp": lambda: pull_rampp(models),  # first: Florence takes its tag vocabulary from it
-        "florence": lambda: pull_florence(models, florence_variant),
-        "siglip": lambda: pull_siglip(models, siglip_model),
-    }
-    failed = []
-    for name in [n for n in steps if n in which]:
-        print(f"pulling {name} ...", file=sys.stderr)
-        try:
-            steps[name]()
-            print(f"{name}: installed in {models / name}", file=sys.stderr)
-        except PullError as exc:
-            failed.append(name)
-            print(f"{name}: {exc}", file=sys.stderr)
+    chosen = [s for name, s in sources(florence_variant, siglip_repo).items() if name in which]
+    try:
+        pins = parse_revisions(revisions or [])
+        plans = [plan(s, models, pins.get(s.name)) for s in chosen]
+        print_plan(plans)
+        check_disk_space(models, plans, keep_free_mb * 1024 * 1024)
+    except PullError as exc:
+        print(f"models pull: {exc}", file=sys.stderr)
+        print("Offline? `archivetag models smoke` builds small random models that run the whole stack "
+              "(meaningless tags).", file=sys.stderr)
+        return 1
+    tag_data: Path | None = None
+    try:
+        for p in plans:
+            try:
+                if tag_data is None and p.source.name in ("rampp", "florence"):
+                    tag_data = fetch_tag_list(models, tag_list_url)
+                pull_one(p, models, tag_data)
+            except PullError as exc:
+                p.error = str(exc)
+            except (ModelLoadError, RuntimeError, OSError) as exc:  # the converter or exporter refused the files
+                p.error = f"the downloaded files could not be made into a model folder: {exc}"
+            if p.error:
+                print(f"{p.source.name}: {p.error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: what was downloaded is kept in {models / STAGING}; run the pull again to resume",
+              file=sys.stderr)
+        return 130
+    if all(not p.error for p in plans):
+        remove_staging(models)
+    print_summary(plans)
+    failed = [p.source.name for p in plans if p.error]
     if failed:
-        print(f"not installed: {', '.join(failed)}. Offline? `archivetag models smoke` builds small random models "
-              "that run the whole stack (meaningless tags).", file=sys.stderr)
+        print(f"not installed: {', '.join(failed)}; what was downloaded is kept in {models / STAGING} "
+              "and the next pull resumes from it", file=sys.stderr)
         return 1
     return 0

@@ -123,6 +123,12 @@ def test_the_ten_tags_whose_threshold_is_1_never_fire_even_at_probability_1():
     assert len(tags) == len(vocab.names) - 10
 
 
+def test_a_tiny_checkpoint_loads_without_being_told_its_size(tiny_pth):
+    """`models pull` and `convert-rampp` pass no size: the shapes say which known architecture it is."""
+    model, _, _ = load_model(tiny_pth)
+    assert model.config == tiny_config(40)
+
+
 # -- broken checkpoints ---------------------------------------------------------------------
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     checkpoint = torch.load(src, weights_only=True)
