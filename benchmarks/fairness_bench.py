@@ -2,7 +2,7 @@
 
 The whole stack (`up`'s supervisor) with two token clients, "desk" (TagImage, one photo at
 a time: a person waiting) and "import" (one TagImages stream):
-  1. idle: desk's photos alone: p50, p95, max latency;
+  1. idle: desk's photos alone (one a second: a person looking at each answer): p50, p95, max;
   2. bulk alone: import's images/s;
   3. bulk with interactive load: desk's latency during import's flood, and import's images/s.
 
@@ -57,8 +57,8 @@ class Clients:
     def metadata(self, client: str):
         return (("authorization", f"Bearer {TOKENS[client]}"),)
 
-    def single_photos(self, count: int, stop: threading.Event | None = None, pause: float = 0.05) -> list[float]:
-        """desk: one photo at a time, a short pause between (a person looking at each answer)."""
+    def single_photos(self, count: int, stop: threading.Event | None = None, pause: float = 1.0) -> list[float]:
+        """desk: one photo at a time, a pause between (a person looking at each answer)."""
         latencies = []
         for i in range(count):
             if stop is not None and stop.is_set():
@@ -99,6 +99,7 @@ class Clients:
 def measure(clients: Clients, photos: int, bulk: int) -> dict:
     clients.single_photos(4)  # warm-up
     clients.bulk(16)
+    load_at_start = os.getloadavg()[0]
     idle = stats(clients.single_photos(photos))
     bulk_alone = clients.bulk(bulk)
     flowing, done = threading.Event(), threading.Event()
@@ -115,6 +116,7 @@ def measure(clients: Clients, photos: int, bulk: int) -> dict:
     person.join()
     flood = stats(during)
     return {
+        "load_average_at_start": load_at_start,
         "idle": idle, "during_flood": flood,
         "bulk_images_per_second_alone": bulk_alone, "bulk_images_per_second_with_interactive": bulk_with,
         "max_over_idle_p50": flood["max_ms"] / idle["p50_ms"],

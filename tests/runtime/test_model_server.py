@@ -325,10 +325,13 @@ def test_metrics_count_requests_by_method_and_code(tmp_path):
         tag(srv.address, encode(photo(), "PNG"))
         with pytest.raises(grpc.RpcError):
             tag(srv.address, b"garbage")
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        # The server counts a call once its status is sent: the client may see the status first.
+        text = wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(),
+                        lambda text: 'code="INVALID_ARGUMENT"' in text, describe="both calls counted (metrics)")
     assert 'archivetag_requests_total{code="OK",method="/archivetag.v1.TaggerService/Tag"} 1.0' in text
     assert 'archivetag_requests_total{code="INVALID_ARGUMENT",method="/archivetag.v1.TaggerService/Tag"} 1.0' in text
-    for name in ("archivetag_queue_wait_seconds", "archivetag_batch_size", "archivetag_inference_seconds"):
+    assert 'archivetag_queue_wait_seconds_count{lane="interactive",model="trivial"}' in text
+    for name in ("archivetag_batch_size", "archivetag_inference_seconds"):
         assert f'{name}_count{{model="trivial"}}' in text
 
 
