@@ -6,7 +6,9 @@ Side by side, in one run, on the same images:
   2. the same models called in-process (no gRPC, no batching): the cost of the serving path;
   3. the old app's design: a new Python process per image that loads the models each time.
 
-    python benchmarks/stack_bench.py [--models DIR] [--images 32] [--out benchmarks/results/stack.json]
+    python benchmarks/stack_bench.py [--models DIR] [--images 32] [--clients 1,4,16] [--out benchmarks/results/stack.json]
+
+ARCHIVETAG_* variables reach the services (ARCHIVETAG_MAX_QUEUE_DELAY_MS=5: the batcher before continuous batching).
 
 Prints a table, writes JSON and a PNG plot (throughput and latency against clients).
 """
@@ -53,6 +55,16 @@ def test_images(count: int) -> list[bytes]:
         Image.fromarray(pixels).save(buf, "JPEG", quality=90)
         images.append(buf.getvalue())
     return images
+
+
+def stack_arguments(models: Path, log_dir: Path, *extra: str):
+    """`up`'s settings for a stack of `models` on free loopback ports, and those ports by server name."""
+    ports = {name: free_port() for name in ("orchestrator", "florence", "rampp", "siglip")}
+    up_args = build_parser().parse_args(
+        ["up", "--models", str(models), "--log-dir", str(log_dir), "--no-metrics", *extra,
+         *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
+    )
+    return up_args, ports
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -166,6 +178,8 @@ def main() -> int:
     parser.add_argument("--models", type=Path, help="models directory (default: fresh smoke models)")
     parser.add_argument("--images", type=int, default=32, help="requests per client count")
     parser.add_argument("--old-design-images", type=int, default=4)
+    parser.add_argument("--clients", type=lambda text: [int(n) for n in text.split(",")], default=list(CLIENT_COUNTS),
+                        help="concurrent client counts, comma-separated (default 1,4,16)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stack.json")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,11 +190,7 @@ def main() -> int:
     images = test_images(16)
 
     results: dict = {"machine": {"cpus": os.cpu_count()}, "images": args.images}
-    ports = {name: free_port() for name in ("orchestrator", "florence", "rampp", "siglip")}
-    up_args = build_parser().parse_args(
-        ["up", "--models", str(models), "--log-dir", str(Path(tmp.name) / "logs"), "--no-metrics",
-         *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
-    )
+    up_args, ports = stack_arguments(models, Path(tmp.name) / "logs")
 
     async def through_stack() -> list[dict]:
         stack = Stack(up_args, say=lambda *_: None)
@@ -190,7 +200,7 @@ def main() -> int:
             address = f"127.0.0.1:{ports['orchestrator']}"
             await asyncio.to_thread(run_clients, address, images, 1, 4)  # warm-up
             rows = []
-            for clients in CLIENT_COUNTS:
+            for clients in args.clients:
                 per_client = max(1, args.images // clients)
                 rows.append(await asyncio.to_thread(run_clients, address, images, clients, per_client))
             return rows

@@ -12,7 +12,7 @@ from grpc_health.v1.health import aio as health_aio
 from archivetag.orchestrator.auth import AuthInterceptor, TokenAuthenticator, TokenError, is_loopback_host, load_tokens
 from archivetag.orchestrator.backends import Backend, TargetError
 from archivetag.orchestrator.breaker import CircuitBreaker
-from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler
+from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler, parse_weights
 from archivetag.orchestrator.routing import Router
 from archivetag.orchestrator.service import TaggingServicer
 from archivetag.runtime.logs import fields
@@ -44,7 +44,12 @@ class OrchestratorApp:
             [self.backends[name] for name in taggers], self.backends[view_type_model().name],
             settings.fallback_reserve_seconds,
         )
-        self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight, settings.client_max_queued)
+        try:
+            weights = parse_weights(settings.client_weights)
+        except ValueError as exc:
+            raise SystemExit(f"bad --client-weights: {exc}") from None
+        self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight, settings.client_max_queued,
+                                       weights=weights, interactive_reserve=settings.interactive_reserve)
         self.budget = ByteBudget(settings.max_mb_in_flight * MIB, settings.client_max_mb_in_flight * MIB)
         self.servicer: TaggingServicer | None = None
         self.interceptors = [AuthInterceptor(self._authenticator())]

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from archivetag.runtime.batcher import INTERACTIVE, LANE_METADATA_KEY
 from archivetag.runtime.channels import client_channel_options
 from archivetag.runtime.logs import fields
 from archivetag.runtime.registry import ServerSpec
@@ -388,25 +389,27 @@ class Backend:
         self.last_error, self.last_error_time, self.last_error_resolved = text, time.time(), False
 
     # -- calls ----------------------------------------------------------------------
-    async def call(self, method: Callable[..., Any], request: Any, timeout: float, own_deadline: bool = True) -> Any:
-        """Call the backend; record latency, errors and the breaker's verdict.
+    async def call(self, method: Callable[..., Any], request: Any, timeout: float, own_deadline: bool = True,
+                   lane: str = INTERACTIVE) -> Any:
+        """Call the backend in batcher lane `lane`; record latency, errors and the breaker's verdict.
 
         Only the backend's faults count against it (is_backend_fault). A call still waiting
         when the backend turns unusable (every replica hung or gone) is abandoned at once
         with UNAVAILABLE, so it fails over instead of paying the rest of its deadline.
         """
         started = time.monotonic()
-        call = method(request, timeout=timeout)
+        call = method(request, timeout=timeout, metadata=((LANE_METADATA_KEY, lane),))
         down = asyncio.ensure_future(self._until_unusable())
         try:
-            done, _ = await asyncio.wait({asyncio.ensure_future(call), down}, return_when=asyncio.FIRST_COMPLETED)
+            answered = asyncio.ensure_future(call)  # awaited below, so its failure is retrieved
+            done, _ = await asyncio.wait({answered, down}, return_when=asyncio.FIRST_COMPLETED)
             if down in done:
                 call.cancel()
                 raise grpc.aio.AioRpcError(
                     grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
                     f"call abandoned after {time.monotonic() - started:.1f} s: {self.describe_health()}",
                 )
-            response = await call
+            response = await answered
         except grpc.aio.AioRpcError as exc:
             if is_backend_fault(exc.code(), own_deadline):
                 self.error_count += 1

@@ -71,8 +71,22 @@ CLIENT_OPTIONS = OptionGroup(
             "Comma-separated 'client-name:token' pairs (in addition to the file); tokens of at least 16 characters.",
             parse_list,
         ),
-        Option("max_in_flight", 16, "Images processed at once over all clients; more wait their client's turn.", int),
-        Option("client_max_in_flight", 8, "Images one client may have processed at once.", int),
+        Option(
+            "max_in_flight", 16,
+            "Images processed at once over all clients: the window each backend sees (about one batch running and "
+            "the next one decoding), so the fair scheduler, not a queue inside a backend, orders the rest.", int,
+        ),
+        Option("client_max_in_flight", 8, "Images one client may have processed at once (times its weight).", int),
+        Option(
+            "interactive_reserve", 4,
+            "Slots beyond --max-in-flight for interactive images (TagImage), so a person's photo reaches a busy "
+            "backend at once and goes first in its next batch.", int,
+        ),
+        Option(
+            "client_weights", [],
+            "Comma-separated 'client-name:weight' shares of the backends (default weight 1): a client of weight 2 "
+            "gets about twice the freed slots of a client of weight 1 when both wait.", parse_list,
+        ),
         Option(
             "client_max_queued", 1000,
             "Images one client may have waiting; more are refused with RESOURCE_EXHAUSTED.", int,

@@ -21,6 +21,7 @@ import grpc
 from prometheus_client import Counter
 
 from archivetag.orchestrator.backends import Backend
+from archivetag.runtime.batcher import INTERACTIVE
 from archivetag.runtime.errors import DeadlineExpired, NotServing, reraise_from_call
 from archivetag.runtime.logs import fields
 from archivetag.v1 import tagger_pb2, tagging_pb2, view_type_pb2
@@ -85,12 +86,14 @@ class Router:
         self.fallback_reserve = fallback_reserve
 
     async def tag_image(
-        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, admission_seconds: float = 0.0
+        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, admission_seconds: float = 0.0,
+        lane: str = INTERACTIVE,
     ) -> tagging_pb2.TagImageResponse:
+        """lane: the batcher lane the backends queue this image in (runtime/batcher.py)."""
         started = time.monotonic()
-        view_task = asyncio.create_task(self._view_type(image, request, deadline))
+        view_task = asyncio.create_task(self._view_type(image, request, deadline, lane))
         try:
-            outcome = await self._tag_with_failover(request, image, deadline)
+            outcome = await self._tag_with_failover(request, image, deadline, lane)
         except BaseException:
             view_task.cancel()
             await asyncio.gather(view_task, return_exceptions=True)
@@ -124,7 +127,7 @@ class Router:
 
     # -- tagging ----------------------------------------------------------------------
     async def _tag_with_failover(
-        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float
+        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, lane: str
     ) -> TaggerOutcome:
         reasons: list[str] = []  # for a person
         fallbacks: dict[str, int] = {}  # tagger → FallbackReason, for programs
@@ -160,7 +163,7 @@ class Router:
             attempt_started = time.monotonic()
             try:
                 tag = backend.raw_method("Tag", tagger_pb2.TagResponse)
-                response = await backend.call(tag, tag_bytes, timeout, timeout >= backend.deadline)
+                response = await backend.call(tag, tag_bytes, timeout, timeout >= backend.deadline, lane)
             except grpc.aio.AioRpcError as exc:
                 spent = time.monotonic() - attempt_started
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -185,7 +188,8 @@ class Router:
         raise NotServing("no tagger could answer: " + "; ".join(reasons), reason="NO_TAGGER_AVAILABLE", metadata=states)
 
     # -- view type --------------------------------------------------------------------
-    async def _view_type(self, image: bytes, request: tagging_pb2.TagImageRequest, deadline: float) -> ViewOutcome:
+    async def _view_type(self, image: bytes, request: tagging_pb2.TagImageRequest, deadline: float,
+                         lane: str) -> ViewOutcome:
         """The view type, or 'unknown' with the reason SigLIP did not answer. Never raises."""
         unknown = tagging_pb2.ViewType(name="unknown")
         backend = self.siglip
@@ -199,7 +203,7 @@ class Router:
         classify = with_image(view_type_pb2.ClassifyRequest(include_embedding=request.include_embedding), image)
         try:
             method = backend.raw_method("Classify", view_type_pb2.ClassifyResponse)
-            reply = await backend.call(method, classify, timeout, timeout >= backend.deadline)
+            reply = await backend.call(method, classify, timeout, timeout >= backend.deadline, lane)
         except grpc.aio.AioRpcError as exc:
             spent = time.monotonic() - started
             return ViewOutcome(unknown, spent, f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")

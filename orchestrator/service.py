@@ -11,8 +11,9 @@ from archivetag.orchestrator.auth import current_client
 from archivetag.orchestrator.backends import Backend
 from archivetag.orchestrator.fairness import ByteBudget, FairScheduler
 from archivetag.orchestrator.routing import Router
+from archivetag.runtime.batcher import BULK, INTERACTIVE
 from archivetag.runtime.errors import DeadlineExpired, InvalidInput, NotServing, QueueFull, abort_with, status_for
-from archivetag.runtime.images import check_image_size, read_image_source
+from archivetag.runtime.images import check_image_size, read_image_source_async
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
 
 
@@ -39,9 +40,10 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
     # -- one image ----------------------------------------------------------------------
     async def _tag(self, request: tagging_pb2.TagImageRequest, client: str, time_left: float,
-                   prepaid: bool = False) -> tagging_pb2.TagImageResponse:
-        """Tag one image. Its bytes are held in the client's byte budget (taken here unless the
-        stream reading it took them already) before they are copied or wait for a slot."""
+                   prepaid: bool = False, lane: str = INTERACTIVE) -> tagging_pb2.TagImageResponse:
+        """Tag one image in `lane` (TagImage: interactive; TagImages: bulk). Its bytes are held in the client's
+        byte budget (taken here unless the stream reading it took them already) before they are copied or wait
+        for a slot."""
         deadline = time.monotonic() + time_left
         held = 0
         try:
@@ -49,13 +51,15 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                 self.budget.take(client, request.ByteSize())
                 held = request.ByteSize()
             async with asyncio.timeout(time_left):
-                image = await asyncio.to_thread(read_image_source, request.image, self.settings.allowed_roots)
+                # A path is read in the decoder's own file pool: regular files only, size checked first.
+                image = await read_image_source_async(request.image, self.settings.allowed_roots,
+                                                      self.settings.max_image_bytes, deadline)
                 if request.image.WhichOneof("source") == "uri":  # read here: count what was read
                     self.budget.take(client, len(image))
                     held += len(image)
                 check_image_size(image, self.settings.max_image_bytes)
-                async with self.scheduler.slot(client) as waited:
-                    return await self.router.tag_image(request, image, deadline, waited)
+                async with self.scheduler.slot(client, lane) as waited:
+                    return await self.router.tag_image(request, image, deadline, waited, lane)
         except TimeoutError:
             raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged",
                                   metadata={"deadline_seconds": round(time_left, 3)}) from None
@@ -105,7 +109,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
 
         async def answer(item: tagging_pb2.TagImagesRequest, size: int) -> None:
             try:
-                result = await self._tag(item.request, client, self._time_left(context), prepaid=True)
+                result = await self._tag(item.request, client, self._time_left(context), prepaid=True, lane=BULK)
                 response = tagging_pb2.TagImagesResponse(id=item.id, result=result)
             except Exception as exc:  # noqa: BLE001 - every failure becomes the item's own error
                 response = _error_answer(item.id, exc)

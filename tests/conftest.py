@@ -13,6 +13,20 @@ from tests.support.servers import ServerProcess
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda are skipped on machines without a CUDA device (torch imported only if one is collected)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks/gpu_check.sh runs these on one)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def smoke_models(tmp_path_factory) -> Path:
     """A models directory with smoke Florence-2, RAM++ and SigLIP models."""

@@ -82,6 +82,7 @@ def _stop_when(abandoned: Callable[[], bool]):
 
 class FlorenceBackend(ModelBackend):
     family = "florence"
+    decodes_with_torch = True
     service = TAGGER_SERVICE
 
     def __init__(self, settings):

@@ -60,6 +60,7 @@ def find_weights(folder: Path) -> Path:
 
 class RamPlusBackend(ModelBackend):
     family = "rampp"
+    decodes_with_torch = True
     service = TAGGER_SERVICE
 
     def __init__(self, settings):

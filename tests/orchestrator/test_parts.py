@@ -13,7 +13,8 @@ from archivetag.orchestrator.auth import (
 )
 from archivetag.orchestrator.backends import TargetError, is_backend_fault, parse_target
 from archivetag.orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler
+from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler, parse_weights
+from archivetag.runtime.batcher import BULK, INTERACTIVE
 from archivetag.orchestrator.routing import with_image
 from archivetag.v1 import tagger_pb2, view_type_pb2
 from archivetag.runtime.errors import QueueFull
@@ -76,14 +77,14 @@ class Jobs:
         self.finish: dict[tuple[str, int], asyncio.Event] = {}
         self.tasks: list[asyncio.Task] = []
 
-    def start(self, client: str, count: int) -> None:
+    def start(self, client: str, count: int, lane: str = INTERACTIVE) -> None:
         first = sum(1 for c, _ in self.finish if c == client)
         for n in range(first, first + count):
             self.finish[(client, n)] = asyncio.Event()
-            self.tasks.append(asyncio.create_task(self._job(client, n)))
+            self.tasks.append(asyncio.create_task(self._job(client, n, lane)))
 
-    async def _job(self, client: str, n: int) -> None:
-        async with self.scheduler.slot(client):
+    async def _job(self, client: str, n: int, lane: str) -> None:
+        async with self.scheduler.slot(client, lane):
             self.granted.append((client, n))
             await self.finish[(client, n)].wait()
 
@@ -139,6 +140,65 @@ async def test_fair_scheduler_alternates_freed_slots_between_a_flood_and_a_clien
     clients = [client for client, _ in jobs.granted]
     assert [i for i, client in enumerate(clients) if client == "desk"] == [2, 4, 6], clients
     await jobs.finish_all()
+
+
+async def test_an_interactive_photo_takes_the_next_free_slot_ahead_of_its_own_clients_import():
+    jobs = Jobs(FairScheduler(capacity=2, per_client=2, max_queued=100))
+    jobs.start("app", 10, BULK)
+    await jobs.settle(running=2, queued=8)
+    jobs.start("app", 1, INTERACTIVE)  # job ("app", 10)
+    await jobs.settle(running=2, queued=9)
+    await jobs.finish_oldest_running()
+    assert jobs.granted[2] == ("app", 10)
+    await jobs.finish_all()
+
+
+async def test_the_interactive_reserve_lets_a_photo_past_a_full_window_but_not_an_import():
+    jobs = Jobs(FairScheduler(capacity=2, per_client=2, max_queued=100, interactive_reserve=1))
+    jobs.start("import", 5, BULK)
+    await jobs.settle(running=2, queued=3)
+    jobs.start("desk", 1, INTERACTIVE)
+    await jobs.settle(running=3, queued=3)  # granted at once, beyond the window
+    assert jobs.granted[2] == ("desk", 0)
+    jobs.start("other-import", 1, BULK)
+    await jobs.settle(running=3, queued=4)  # bulk stays within the window
+    await jobs.finish_all()
+
+
+async def test_an_interactive_flood_leaves_bulk_its_share_of_the_window():
+    jobs = Jobs(FairScheduler(capacity=4, per_client=2, max_queued=100))
+    jobs.start("desk", 10, INTERACTIVE)
+    jobs.start("import", 10, BULK)
+    await jobs.settle(running=4, queued=16)
+    for _ in range(8):
+        await jobs.finish_oldest_running()
+    clients = [client for client, _ in jobs.granted]
+    assert clients.count("import") == 6  # half the slots: desk is held to its per-client limit
+    assert clients.count("desk") == 6
+    await jobs.finish_all()
+
+
+async def test_weighted_clients_share_freed_slots_in_proportion_to_their_weights():
+    jobs = Jobs(FairScheduler(capacity=4, per_client=4, max_queued=100, weights={"archive": 3.0}))
+    jobs.start("archive", 40, BULK)
+    await jobs.settle(running=4, queued=36)
+    jobs.start("museum", 40, BULK)
+    await jobs.settle(running=4, queued=76)
+    for _ in range(16):
+        await jobs.finish_oldest_running()
+    later = [client for client, _ in jobs.granted[4:]]
+    assert later.count("archive") == 12  # 3 : 1
+    assert later.count("museum") == 4
+    running = {c: n for c, n in jobs.scheduler.running_by_client.items()}
+    assert running == {"archive": 3, "museum": 1}
+    await jobs.finish_all()
+
+
+def test_client_weights_are_parsed_and_malformed_ones_refused():
+    assert parse_weights(["archive:3", "museum:0.5"]) == {"archive": 3.0, "museum": 0.5}
+    for bad in ("archive", "archive:0", "archive:x", ":2"):
+        with pytest.raises(ValueError, match="client-name:positive-number"):
+            parse_weights([bad])
 
 
 async def test_fair_scheduler_caps_each_clients_in_flight_work():

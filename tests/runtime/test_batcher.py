@@ -57,6 +57,67 @@ async def test_a_single_request_is_served_alone_once_the_queue_delay_has_passed(
     await batcher.stop()
 
 
+async def test_without_a_queue_delay_what_arrives_while_the_model_is_busy_forms_the_next_batch():
+    model = RecordingModel()
+    batcher = await _started(model, max_batch_size=8)  # the default delay: 0 (how soon is the stack benchmark's)
+    answers = await _held_then_queued(model, batcher, [(i, "interactive") for i in range(3)])
+    assert answers == [0, 2, 4]
+    assert model.batches == [[-1], [0, 1, 2]]
+    await batcher.stop()
+
+
+async def _held_then_queued(model: RecordingModel, batcher: DynamicBatcher, items: list[tuple[int, str]]):
+    """Hold the model on a first item, queue `items` (value, lane) in that order, release; the answers."""
+    model.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(-1))
+    await asyncio.to_thread(model.entered.wait, 30)
+    tasks = [asyncio.create_task(batcher.submit(value, lane=lane)) for value, lane in items]
+    await wait_for_async(lambda: batcher.depth, lambda n: n == len(items), describe="every item queued")
+    model.gate.set()
+    results = await asyncio.gather(blocker, *tasks)
+    return [r for r, _ in results[1:]]
+
+
+async def test_interactive_items_go_first_and_bulk_items_fill_the_rest_of_the_batch():
+    model = RecordingModel()
+    batcher = await _started(model, max_batch_size=8, max_queue_delay=0)
+    bulk = [(100 + i, "bulk") for i in range(10)]
+    interactive = [(i, "interactive") for i in range(3)]
+    answers = await _held_then_queued(model, batcher, bulk + interactive)  # bulk queued first
+    assert answers == [v * 2 for v, _ in bulk + interactive]
+    assert model.batches[1] == [0, 1, 2, 100, 101, 102, 103, 104]
+    assert model.batches[2] == [105, 106, 107, 108, 109]
+    await batcher.stop()
+
+
+async def test_bulk_keeps_one_place_in_every_batch_while_interactive_items_wait():
+    model = RecordingModel()
+    batcher = await _started(model, max_batch_size=4, max_queue_delay=0)
+    bulk = [(100 + i, "bulk") for i in range(3)]
+    interactive = [(i, "interactive") for i in range(20)]
+    await _held_then_queued(model, batcher, bulk + interactive)
+    batches = model.batches[1:]
+    assert batches[:3] == [[0, 1, 2, 100], [3, 4, 5, 101], [6, 7, 8, 102]]
+    assert batches[3:] == [[9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19]]
+    await batcher.stop()
+
+
+async def test_with_batches_of_one_bulk_gets_every_second_batch_while_both_wait():
+    model = RecordingModel()
+    batcher = await _started(model, max_batch_size=1, max_queue_delay=0)
+    await _held_then_queued(model, batcher, [(100, "bulk"), (101, "bulk"), (0, "interactive"), (1, "interactive"),
+                                             (2, "interactive")])
+    assert model.batches[1:] == [[100], [0], [101], [1], [2]]
+    await batcher.stop()
+
+
+async def test_an_unknown_lane_is_refused():
+    batcher = await _started(RecordingModel())
+    with pytest.raises(ValueError, match="unknown lane"):
+        await batcher.submit(1, lane="urgent")
+    await batcher.stop()
+
+
 async def test_a_full_queue_refuses_with_a_message_that_says_so():
     model = RecordingModel()
     model.gate.clear()

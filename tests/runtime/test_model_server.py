@@ -17,7 +17,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 
+from archivetag.runtime.batcher import BULK, INTERACTIVE, LANE_METADATA_KEY
 from archivetag.runtime.registry import TAGGER_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.support.image_corpus import answers_to_every_case, encode, photo
@@ -219,7 +221,8 @@ def test_calls_over_the_concurrency_limit_are_refused_while_health_checks_still_
         with ThreadPoolExecutor(2) as pool:
             held = [pool.submit(tag, srv.address, encode(photo(), "PNG"), 60) for _ in range(2)]
             try:
-                wait_for_batch_of(log, 2)  # both calls are inside the server, held by the hung batch
+                # both calls are inside the server, held by the hung batch
+                wait_for(lambda: batch_sizes(log), lambda sizes: 2 in sizes, describe="a batch of 2")
                 with pytest.raises(grpc.RpcError) as refused:
                     tag(srv.address, encode(photo(), "PNG"), 10)
                 assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -229,17 +232,6 @@ def test_calls_over_the_concurrency_limit_are_refused_while_health_checks_still_
                 hang.unlink()
             assert all(len(f.result(30).tags) == 3 for f in held)
         assert len(tag(srv.address, encode(photo(), "PNG")).tags) == 3
-
-
-def wait_for_batch_of(log: Path, size: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    sizes: list[int] = []
-    while time.monotonic() < deadline:
-        sizes = [json.loads(line)["size"] for line in log.read_text().splitlines()] if log.exists() else []
-        if size in sizes:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"no batch of {size} within {timeout} s; batches: {sizes}")
 
 
 def test_watchdog_turns_not_serving_after_consecutive_failures_and_recovers(tmp_path):
@@ -260,6 +252,52 @@ def test_watchdog_turns_not_serving_after_consecutive_failures_and_recovers(tmp_
         fail.unlink()
         srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=120)  # the recovery probe passed
         assert len(tag(srv.address, encode(photo(), "PNG")).tags) == 3
+
+
+def batch_colours(log: Path) -> list[list[str]]:
+    return [json.loads(line)["colours"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def tag_in_lane(address: str, data: bytes, lane: str, timeout: float = 300.0) -> tagger_pb2.TagResponse:
+    with grpc.insecure_channel(address) as channel:
+        return tagger_pb2_grpc.TaggerServiceStub(channel).Tag(
+            tagger_pb2.TagRequest(image=common_pb2.Image(data=data)), timeout=timeout,
+            metadata=((LANE_METADATA_KEY, lane),),
+        )
+
+
+def test_the_lane_metadata_puts_an_interactive_call_ahead_of_queued_bulk_calls(tmp_path):
+    hang, log, metrics_port = tmp_path / "hang", tmp_path / "batches.jsonl", free_port()
+    args = ("--hang-file", str(hang), "--batch-log", str(log), "--max-batch-size", "4")
+    red, green, blue = (encode(Image.new("RGB", (48, 48), c), "PNG") for c in ((220, 10, 10), (10, 220, 10), (10, 10, 220)))
+    with trivial_server(tmp_path, *args, metrics_port=metrics_port) as srv:
+        srv.wait_status(TAGGER_SERVICE, "SERVING")
+        warm_up = len(batch_colours(log))
+        hang.touch()
+        with ThreadPoolExecutor(6) as pool:
+            held = pool.submit(tag_in_lane, srv.address, blue, BULK)
+            wait_for(lambda: batch_colours(log)[warm_up:], lambda seen: seen == [["blue"]],
+                     describe="the blue call in inference")
+            bulk = [pool.submit(tag_in_lane, srv.address, red, BULK) for _ in range(4)]
+            wait_for(lambda: metric(metrics_port, "archivetag_queue_depth", model="trivial"), lambda n: n == 4,
+                     describe="four bulk calls queued")
+            interactive = pool.submit(tag_in_lane, srv.address, green, INTERACTIVE)
+            wait_for(lambda: metric(metrics_port, "archivetag_queue_depth", model="trivial"), lambda n: n == 5,
+                     describe="the interactive call queued behind them")
+            hang.unlink()
+            assert interactive.result(300).tags[0].name == "green"
+            assert [f.result(300).tags[0].name for f in [held, *bulk]] == ["blue", "red", "red", "red", "red"]
+        assert batch_colours(log)[warm_up + 1:] == [["green", "red", "red", "red"], ["red"]]
+        assert metric(metrics_port, "archivetag_queue_wait_seconds_count", model="trivial", lane="bulk") == 5
+        assert metric(metrics_port, "archivetag_queue_wait_seconds_count", model="trivial", lane="interactive") >= 1
+
+
+def test_an_unknown_lane_is_refused_with_invalid_argument(server):
+    with pytest.raises(grpc.RpcError) as refused:
+        tag_in_lane(server.address, encode(photo(), "PNG"), "urgent", timeout=60)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "archivetag-lane" in refused.value.details()
+    assert len(tag(server.address, encode(photo(), "PNG")).tags) == 3  # still serving
 
 
 def test_sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_0(tmp_path):
@@ -324,10 +362,13 @@ def test_metrics_count_requests_by_method_and_code(tmp_path):
         tag(srv.address, encode(photo(), "PNG"))
         with pytest.raises(grpc.RpcError):
             tag(srv.address, b"garbage")
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        # The server counts a call once its status is sent: the client may see the status first.
+        text = wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode(),
+                        lambda text: 'code="INVALID_ARGUMENT"' in text, describe="both calls counted (metrics)")
     assert 'archivetag_requests_total{code="OK",method="/archivetag.v1.TaggerService/Tag"} 1.0' in text
     assert 'archivetag_requests_total{code="INVALID_ARGUMENT",method="/archivetag.v1.TaggerService/Tag"} 1.0' in text
-    for name in ("archivetag_queue_wait_seconds", "archivetag_batch_size", "archivetag_inference_seconds"):
+    assert 'archivetag_queue_wait_seconds_count{lane="interactive",model="trivial"}' in text
+    for name in ("archivetag_batch_size", "archivetag_inference_seconds"):
         assert f'{name}_count{{model="trivial"}}' in text
 
 

@@ -10,7 +10,8 @@ services never use it.
 --load-gate-file: while that file exists, loading the model does not finish.
 --fail-file / --hang-file: while that file exists, inference raises / blocks, so tests
 can make the model fail or stall from outside and watch health change (no timing involved).
---batch-log: one JSON line per batch, written when its inference starts.
+--batch-log: one JSON line per batch, written when its inference starts: its size and the
+dominant colour of each item in batch order (so tests can see which request went first).
 --decode-hang-file: while it exists, preparing a decoded image (in the decode pool) blocks.
 """
 
@@ -32,6 +33,9 @@ from archivetag.runtime.options import MODEL_SERVICE_OPTIONS, SERVER_OPTIONS
 from archivetag.runtime.server import run
 from archivetag.runtime.settings import add_option_groups
 from archivetag.v1 import common_pb2
+
+
+NAMES = ("red", "green", "blue")
 
 
 class DominantColourBackend(ModelBackend):
@@ -66,14 +70,15 @@ class DominantColourBackend(ModelBackend):
     def infer_batch(self, items, abandoned):
         if self.batch_log:
             with self.lock, open(self.batch_log, "a") as f:
-                f.write(json.dumps({"size": len(items)}) + "\n")
+                colours = [NAMES[int(np.argmax(means))] for means, _ in items]
+                f.write(json.dumps({"size": len(items), "colours": colours}) + "\n")
         while self.hang_file and self.hang_file.exists():
             time.sleep(0.05)
         if self.fail_file and self.fail_file.exists():
             raise RuntimeError("simulated device failure")
         if any(poison for _, poison in items):
             raise RuntimeError("poison item in batch")
-        names = ("red", "green", "blue")
+        names = NAMES
         results = []
         for means, _ in items:
             order = np.argsort(-means)

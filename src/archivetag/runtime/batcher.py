@@ -1,7 +1,14 @@
 """The one dynamic batcher: concurrent requests → batched inference on one worker thread.
 
-A batch closes when it holds `max_batch_size` items or its oldest item has waited
-`max_queue_delay`. Items whose caller went away (cancelled) or whose deadline passed
+A batch goes when it holds `max_batch_size` items or its oldest item has waited
+`max_queue_delay`. With the default delay of 0 that is continuous batching: an idle model
+starts at once with what is queued, and what arrives while a batch runs forms the next one.
+
+Two lanes: interactive items (a person waiting for one photo) are taken first and bulk
+items fill the rest of the batch. Bulk never starves: while bulk waits, every batch
+keeps one place for it (with max_batch_size 1, every second batch is bulk's).
+
+Items whose caller went away (cancelled) or whose deadline passed
 are dropped before inference. The queue is bounded: a full queue raises QueueFull
 (RESOURCE_EXHAUSTED). The bound admits a request once, before its item is prepared
 (decoding), so requests still decoding count against it too. Inference runs on a dedicated thread, off the event loop, one
@@ -19,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 from archivetag.runtime import metrics
-from archivetag.runtime.errors import DeadlineExpired, NotServing, QueueFull
+from archivetag.runtime.errors import DeadlineExpired, InvalidInput, NotServing, QueueFull
 from archivetag.runtime.logs import fields
 
 log = logging.getLogger("archivetag.batcher")
@@ -28,6 +35,21 @@ log = logging.getLogger("archivetag.batcher")
 # abandoned() is True once every item of the batch was cancelled or expired, so a long
 # generation can stop early.
 InferFn = Callable[[list[Any], Callable[[], bool]], Sequence[Any]]
+
+INTERACTIVE, BULK = "interactive", "bulk"
+LANES = (INTERACTIVE, BULK)
+# gRPC metadata naming the lane of a call to a model service (absent: interactive).
+LANE_METADATA_KEY = "archivetag-lane"
+
+
+def lane_from_metadata(metadata) -> str:
+    """The lane a caller asked for, from (key, value) pairs; InvalidInput if it names none."""
+    for key, value in metadata or ():
+        if key == LANE_METADATA_KEY:
+            if value not in LANES:
+                raise InvalidInput(f"{LANE_METADATA_KEY} metadata is {value!r}; use one of {', '.join(LANES)}")
+            return value
+    return INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,7 @@ class _Item:
     future: asyncio.Future
     deadline: float | None  # time.monotonic() value
     enqueued: float
+    lane: str = INTERACTIVE
 
     def gone(self, now: float) -> bool:
         return self.future.done() or (self.deadline is not None and now >= self.deadline)
@@ -57,7 +80,7 @@ class DynamicBatcher:
         *,
         name: str,
         max_batch_size: int = 8,
-        max_queue_delay: float = 0.005,
+        max_queue_delay: float = 0.0,
         max_queue_size: int = 64,
     ):
         if max_batch_size < 1 or max_queue_size < 1:
@@ -67,7 +90,8 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.max_queue_size = max_queue_size
-        self._queue: list[_Item] = []
+        self._queues: dict[str, list[_Item]] = {lane: [] for lane in LANES}
+        self._last_batch_was_bulk = False  # for max_batch_size 1: bulk's turn alternates
         self._preparing = 0  # admitted requests whose item is still being prepared
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
@@ -89,10 +113,11 @@ class DynamicBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for item in self._queue:
-            if not item.future.done():
-                item.future.set_exception(self._shutting_down())
-        self._queue.clear()
+        for queue in self._queues.values():
+            for item in queue:
+                if not item.future.done():
+                    item.future.set_exception(self._shutting_down())
+            queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _shutting_down(self) -> NotServing:
@@ -100,11 +125,11 @@ class DynamicBatcher:
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return sum(len(queue) for queue in self._queues.values())
 
     @property
     def has_pending_work(self) -> bool:
-        return bool(self._queue) or self.batch_running_since is not None
+        return bool(self.depth) or self.batch_running_since is not None
 
     @property
     def preparing(self) -> int:
@@ -112,18 +137,20 @@ class DynamicBatcher:
 
     async def submit(
         self, payload: Any = None, timeout: float | None = None,
-        prepare: Callable[[], Awaitable[Any]] | None = None,
+        prepare: Callable[[], Awaitable[Any]] | None = None, lane: str = INTERACTIVE,
     ) -> tuple[Any, BatchInfo]:
-        """Admit one request, queue its item and wait for the result.
+        """Admit one request, queue its item in `lane` and wait for the result.
 
         prepare: makes the item (decodes the image) after admission, so a full server refuses
         a request before spending anything on it. timeout: seconds the caller still has,
         counted from now, preparation included.
         """
-        waiting = len(self._queue) + self._preparing
+        if lane not in self._queues:
+            raise ValueError(f"unknown lane {lane!r}; one of {', '.join(LANES)}")
+        waiting = self.depth + self._preparing
         if waiting >= self.max_queue_size:
             raise QueueFull(
-                f"inference queue is full ({len(self._queue)} requests waiting for {self.name}, "
+                f"inference queue is full ({self.depth} requests waiting for {self.name}, "
                 f"{self._preparing} being decoded); retry later (limit: ARCHIVETAG_MAX_QUEUE_SIZE)",
                 metadata={"model": self.name, "limit": self.max_queue_size, "setting": "ARCHIVETAG_MAX_QUEUE_SIZE"},
             )
@@ -138,9 +165,9 @@ class DynamicBatcher:
         now = time.monotonic()
         if not self.has_pending_work:
             self.last_progress = now  # the stall clock starts when work arrives at an idle batcher
-        item = _Item(payload, asyncio.get_running_loop().create_future(), deadline, now)
-        self._queue.append(item)
-        metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
+        item = _Item(payload, asyncio.get_running_loop().create_future(), deadline, now, lane)
+        self._queues[lane].append(item)
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.depth)
         self._arrived.set()
         # Cancelling this coroutine (the client went away) cancels item.future, which
         # the batch loop sees and skips.
@@ -149,28 +176,45 @@ class DynamicBatcher:
     # -- the loop -----------------------------------------------------------------
     def _prune(self) -> None:
         now = time.monotonic()
-        kept = []
-        for item in self._queue:
-            if item.future.done():
-                continue
-            if item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineExpired("deadline passed while waiting in the inference queue"))
-                continue
-            kept.append(item)
-        self._queue = kept
+        for lane, queue in self._queues.items():
+            kept = []
+            for item in queue:
+                if item.future.done():
+                    continue
+                if item.deadline is not None and now >= item.deadline:
+                    item.future.set_exception(DeadlineExpired("deadline passed while waiting in the inference queue"))
+                    continue
+                kept.append(item)
+            self._queues[lane] = kept
+
+    def _take_batch(self) -> list[_Item]:
+        """Interactive items first, bulk fills the rest; bulk keeps one place while it waits."""
+        interactive, bulk = self._queues[INTERACTIVE], self._queues[BULK]
+        size = self.max_batch_size
+        if size == 1:
+            bulk_places = 1 if bulk and (not interactive or not self._last_batch_was_bulk) else 0
+        else:
+            bulk_places = max(1 if bulk else 0, size - len(interactive))
+        bulk_taken = bulk[:bulk_places]
+        interactive_taken = interactive[:size - len(bulk_taken)]
+        self._queues[INTERACTIVE] = interactive[len(interactive_taken):]
+        self._queues[BULK] = bulk[len(bulk_taken):]
+        self._last_batch_was_bulk = bool(bulk_taken)
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.depth)
+        return interactive_taken + bulk_taken
 
     async def _next_batch(self) -> list[_Item]:
         while True:
             self._prune()
-            if not self._queue:
+            queued = self.depth
+            if not queued:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            remaining = self._queue[0].enqueued + self.max_queue_delay - time.monotonic()
-            if len(self._queue) >= self.max_batch_size or remaining <= 0:
-                batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size:]
-                metrics.QUEUE_DEPTH.labels(self.name).set(len(self._queue))
-                return batch
+            oldest = min(queue[0].enqueued for queue in self._queues.values() if queue)
+            remaining = oldest + self.max_queue_delay - time.monotonic()
+            if queued >= self.max_batch_size or remaining <= 0:
+                return self._take_batch()
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
@@ -184,7 +228,7 @@ class DynamicBatcher:
             started = time.monotonic()
             self.batch_running_since = started
             for item in batch:
-                metrics.QUEUE_WAIT.labels(self.name).observe(started - item.enqueued)
+                metrics.QUEUE_WAIT.labels(self.name, item.lane).observe(started - item.enqueued)
             metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
 
             def abandoned(batch: list[_Item] = batch) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from archivetag.runtime.errors import DeadlineExpired, InvalidInput, QueueFull
 
@@ -335,6 +335,46 @@ def finish_decode(image: Image.Image, plan: DecodePlan) -> Image.Image:
         raise InvalidInput(f"image data is truncated or corrupt ({plan.format}): {_reason(exc)}") from None
 
 
+# JPEG colour modes nvJPEG decodes as the CPU path does (CMYK/YCCK stay on Pillow, which inverts Adobe CMYK).
+_TORCH_JPEG_MODES = ("RGB", "L")
+
+
+def decodes_on_device(plan: DecodePlan, device: str) -> bool:
+    """Whether finish_decode_with_torch serves this image on `device` (a CUDA JPEG)."""
+    return device.startswith("cuda") and plan.format == "JPEG" and plan.mode in _TORCH_JPEG_MODES
+
+
+def finish_decode_with_torch(data: bytes, image: Image.Image, plan: DecodePlan, device: str) -> Image.Image:
+    """A JPEG's pixels decoded by torchvision on `device` (nvJPEG on CUDA), as finish_decode does on the CPU:
+    the limits were checked by open_image, the result is upright 8-bit RGB of the same size (the DCT
+    draft scale and integer reduction become one area resize on the device), and the image that
+    reaches the model's preprocessing is a Pillow image as from the CPU path.
+
+    Imported lazily: only torch services (Florence-2, RAM++) on CUDA come here; SigLIP stays torch-free.
+    """
+    import torch
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs for torchcodec; they still work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+    width, height = plan.size
+    size = (-(-height // plan.reduce), -(-width // plan.reduce))
+    try:
+        orientation = image.getexif().get(0x0112)
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        pixels = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        if tuple(pixels.shape[1:]) != size:
+            pixels = torch.nn.functional.interpolate(pixels[None].float(), size=size, mode="area")[0]
+            pixels = pixels.round_().clamp_(0, 255).to(torch.uint8)
+        result = Image.fromarray(pixels.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
+    except MemoryError:
+        raise QueueFull("not enough memory to decode this image now; retry later") from None
+    except Exception as exc:  # noqa: BLE001 - as finish_decode: a file the codec cannot decode is the client's problem
+        raise InvalidInput(f"image data is truncated or corrupt ({plan.format}): {_reason(exc)}") from None
+    return result.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else result
+
+
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None) -> Image.Image:
     """Decode bytes to an upright RGB image, or raise InvalidInput naming the problem.
 
@@ -408,24 +448,28 @@ class ImageDecoder:
 
     def __init__(
         self, limits: ImageLimits, threads: int = 2, min_edge: int | None = None,
-        allowed_roots: list[Path] | list[str] = (),
+        allowed_roots: list[Path] | list[str] = (), device: str = "cpu",
     ):
         self.limits = limits
+        self.device = device  # where the model runs: JPEGs are decoded there when it is CUDA
         self.min_edge = min_edge
         self.allowed_roots = list(allowed_roots)
         self.memory = DecodeMemory(limits.max_decode_bytes)
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
         self._running_since: dict[int, float] = {}  # decode thread id → when its step started
 
-    def _open(self, image_proto, deadline: float | None) -> tuple[Image.Image, DecodePlan]:
+    def _open(self, image_proto, deadline: float | None) -> tuple[bytes, Image.Image, DecodePlan]:
         _check_deadline(deadline, "the image was read")
         data = read_image_source(image_proto, self.allowed_roots, self.limits.max_bytes, deadline)
-        return open_image(data, self.limits, self.min_edge)
+        return (data, *open_image(data, self.limits, self.min_edge))
 
-    def _finish(self, image: Image.Image, plan: DecodePlan, then: Callable[[Image.Image], Any] | None,
-                deadline: float | None) -> Any:
+    def _finish(self, data: bytes, image: Image.Image, plan: DecodePlan,
+                then: Callable[[Image.Image], Any] | None, deadline: float | None) -> Any:
         _check_deadline(deadline, "the image was decoded")
-        decoded = finish_decode(image, plan)
+        if decodes_on_device(plan, self.device):
+            decoded = finish_decode_with_torch(data, image, plan, self.device)
+        else:
+            decoded = finish_decode(image, plan)
         return then(decoded) if then else decoded
 
     def _timed(self, step: Callable[..., Any], *args: Any) -> Any:
@@ -446,9 +490,9 @@ class ImageDecoder:
         then: further per-image work (the model's preprocessing) to run in the same thread,
         inside the memory budget. deadline: a time.monotonic() value, or None.
         """
-        image, plan = await self._in_pool(self._open, image_proto, deadline)
+        data, image, plan = await self._in_pool(self._open, image_proto, deadline)
         async with self.memory.hold(plan.peak_bytes, deadline):
-            return await self._in_pool(self._finish, image, plan, then, deadline)
+            return await self._in_pool(self._finish, data, image, plan, then, deadline)
 
     def longest_step_seconds(self) -> float:
         """How long the longest-running decode step has been running (0: none is), for the watchdog."""

@@ -16,7 +16,7 @@ log = logging.getLogger("archivetag.metrics")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 QUEUE_WAIT = Histogram(
-    "archivetag_queue_wait_seconds", "Time a request waited in the batch queue.", ["model"], buckets=_LATENCY_BUCKETS
+    "archivetag_queue_wait_seconds", "Time a request waited in the batch queue.", ["model", "lane"], buckets=_LATENCY_BUCKETS
 )
 BATCH_SIZE = Histogram(
     "archivetag_batch_size", "Requests per inference batch.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64)

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1.health import aio as health_aio
 from PIL import Image
 
-from archivetag.runtime.batcher import DynamicBatcher
+from archivetag.runtime.batcher import DynamicBatcher, lane_from_metadata
 from archivetag.runtime.errors import InvalidInput, ModelLoadError, NotServing, abort_with
 from archivetag.runtime.images import ImageDecoder, ImageLimits
 from archivetag.runtime.lifecycle import (
@@ -101,6 +101,10 @@ class ModelBackend(abc.ABC):
         """Settings in effect, for GetModelInfo."""
         return {}
 
+    # A torch service: on CUDA its JPEGs are decoded there (images.finish_decode_with_torch).
+    # False for SigLIP, which stays torch-free.
+    decodes_with_torch = False
+
     def vocabulary(self) -> list[str]:
         """Tag or class names the model chooses from."""
         return []
@@ -156,6 +160,8 @@ class ModelServiceApp:
             await self.health.set(FAILED, f"loading the model failed: {type(exc).__name__}: {exc}")
             return
         self._identity = self.backend.identity()
+        if self.backend.decodes_with_torch:
+            self.decoder.device = self._identity.device or "cpu"
         log.info("model loaded", extra=fields(model=self.backend.family, seconds=round(time.monotonic() - started, 2),
                                                name=self._identity.name, device=self._identity.device))
         await self.health.set(WARMING_UP, "running the warm-up inference")
@@ -198,6 +204,7 @@ class ModelServiceApp:
         if self.health.phase not in (SERVING, DRAINING):
             raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}",
                              metadata={"model": self.backend.family, "phase": self.health.phase})
+        lane = lane_from_metadata(context.invocation_metadata())
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         decode_seconds = 0.0
@@ -213,7 +220,7 @@ class ModelServiceApp:
                 decode_seconds = time.perf_counter() - started
 
         # One admission for decode and queue: a full server refuses before decoding.
-        result, info = await self.batcher.submit(timeout=remaining, prepare=decode_and_prepare)
+        result, info = await self.batcher.submit(timeout=remaining, prepare=decode_and_prepare, lane=lane)
         timings = common_pb2.ServiceTimings(
             decode_seconds=decode_seconds,
             queue_seconds=info.queue_seconds,

@@ -70,7 +70,8 @@ MODEL_SERVICE_OPTIONS = OptionGroup(
         ),
         Option("torch_threads", 0, "CPU threads for inference; 0: the library's default.", int),
         Option("max_batch_size", 8, "Largest batch formed from concurrent requests.", int),
-        Option("max_queue_delay_ms", 5.0, "How long the first request of a batch waits for others.", float),
+        Option("max_queue_delay_ms", 0.0, "How long the first request of a batch waits for others. 0: an idle model "
+               "starts at once and what arrives while a batch runs forms the next batch (continuous batching).", float),
         Option(
             "max_queue_size", 64,
             "Requests waiting for inference; more are refused with RESOURCE_EXHAUSTED.", int,
