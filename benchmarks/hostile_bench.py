@@ -115,7 +115,7 @@ def main() -> int:
         if args.baseline:
             rows += measure(args.baseline, workdir, cases, args.timeout, baseline_source(args.baseline, workdir))
 
-    print(f"\n| file | bytes | estimate MiB | " + " | ".join(
+    print("\n| file | bytes | estimate MiB | " + " | ".join(
         f"{code}: status, s, peak MiB" for code in dict.fromkeys(r["code"] for r in rows)) + " |")
     print("|---|---|---|" + "---|" * len(dict.fromkeys(r["code"] for r in rows)))
     for name, data in cases:

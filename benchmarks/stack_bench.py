@@ -20,7 +20,6 @@ import asyncio
 import io
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -9,7 +9,6 @@ import io
 import signal
 import struct
 import subprocess
-import threading
 
 import grpc
 import pytest

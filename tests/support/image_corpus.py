@@ -378,7 +378,6 @@ def hostile_corpus() -> tuple[Case, ...]:
 def _valid_files() -> dict[str, bytes]:
     """One small valid file of every accepted format and common variant, for the fuzz loop."""
     image = photo(48, 32)
-    frames = [photo(24, 16), photo(24, 16).transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     return {
         "jpeg": encode(image, "JPEG", quality=85),
         "progressive jpeg": encode(image, "JPEG", quality=85, progressive=True),
