@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from stack_bench import stack_arguments, test_images  # noqa: E402
 from archivetag.models import write_smoke_models  # noqa: E402
 from archivetag.stack import Stack  # noqa: E402
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc  # noqa: E402
+from timing import write_results  # noqa: E402 - benchmarks/timing.py, beside this script
 
 TOKENS = {"desk": "desk-token-0123456789abcdef", "import": "import-token-0123456789abcdef"}
 
@@ -192,9 +192,7 @@ def main() -> int:
     print(f"max during flood / idle p50: {result['max_over_idle_p50']:.2f} (goal ≤ 2)")
     print(f"bulk images/s alone {result['bulk_images_per_second_alone']:.2f}, with single photos "
           f"{result['bulk_images_per_second_with_interactive']:.2f}: kept {result['bulk_kept']:.0%} (goal ≥ 95%)")
-    args.out.write_text(json.dumps(result, indent=2))
-    plot(result, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    write_results(args.out, result, plot)
     tmp.cleanup()
     return 0
 

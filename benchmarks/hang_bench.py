@@ -14,7 +14,6 @@ Settings: the defaults (keepalive pings + Health/Check with a deadline), and kee
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -32,6 +31,7 @@ from archivetag.models import write_smoke_models  # noqa: E402
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc  # noqa: E402
 from tests.conftest import model_service, orchestrator  # noqa: E402
 from tests.support.image_corpus import encode, photo  # noqa: E402
+from timing import write_results  # noqa: E402 - benchmarks/timing.py, beside this script
 
 SETTINGS = {"defaults (keepalive + health check)": (), "keepalive alone": ("--health-check-seconds", "600")}
 FLORENCE_FAST = ("--florence-max-new-tokens", "8", "--florence-num-beams", "1")
@@ -102,9 +102,7 @@ def main() -> int:
     for label, row in results["settings"].items():
         print(f"{label:38} {row['detect_median_seconds']:16.1f} {row['detect_max_seconds']:13.1f} "
               f"{row['in_flight_call_median_seconds']:17.1f}  {sorted({r['in_flight_answered_by'] for r in row['runs']})}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
     return 0
 
 

@@ -18,7 +18,6 @@ Bounded: about 2 × phase seconds plus the services' start (well under 3 minutes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,7 @@ from archivetag.v1 import tagging_pb2, tagging_pb2_grpc  # noqa: E402
 from tests.conftest import model_service, orchestrator  # noqa: E402
 from tests.orchestrator.test_faults import CORRUPT  # noqa: E402
 from tests.support.image_corpus import encode, photo  # noqa: E402
+from timing import write_results  # noqa: E402 - benchmarks/timing.py, beside this script
 
 TOKENS = {name: f"{name}-token-0123456789abcdef" for name in ("desk", "archive", "hostile-files", "hostile-bytes",
                                                                "hostile-ids")}
@@ -233,9 +233,7 @@ def main() -> int:
     for name, outcomes in results["with_hostile"]["hostile"].items():
         print(f"  {name:20} {outcomes}")
     print(f"breakers at the end: {results['breakers_at_end']}; backend errors: {results['backend_errors_at_end']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
     return 0
 
 

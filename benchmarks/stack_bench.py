@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from archivetag.models import write_smoke_models  # noqa: E402
 from archivetag.stack import Stack  # noqa: E402
 from archivetag.v1 import tagger_pb2, tagging_pb2, tagging_pb2_grpc, view_type_pb2  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
+from timing import write_results  # noqa: E402 - benchmarks/timing.py, beside this script
 
 CLIENT_COUNTS = (1, 4, 16)
 
@@ -226,9 +226,7 @@ def main() -> int:
         print(f"{label:34} {row['images_per_second']:9.2f} {row['p50_ms']:8.0f} {row['p95_ms']:8.0f} {row['p99_ms']:8.0f}")
     for name, value in results["ratios"].items():
         print(f"{name}: {value:.2f}")
-    args.out.write_text(json.dumps(results, indent=2))
-    plot(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    write_results(args.out, results, plot)
     tmp.cleanup()
     return 0
 

@@ -1,9 +1,12 @@
-"""Timing helper shared by the benchmark scripts (imported as `timing`: scripts run from this folder)."""
+"""Helpers shared by the benchmark scripts (imported as `timing`: scripts run from this folder)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
+from typing import Callable
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -15,3 +18,14 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def write_results(out: Path, results: dict, plot: Callable[[dict, Path], None] | None = None) -> None:
+    """Write the JSON results (and, given a plot function, a PNG beside them); say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    written = [out]
+    if plot is not None:
+        plot(results, out.with_suffix(".png"))
+        written.append(out.with_suffix(".png"))
+    print("wrote " + " and ".join(map(str, written)))
