@@ -152,6 +152,9 @@ def test_a_stopped_replica_is_skipped_while_its_sibling_keeps_florence_serving(s
         with orchestrator(tmp_path, *args) as server:
             server.wait_status(TAGGING, "SERVING", timeout=60)
             wait_health(server.address, **ALL_SERVING)
+            # The backend serves once one replica does: wait until the orchestrator has seen both.
+            wait_for(lambda: backend(status(server.address), "florence").serving_replicas, lambda n: n == 2,
+                     timeout=120, describe="both Florence replicas SERVING in the orchestrator's view")
             api = stub(server.address)
             replicas[0].proc.send_signal(signal.SIGSTOP)
             seen = wait_for(lambda: (b := backend(status(server.address), "florence")).serving_replicas == 1 and b,
