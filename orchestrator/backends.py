@@ -273,6 +273,8 @@ class Backend:
         log.warning("backend replica answers health checks" if not hung else "backend replica hung",
                     extra=fields(backend=self.name, replica=address, detail=hung))
         replica.hung = hung
+        if hung:  # what `archivetag status` shows as the backend's last error
+            self._record_error(f"{address}: no answer to health checks ({hung})")
         self._changed()
 
     def _set_replica(self, address: str, status: str, detail: str = "") -> None:

@@ -71,8 +71,14 @@ def test_status_shows_every_backend_serving(stack):
                               capture_output=True, text=True, timeout=120)
 
     def rows(result: subprocess.CompletedProcess) -> dict[str, list[str]]:
-        """backend name -> its cells (backend, role, health, breaker, replicas, ..., model)."""
-        return {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+        """backend name -> its cells (backend, role, health, breaker, replicas, ..., model); the role
+        ("primary tagger", "view type") is two words, so it is joined back into one cell."""
+        table = {}
+        for line in result.stdout.splitlines():
+            cells = line.split()
+            if len(cells) > 3:
+                table[cells[0]] = [cells[0], " ".join(cells[1:3]), *cells[3:]]
+        return table
 
     # The orchestrator's health watch learns each backend's state a moment after `up` saw it.
     result = wait_for(status, lambda r: r.returncode == 0 and all(
@@ -287,7 +293,7 @@ def test_tag_resumes_after_the_orchestrator_drains_on_sigterm_none_lost_none_twi
     db = tmp_path / "results.sqlite"
     run = subprocess.Popen(tag_argv(stack, folder, db=db, concurrency=2) + ["--retries", "10"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: len(ok_paths(db)) >= 5 or run.poll() is not None, 300, "no progress")
+    wait_for(lambda: len(ok_paths(db)) >= 5 or run.poll() is not None, timeout=300, describe="five photos tagged")
     os.kill(pid_of(stack, "orchestrator"), signal.SIGTERM)  # `up` starts it again
     _, stderr = run.communicate(timeout=900)
     assert run.returncode == 0, stderr
@@ -295,7 +301,8 @@ def test_tag_resumes_after_the_orchestrator_drains_on_sigterm_none_lost_none_twi
     assert counts["tagged"] == 40  # each photo answered once, none lost
     assert len(ok_paths(db)) == 40
     target = f"127.0.0.1:{stack['ports']['orchestrator']}"
-    wait_for(lambda: health_status(target, server("orchestrator").health_service) == "SERVING", 300, "orchestrator back")
+    wait_for(lambda: health_status(target, server("orchestrator").health_service) == "SERVING", timeout=300,
+             describe="the orchestrator serving again")
 
 
 def test_a_killed_service_is_restarted_and_sigterm_stops_all_four(stack):
