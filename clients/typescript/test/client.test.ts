@@ -153,8 +153,12 @@ describe("fallback", () => {
       const result = await client.tag(samples[0]!.data, { deadlineMs: 8_000 });
       assert.equal(result.tagger, "rampp");
       assert.equal(result.fallback, FallbackReason.DEADLINE_EXCEEDED);
-      const status = await client.status();
-      const backend = status.backends.find((b) => b.name === "florence")!;
+      // The cut call was the caller's deadline, not Florence's fault: the health check that finds the
+      // stopped replica is what records the error.
+      const backend = await waitFor(async () => {
+        const found = (await client.status()).backends.find((b) => b.name === "florence");
+        return found && found.lastError ? found : undefined;
+      }, "Florence's last error in status", 120_000);
       assert.ok(backend.lastErrorTime instanceof Date);
       assert.equal(backend.lastErrorResolved, false);
     } finally {
