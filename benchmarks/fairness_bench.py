@@ -34,10 +34,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from stack_bench import stack_arguments, test_images  # noqa: E402
 
-from archivetag.models import write_smoke_models  # noqa: E402
 from archivetag.stack import Stack  # noqa: E402
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc  # noqa: E402
-from timing import write_results  # noqa: E402 - benchmarks/timing.py, beside this script
+from timing import models_or_smoke, write_results  # noqa: E402 - benchmarks/timing.py, beside this script
 
 TOKENS = {"desk": "desk-token-0123456789abcdef", "import": "import-token-0123456789abcdef"}
 
@@ -159,11 +158,8 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=20, help="idle single photos")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fairness.json")
     args = parser.parse_args()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory()
-    models = args.models or Path(tmp.name) / "models"
-    if not args.models:
-        write_smoke_models(models)
+    models = models_or_smoke(args.models, Path(tmp.name))
     tokens = Path(tmp.name) / "tokens"
     tokens.write_text("".join(f"{name}:{token}\n" for name, token in TOKENS.items()))
     up_args, ports = stack_arguments(models, Path(tmp.name) / "logs", "--api-tokens-file", str(tokens))

@@ -33,12 +33,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from archivetag.runtime.registry import SERVER_NAMES  # noqa: E402
 from archivetag.cli import build_parser  # noqa: E402
-from archivetag.models import write_smoke_models  # noqa: E402
 from archivetag.stack import Stack  # noqa: E402
 from archivetag.v1 import tagger_pb2, tagging_pb2, tagging_pb2_grpc, view_type_pb2  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
-from timing import write_results  # noqa: E402 - benchmarks/timing.py, beside this script
+from timing import models_or_smoke, write_results  # noqa: E402 - benchmarks/timing.py, beside this script
 
 CLIENT_COUNTS = (1, 4, 16)
 
@@ -58,7 +58,7 @@ def test_images(count: int) -> list[bytes]:
 
 def stack_arguments(models: Path, log_dir: Path, *extra: str):
     """`up`'s settings for a stack of `models` on free loopback ports, and those ports by server name."""
-    ports = {name: free_port() for name in ("orchestrator", "florence", "rampp", "siglip")}
+    ports = {name: free_port() for name in SERVER_NAMES}
     up_args = build_parser().parse_args(
         ["up", "--models", str(models), "--log-dir", str(log_dir), "--no-metrics", *extra,
          *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
@@ -181,11 +181,8 @@ def main() -> int:
                         help="concurrent client counts, comma-separated (default 1,4,16)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stack.json")
     args = parser.parse_args()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory()
-    models = args.models or Path(tmp.name) / "models"
-    if not args.models:
-        write_smoke_models(models)
+    models = models_or_smoke(args.models, Path(tmp.name))
     images = test_images(16)
 
     results: dict = {"machine": {"cpus": os.cpu_count()}, "images": args.images}

@@ -29,3 +29,13 @@ def write_results(out: Path, results: dict, plot: Callable[[dict, Path], None] |
         plot(results, out.with_suffix(".png"))
         written.append(out.with_suffix(".png"))
     print("wrote " + " and ".join(map(str, written)))
+
+
+def models_or_smoke(given: Path | None, scratch: Path) -> Path:
+    """The models directory a benchmark was given, else fresh smoke models under scratch."""
+    if given is not None:
+        return given
+    from archivetag.models import write_smoke_models
+
+    write_smoke_models(scratch / "models")
+    return scratch / "models"
