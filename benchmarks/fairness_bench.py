@@ -29,8 +29,6 @@ import grpc
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from stack_bench import stack_arguments, test_images  # noqa: E402
 

@@ -32,8 +32,6 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from archivetag.cli import build_parser  # noqa: E402
 from archivetag.models import write_smoke_models  # noqa: E402

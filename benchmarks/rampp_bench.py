@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from archivetag.services.rampp.checkpoint import convert, load_model  # noqa: E402
 from archivetag.services.rampp.model import FULL  # noqa: E402
@@ -36,7 +35,6 @@ from timing import median_seconds  # noqa: E402 - benchmarks/timing.py, beside t
 LOAD_PROBE = """
 import re, sys, time
 from pathlib import Path
-sys.path.insert(0, {repo!r})
 import torch
 from archivetag.services.rampp.checkpoint import load_model
 # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (the parent holds a model).
@@ -53,7 +51,7 @@ print(loaded - imported, touched - imported, baseline, peak())
 
 
 def load_in_subprocess(path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", LOAD_PROBE.format(repo=str(REPO), path=str(path))],
+    out = subprocess.run([sys.executable, "-c", LOAD_PROBE.format(path=str(path))],
                          capture_output=True, text=True, check=True)
     load_s, ready_s, baseline_mib, peak_mib = map(float, out.stdout.split())
     return {"file": path.name, "size_mib": path.stat().st_size / 2**20, "load_s": load_s,

@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support.servers import REPO, free_port
+from tests.support.waiting import wait_for
 
 TOKEN = "python-client-test-token"
 # Small limits, so that over-limit images are cheap to make; the samples are below both.
@@ -47,11 +47,13 @@ def stack(smoke_models, tmp_path_factory):
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 900
-        while "services are SERVING" not in log.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"archivetag up did not come up: {log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.25)
+        def up_log():
+            text = log.read_text(errors="replace")
+            assert process.poll() is None, f"archivetag up exited: {text[-3000:]}"
+            return text
+
+        wait_for(up_log, until=lambda text: "services are SERVING" in text, timeout=900, interval=0.25,
+                 describe="archivetag up to report its services SERVING")
         yield Stack(f"127.0.0.1:{ports['orchestrator']}", folder / "logs")
     finally:
         process.send_signal(signal.SIGTERM)

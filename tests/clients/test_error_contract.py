@@ -10,7 +10,6 @@ import asyncio
 import io
 import re
 import sys
-import time
 
 import grpc
 import pytest
@@ -24,6 +23,7 @@ from archivetag.v1 import errors_pb2, tagging_pb2, tagging_pb2_grpc
 from tests.clients.conftest import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, SAMPLES, TOKEN
 from tests.conftest import model_service
 from tests.support.servers import REPO, ServerProcess, free_port
+from tests.support.waiting import wait_for
 
 DOC_ROW = re.compile(r"^\| `([A-Z_]+)` \| `([A-Z_]+)` \|", re.M)
 
@@ -98,17 +98,17 @@ def unloadable_rampp(tmp_path_factory):
 
 
 def no_tagger(server) -> ClientError:
-    last = None
+    def tag_error():
+        try:
+            client.tag(SAMPLES[0].read_bytes(), deadline=30)
+        except ClientError as exc:
+            return exc
+        return None
+
     with TaggingClient(server.address, retry=NO_RETRY) as client:
-        for _ in range(600):  # until the orchestrator has seen that the backends are unreachable
-            try:
-                client.tag(SAMPLES[0].read_bytes(), deadline=30)
-            except ClientError as exc:
-                last = exc
-                if exc.reason == errors_pb2.ERROR_REASON_NO_TAGGER_AVAILABLE:
-                    return exc
-            time.sleep(0.1)
-    return last
+        # until the orchestrator has seen that the backends are unreachable
+        return wait_for(tag_error, until=lambda e: e is not None and e.reason == errors_pb2.ERROR_REASON_NO_TAGGER_AVAILABLE,
+                        timeout=120, describe="NO_TAGGER_AVAILABLE from an orchestrator without backends")
 
 
 def model_not_serving(server) -> ClientError:
@@ -116,15 +116,20 @@ def model_not_serving(server) -> ClientError:
 
     request = tagger_pb2.TagRequest()
     request.image.data = SAMPLES[0].read_bytes()
+
+    def tag_error():
+        try:
+            tagger_pb2_grpc.TaggerServiceStub(channel).Tag(request, timeout=10)
+        except grpc.RpcError as exc:
+            return exc
+        return None
+
+    def answered(exc):  # not the UNAVAILABLE of a server that does not listen yet
+        return exc is not None and (exc.code() != grpc.StatusCode.UNAVAILABLE or ClientError.from_call(exc).reason)
+
     with grpc.insecure_channel(server.address) as channel:
-        for _ in range(600):  # until the server listens and answers
-            try:
-                tagger_pb2_grpc.TaggerServiceStub(channel).Tag(request, timeout=10)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or ClientError.from_call(exc).reason:
-                    return ClientError.from_call(exc)
-            time.sleep(0.1)
-    raise AssertionError("RAM++ never answered")
+        return ClientError.from_call(wait_for(tag_error, until=answered, timeout=120,
+                                              describe="RAM++ to answer (without a model)"))
 
 
 class OutOfMemoryError(RuntimeError):

@@ -8,7 +8,6 @@ import shutil
 import stat
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import grpc
@@ -17,6 +16,7 @@ import pytest
 from archivetag.models import write_smoke_models
 from archivetag.v1 import tagger_pb2, tagger_pb2_grpc
 from tests.support.servers import ServerProcess
+from tests.support.waiting import wait_for
 
 NOBODY = 65534
 
@@ -72,18 +72,12 @@ def test_a_service_that_cannot_read_its_model_reports_the_permission_not_a_missi
 
 
 def wait_for_failure(server: ServerProcess, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
+    def model_state():
         assert server.proc.poll() is None, server.log_tail()
-        try:
-            with grpc.insecure_channel(server.address) as channel:
-                info = tagger_pb2_grpc.TaggerServiceStub(channel).GetModelInfo(
-                    tagger_pb2.TaggerServiceGetModelInfoRequest(), timeout=5)
-            if info.state.phase == "failed":
-                return info.state.reason
-            last = f"{info.state.phase}: {info.state.reason}"
-        except grpc.RpcError as exc:
-            last = exc.code().name
-        time.sleep(0.2)
-    raise TimeoutError(f"{last}\n{server.log_tail()}")
+        with grpc.insecure_channel(server.address) as channel:
+            return tagger_pb2_grpc.TaggerServiceStub(channel).GetModelInfo(
+                tagger_pb2.TaggerServiceGetModelInfoRequest(), timeout=5).state
+
+    state = wait_for(model_state, until=lambda s: s.phase == "failed", timeout=timeout, ignore=(grpc.RpcError,),
+                     describe=f"the model to report its failure\n{server.log_tail()}")
+    return state.reason

@@ -8,7 +8,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from archivetag import probe
 from archivetag.runtime import registry
 from archivetag.runtime.settings import add_option_groups
 from tests.conftest import model_service
+from tests.support.waiting import wait_for
 
 SIGLIP = registry.server("siglip")
 
@@ -55,11 +55,12 @@ def tls_siglip(smoke_models, tmp_path_factory):
     with model_service("siglip", smoke_models, folder, "--tls-cert", str(cert), "--tls-key", str(key)) as server:
         env = container_env(ARCHIVETAG_SERVER="siglip", ARCHIVETAG_PORT=str(server.port),
                             ARCHIVETAG_TLS_CERT=str(cert), ARCHIVETAG_TLS_KEY=str(key))
-        deadline = time.monotonic() + 180
-        while probe_once(env) != 0:  # the model loads and warms up
+        def probe_while_running():
             assert server.proc.poll() is None, server.log_tail()
-            assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.5)
+            return probe_once(env)
+
+        wait_for(probe_while_running, until=lambda code: code == 0, timeout=180, interval=0.5,
+                 describe="the probe to pass once the model has loaded and warmed up")
         yield server, env
 
 

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -213,19 +212,16 @@ def test_a_flood_of_health_watches_locks_out_neither_checks_nor_classify(server)
 
 
 def wait_for_a_watch(address: str, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
+    def first_watch_status():
         with grpc.insecure_channel(address) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=VIEW_TYPE_SERVICE))
             try:
                 return health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status)
-            except grpc.RpcError as exc:
-                last = f"{exc.code().name}: {exc.details()}"
             finally:
                 watch.cancel()
-        time.sleep(0.1)
-    raise TimeoutError(f"no Watch stream was admitted within {timeout} s; last: {last}")
+
+    return wait_for(first_watch_status, timeout=timeout, ignore=(grpc.RpcError,),
+                    describe="a Watch stream to be admitted")
 
 
 def test_grpcurl_classify_with_a_base64_image(server):
