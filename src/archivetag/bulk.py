@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from archivetag.client import CLIENT_OPTIONS, AsyncTaggingClient, ClientError, ItemResult, RetryPolicy, TagItem
 from archivetag.results import CLAIM_SECONDS, ResultStore, StoreError, default_db_path, models_key
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
+from archivetag.v1 import tagging_pb2
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
 
@@ -219,11 +220,32 @@ class Tagger:
             self.store.renew_claims()
 
 
+IDENTITY_WAIT_SECONDS = 60.0
+
+
+def identities_known(status) -> bool:
+    """Every backend's health is decided and each serving one has told its model's identity."""
+    return all(b.health != tagging_pb2.BACKEND_HEALTH_UNSPECIFIED
+               and (b.health != tagging_pb2.BACKEND_HEALTH_SERVING or b.model.name) for b in status.backends)
+
+
+async def settled_status(client: AsyncTaggingClient):
+    """The orchestrator's status once it knows the models (just after `up`, or when a GetModelInfo
+    timed out under load, a backend serves before its identity is known): the store's model key
+    must not change between runs for that. After IDENTITY_WAIT_SECONDS, what is known."""
+    deadline = time.monotonic() + IDENTITY_WAIT_SECONDS
+    status = await client.status()
+    while not identities_known(status) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        status = await client.status()
+    return status
+
+
 async def tag_photos(settings, photos: list[Path], store: ResultStore | None, progress) -> Summary:
     # A lost connection is retried with backoff (2 s doubling to 30 s), `--retries` times.
     retry = RetryPolicy(max_attempts=settings.retries + 1, initial_backoff=2.0, max_backoff=30.0)
     async with AsyncTaggingClient.from_settings(settings, retry=retry) as client:
-        status = await client.status()
+        status = await settled_status(client)
         key = models_key([b.model for b in status.backends])
         runner = Tagger(settings, store, key, progress)
         runner.summary.total = len(photos)
