@@ -1,0 +1,116 @@
+"""The text in the photo through the orchestrator, with smoke models (real architectures, random weights)
+on loopback: Florence-2 reads it when asked, RAM++'s fallback answer says it could not, a bad value is
+refused naming the field. Random weights cannot read: the path and the fields are asserted, not the words."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from archivetag.client import ClientError, TaggingClient, TagItem
+from archivetag.v1 import common_pb2, errors_pb2, tagger_pb2, tagger_pb2_grpc
+from tests.conftest import model_service, orchestrator
+from tests.orchestrator.test_orchestrator import FLORENCE_FAST, SERVING, TAGGING, UNREACHABLE, targets, wait_health
+from tests.support.servers import free_port
+from tests.support.text_photo import text_photo_jpeg
+
+FLORENCE_OCR_FAST = (*FLORENCE_FAST, "--florence-ocr-max-new-tokens", "12")
+TEXT, REGIONS = common_pb2.OCR_MODE_TEXT, common_pb2.OCR_MODE_TEXT_WITH_REGIONS
+
+
+@pytest.fixture(scope="module")
+def services(smoke_models, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("ocr-services")
+    started = [
+        model_service("florence", smoke_models, logs, *FLORENCE_OCR_FAST).start(),
+        model_service("rampp", smoke_models, logs).start(),
+        model_service("siglip", smoke_models, logs).start(),
+    ]
+    try:
+        for server, health in zip(started, ("archivetag.v1.TaggerService",) * 2 + ("archivetag.v1.ViewTypeService",)):
+            server.wait_status(health, "SERVING", timeout=180)
+        yield dict(zip(("florence", "rampp", "siglip"), started))
+    finally:
+        for server in started:
+            server.__exit__(None, None, None)
+
+
+def front_of(tmp_path, **addresses):
+    return orchestrator(tmp_path, "--no-auth", *targets(**addresses))
+
+
+@pytest.fixture(scope="module")
+def front(services, tmp_path_factory):
+    with front_of(tmp_path_factory.mktemp("ocr-front"), **{n: s.address for n, s in services.items()}) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        wait_health(server.address, florence=SERVING, rampp=SERVING, siglip=SERVING)
+        yield server
+
+
+def test_the_text_comes_from_florence_in_its_own_field(front):
+    with TaggingClient(front.address) as client:
+        reply = client.tag(text_photo_jpeg(), ocr=TEXT, deadline=120)
+    assert reply.tagger == "florence"
+    assert reply.ocr.status == common_pb2.OCR_STATUS_READ
+    assert reply.ocr.text  # the random model writes words; which ones means nothing
+    assert not reply.ocr.regions
+    assert reply.caption
+    assert not reply.degraded
+
+
+def test_regions_are_asked_with_their_own_mode_and_their_texts_make_the_text(front):
+    with TaggingClient(front.address) as client:
+        reply = client.tag(text_photo_jpeg(), ocr=REGIONS, deadline=120)
+    assert reply.ocr.status == common_pb2.OCR_STATUS_READ
+    assert reply.ocr.text == "\n".join(region.text for region in reply.ocr.regions)
+    assert all(len(region.quad) == 8 for region in reply.ocr.regions)
+
+
+def test_without_the_option_there_is_no_ocr_field(front):
+    with TaggingClient(front.address) as client:
+        reply = client.tag(text_photo_jpeg(), deadline=120)
+    assert not reply.HasField("ocr")
+    assert reply.caption
+
+
+def test_a_stream_item_asks_for_ocr_on_its_own(front):
+    items = [TagItem(text_photo_jpeg(), id="sign", ocr=TEXT), TagItem(text_photo_jpeg(), id="plain")]
+    with TaggingClient(front.address) as client:
+        answers = {a.id: a for a in client.tag_many(items, deadline=180)}
+    assert answers["sign"].result.ocr.status == common_pb2.OCR_STATUS_READ
+    assert not answers["plain"].result.HasField("ocr")
+
+
+def test_an_ocr_value_outside_the_enum_is_invalid_argument_naming_the_field(front):
+    with TaggingClient(front.address) as client:
+        with pytest.raises(ClientError) as caught:
+            client.tag(text_photo_jpeg(), ocr=7, deadline=60)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason == errors_pb2.ERROR_REASON_FIELD_INVALID
+    assert caught.value.field == "ocr"
+    assert "not an OcrMode" in caught.value.message
+
+
+def test_failover_to_rampp_answers_the_tags_and_says_ocr_was_not_available(services, tmp_path):
+    addresses = {"florence": f"127.0.0.1:{free_port()}", "rampp": services["rampp"].address,
+                 "siglip": services["siglip"].address}
+    with front_of(tmp_path, **addresses) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        wait_health(server.address, florence=UNREACHABLE, rampp=SERVING, siglip=SERVING)
+        with TaggingClient(server.address) as client:
+            reply = client.tag(text_photo_jpeg(), ocr=REGIONS, deadline=120)
+    assert reply.tagger == "rampp"
+    assert reply.tags
+    assert reply.ocr.status == common_pb2.OCR_STATUS_NOT_AVAILABLE
+    assert not reply.ocr.text
+    assert reply.degraded
+    assert "ocr: not available (rampp cannot read text)" in reply.degraded_reasons
+
+
+def test_rampp_asked_directly_answers_its_tags_with_ocr_not_available(services):
+    request = tagger_pb2.TagRequest(ocr=TEXT)
+    request.image.data = text_photo_jpeg()
+    with grpc.insecure_channel(services["rampp"].address) as channel:
+        reply = tagger_pb2_grpc.TaggerServiceStub(channel).Tag(request, timeout=60)
+    assert reply.tags
+    assert reply.ocr.status == common_pb2.OCR_STATUS_NOT_AVAILABLE
