@@ -4,10 +4,15 @@ refused naming the field. Random weights cannot read: the path and the fields ar
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import subprocess
+
 import grpc
 import pytest
 
 from archivetag.client import ClientError, TaggingClient, TagItem
+from archivetag.stack import archivetag_command
 from archivetag.v1 import common_pb2, errors_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.conftest import model_service, orchestrator
 from tests.orchestrator.test_orchestrator import FLORENCE_FAST, SERVING, TAGGING, UNREACHABLE, targets, wait_health
@@ -114,3 +119,34 @@ def test_rampp_asked_directly_answers_its_tags_with_ocr_not_available(services):
         reply = tagger_pb2_grpc.TaggerServiceStub(channel).Tag(request, timeout=60)
     assert reply.tags
     assert reply.ocr.status == common_pb2.OCR_STATUS_NOT_AVAILABLE
+
+
+def test_tag_stores_the_text_shows_it_and_a_second_run_finds_it_done(front, tmp_path):
+    sign = tmp_path / "photos" / "sign.jpg"
+    sign.parent.mkdir()
+    sign.write_bytes(text_photo_jpeg())
+    db = tmp_path / "results.sqlite"
+    argv = archivetag_command("tag", str(sign.parent), "--db", str(db), "--target", front.address, "--no-progress",
+                              "--ocr-regions")
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert f"text: {sign.resolve()}: " in first.stderr
+    with sqlite3.connect(db) as con:
+        stored = con.execute("SELECT o.status, o.text FROM files f JOIN ocr_texts o ON o.result_id = f.result_id").fetchall()
+        regions = con.execute("SELECT text FROM ocr_regions ORDER BY position").fetchall()
+    assert [status for status, _ in stored] == ["read"]
+    assert stored[0][1] == "\n".join(text for (text,) in regions)
+
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert "1 already done" in again.stderr.strip().splitlines()[-1]
+
+
+def test_tag_json_prints_the_text_field(front, tmp_path):
+    sign = tmp_path / "sign.jpg"
+    sign.write_bytes(text_photo_jpeg())
+    result = subprocess.run(archivetag_command("tag", str(sign), "--json", "--ocr", "--no-progress", "--target",
+                                               front.address), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert line["result"]["ocr"]["status"] == "OCR_STATUS_READ"
+    assert line["result"]["ocr"]["text"]
