@@ -129,7 +129,7 @@ class Router:
             if response.ocr.status == common_pb2.OCR_STATUS_NOT_AVAILABLE:
                 response.degraded = True
                 response.degraded_reasons.append(f"ocr: not available ({outcome.tagger} cannot read text)")
-                DEGRADED.labels(outcome.tagger).inc()
+                DEGRADED.labels(self.taggers[0].name).inc()  # the primary's part (the text) is missing
         return response
 
     # -- tagging ----------------------------------------------------------------------
