@@ -45,8 +45,8 @@ class FlorenceItem:
     threshold: float | None
     max_tags: int
     allowed: frozenset[str] | None
-    ocr: int = common_pb2.OCR_MODE_UNSPECIFIED  # the OcrMode asked for
-    size: tuple[int, int] = (0, 0)  # the photo's size as stored: OCR regions are in its pixels
+    ocr: int  # the OcrMode asked for
+    size: tuple[int, int]  # the photo's size as stored: OCR regions are in its pixels
 
 
 def default_vocabulary_path(models: Path) -> Path:

@@ -14,8 +14,10 @@ import pytest
 from archivetag.client import ClientError, TaggingClient, TagItem
 from archivetag.stack import archivetag_command
 from archivetag.v1 import common_pb2, errors_pb2, tagger_pb2, tagger_pb2_grpc
-from tests.conftest import model_service, orchestrator
-from tests.orchestrator.test_orchestrator import FLORENCE_FAST, SERVING, TAGGING, UNREACHABLE, targets, wait_health
+from tests.conftest import orchestrator
+from tests.orchestrator.test_orchestrator import (
+    FLORENCE_FAST, SERVING, TAGGING, UNREACHABLE, model_services, targets, wait_health,
+)
 from tests.support.servers import free_port
 from tests.support.text_photo import text_photo_jpeg
 
@@ -25,19 +27,8 @@ TEXT, REGIONS = common_pb2.OCR_MODE_TEXT, common_pb2.OCR_MODE_TEXT_WITH_REGIONS
 
 @pytest.fixture(scope="module")
 def services(smoke_models, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("ocr-services")
-    started = [
-        model_service("florence", smoke_models, logs, *FLORENCE_OCR_FAST).start(),
-        model_service("rampp", smoke_models, logs).start(),
-        model_service("siglip", smoke_models, logs).start(),
-    ]
-    try:
-        for server, health in zip(started, ("archivetag.v1.TaggerService",) * 2 + ("archivetag.v1.ViewTypeService",)):
-            server.wait_status(health, "SERVING", timeout=180)
-        yield dict(zip(("florence", "rampp", "siglip"), started))
-    finally:
-        for server in started:
-            server.__exit__(None, None, None)
+    with model_services(smoke_models, tmp_path_factory.mktemp("ocr-services"), FLORENCE_OCR_FAST) as started:
+        yield started
 
 
 def front_of(tmp_path, **addresses):
