@@ -8,6 +8,7 @@
     INVALID_ARGUMENT → the image's fault: back to the caller (with the backend's reason), no failover
     no tagger answered → DEADLINE_EXCEEDED if the caller's deadline is what stopped one, else UNAVAILABLE
     SigLIP runs concurrently; if it cannot answer, the result is degraded, not an error
+    OCR asked of a tagger that cannot read text (RAM++) → its tags, ocr NOT_AVAILABLE, degraded
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from archivetag.orchestrator.backends import Backend
 from archivetag.runtime.batcher import INTERACTIVE
 from archivetag.runtime.errors import DeadlineExpired, NotServing, reraise_from_call
 from archivetag.runtime.logs import fields
-from archivetag.v1 import tagger_pb2, tagging_pb2, view_type_pb2
+from archivetag.v1 import common_pb2, tagger_pb2, tagging_pb2, view_type_pb2
 
 log = logging.getLogger("archivetag.orchestrator.routing")
 
@@ -123,6 +124,12 @@ class Router:
             response.degraded_reasons.append(view.problem)
             DEGRADED.labels(self.siglip.name).inc()
         response.embedding.extend(view.embedding)
+        if outcome.response.HasField("ocr"):
+            response.ocr.CopyFrom(outcome.response.ocr)
+            if response.ocr.status == common_pb2.OCR_STATUS_NOT_AVAILABLE:
+                response.degraded = True
+                response.degraded_reasons.append(f"ocr: not available ({outcome.tagger} cannot read text)")
+                DEGRADED.labels(self.taggers[0].name).inc()  # the primary's part (the text) is missing
         return response
 
     # -- tagging ----------------------------------------------------------------------
@@ -135,7 +142,7 @@ class Router:
         failover_seconds = 0.0
         primary = self.taggers[0]
         primary_state = (primary.health(), primary.breaker_state())
-        tag_request = tagger_pb2.TagRequest(context=request.context, max_tags=request.max_tags)
+        tag_request = tagger_pb2.TagRequest(context=request.context, max_tags=request.max_tags, ocr=request.ocr)
         if request.HasField("threshold"):
             tag_request.threshold = request.threshold
         tag_bytes = with_image(tag_request, image)  # once for both taggers and their retries

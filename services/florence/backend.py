@@ -1,8 +1,11 @@
-"""The Florence-2 tagger: a caption per image, and tags from the caption with token probabilities.
+"""The Florence-2 tagger: a caption per image, tags from the caption with token probabilities, and on
+request the text in the image (the `<OCR>` and `<OCR_WITH_REGION>` tasks).
 
 Concurrent requests arrive as one batch: one processor call on the list of images, one
-`generate` call. A stopping criterion ends generation as soon as every caller of the batch
-has gone. Tag confidences come from the generation scores (tags.py).
+`generate` call for the captions; the items that ask for OCR get one more generate pass per
+OCR task, in the same batch (a task token is the whole prompt, so each task is its own pass).
+A stopping criterion ends generation as soon as every caller of the batch has gone. Tag
+confidences come from the generation scores (tags.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from archivetag.bundled import RAMPP_TAG_LIST as RAMPP_TAG_LIST_BUNDLED
 from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.errors import ModelLoadError
 from archivetag.runtime.model_card import model_identity
-from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, TagOptions, TagResult
+from archivetag.runtime.images import source_size
+from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, OcrText, TagOptions, TagResult
 from archivetag.runtime.tags import TagVocabulary, select_tags
 from archivetag.services.florence import tags as tagging
 from archivetag.services.florence.layout import VOCABULARY_FILE
@@ -31,6 +35,8 @@ log = logging.getLogger("archivetag.florence")
 MODEL_DIR = "florence"
 RAMPP_TAG_LIST = Path("rampp") / "ram_tag_list.txt"
 DEFAULT_EDGE = 768
+# The Florence-2 task of each OcrMode that reads text.
+OCR_TASKS = {common_pb2.OCR_MODE_TEXT: "<OCR>", common_pb2.OCR_MODE_TEXT_WITH_REGIONS: "<OCR_WITH_REGION>"}
 
 
 @dataclass
@@ -39,6 +45,8 @@ class FlorenceItem:
     threshold: float | None
     max_tags: int
     allowed: frozenset[str] | None
+    ocr: int  # the OcrMode asked for
+    size: tuple[int, int]  # the photo's size as stored: OCR regions are in its pixels
 
 
 def default_vocabulary_path(models: Path) -> Path:
@@ -90,6 +98,7 @@ class FlorenceBackend(ModelBackend):
         self.folder = Path(settings.models) / MODEL_DIR
         self.task = settings.florence_task
         self.max_new_tokens = settings.florence_max_new_tokens
+        self.ocr_max_new_tokens = settings.florence_ocr_max_new_tokens
         self.num_beams = settings.florence_num_beams
         self.min_confidence = settings.florence_min_confidence
         self.input_edge = processor_edge(self.folder)
@@ -107,8 +116,9 @@ class FlorenceBackend(ModelBackend):
         from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
         from archivetag.services.florence.loading import load_florence
 
-        if self.max_new_tokens < 1 or self.num_beams < 1:
-            raise ModelLoadError("--florence-max-new-tokens and --florence-num-beams must be at least 1")
+        if self.max_new_tokens < 1 or self.ocr_max_new_tokens < 1 or self.num_beams < 1:
+            raise ModelLoadError("--florence-max-new-tokens, --florence-ocr-max-new-tokens and --florence-num-beams "
+                                 "must be at least 1")
         try:
             self.device = pick_device(self.settings.device)
             self.dtype = pick_dtype(self.settings.dtype, self.device)
@@ -140,6 +150,7 @@ class FlorenceBackend(ModelBackend):
     def describe(self) -> dict[str, str]:
         return {
             "task": self.task, "max_new_tokens": str(self.max_new_tokens), "num_beams": str(self.num_beams),
+            "ocr_tasks": " ".join(OCR_TASKS.values()), "ocr_max_new_tokens": str(self.ocr_max_new_tokens),
             "tag_vocabulary": str(self.vocabulary_path or ""), "min_confidence": str(self.min_confidence),
             "attn_implementation": self.settings.florence_attn_implementation, "folder": str(self.folder),
         }
@@ -158,23 +169,32 @@ class FlorenceBackend(ModelBackend):
         allowed = None
         if options.vocabulary:
             allowed = frozenset(self.vocab.names[i] for i in self.vocab.subset(options.vocabulary, "Florence-2"))
-        return FlorenceItem(image.convert("RGB"), options.threshold, options.max_tags, allowed)
+        return FlorenceItem(image.convert("RGB"), options.threshold, options.max_tags, allowed, options.ocr,
+                            source_size(image))
 
     # -- inference ------------------------------------------------------------------
-    def generate(self, images: list[Image.Image], abandoned: Callable[[], bool] = lambda: False):
-        """One generate call for the batch: (sequences, per-token log-probabilities)."""
+    def _generate(self, task: str, images: list[Image.Image], abandoned: Callable[[], bool], max_new_tokens: int,
+                  scores: bool):
+        """One generate call of `task` for the images (the output, with scores if asked)."""
         import torch
         from transformers import StoppingCriteriaList
 
-        inputs = self.processor(text=[self.task] * len(images), images=images, return_tensors="pt")
+        inputs = self.processor(text=[task] * len(images), images=images, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
-            out = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=False,
-                output_scores=True, return_dict_in_generate=True,
+            return self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, num_beams=self.num_beams, do_sample=False,
+                output_scores=scores, return_dict_in_generate=True,
                 stopping_criteria=StoppingCriteriaList([_stop_when(abandoned)]),
             )
+
+    def generate(self, images: list[Image.Image], abandoned: Callable[[], bool] = lambda: False):
+        """One caption generate call for the batch: (sequences, per-token log-probabilities)."""
+        import torch
+
+        out = self._generate(self.task, images, abandoned, self.max_new_tokens, scores=True)
+        with torch.inference_mode():
             if self.num_beams > 1:
                 logp = self.model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
                                                             normalize_logits=False)
@@ -203,6 +223,29 @@ class FlorenceBackend(ModelBackend):
         found = tagging.tag_confidences("".join(pieces), pieces, values, self.phrases, scored)
         return TagResult(tags=found, caption=caption)
 
+    def read_text(self, items: list[FlorenceItem], abandoned: Callable[[], bool]) -> dict[int, OcrText]:
+        """The text of the items that ask for OCR, by their index: one generate pass per OCR task."""
+        read: dict[int, OcrText] = {}
+        for mode, task in OCR_TASKS.items():
+            asking = [i for i, item in enumerate(items) if item.ocr == mode]
+            if not asking:
+                continue
+            out = self._generate(task, [items[i].image for i in asking], abandoned, self.ocr_max_new_tokens, scores=False)
+            for i, sequence in zip(asking, out.sequences.cpu()):
+                read[i] = self.ocr_of_sequence(task, sequence, items[i].size)
+        return read
+
+    def ocr_of_sequence(self, task: str, sequence, image_size: tuple[int, int]) -> OcrText:
+        """The text (and regions, in the photo's pixels) of one generated OCR sequence, by transformers'
+        own post-processing."""
+        text = self.processor.tokenizer.decode(sequence.tolist(), skip_special_tokens=False)
+        parsed = self.processor.post_process_generation(text, task=task, image_size=image_size)[task]
+        if isinstance(parsed, str):
+            return OcrText(parsed)
+        regions = [(label, [float(v) for v in quad])
+                   for label, quad in zip(parsed.get("labels", []), parsed.get("quad_boxes", []))]
+        return OcrText("\n".join(label for label, _ in regions), regions)
+
     def _special_ids(self) -> frozenset[int]:
         """Ids that spell no caption text: <s>, </s>, <pad>, task and location tokens, <image>."""
         if getattr(self, "_specials", None) is None:
@@ -220,10 +263,12 @@ class FlorenceBackend(ModelBackend):
 
     def infer_batch(self, items: list[FlorenceItem], abandoned: Callable[[], bool]):
         sequences, logprobs = self.generate([item.image for item in items], abandoned)
+        read = self.read_text(items, abandoned)
         results = []
-        for item, sequence, logp in zip(items, sequences, logprobs):
+        for index, (item, sequence, logp) in enumerate(zip(items, sequences, logprobs)):
             described = self.describe_sequence(sequence, logp, item.image.size)
-            results.append(TagResult(tags=self.select(described.tags, item), caption=described.caption))
+            results.append(TagResult(tags=self.select(described.tags, item), caption=described.caption,
+                                     ocr=read.get(index)))
         return results
 
 

@@ -10,6 +10,9 @@ OPTIONS = OptionGroup(
     (
         Option("florence_task", "<MORE_DETAILED_CAPTION>", "Florence-2 caption task prompt.", choices=CAPTION_TASKS),
         Option("florence_max_new_tokens", 64, "Most tokens generated per caption.", int),
+        Option("florence_ocr_max_new_tokens", 256,
+               "Most tokens generated per OCR answer (a request's ocr option; each region also takes 8 location "
+               "tokens).", int),
         Option("florence_num_beams", 3, "Beam search width; 1 is greedy (fastest).", int),
         Option(
             "florence_tag_vocabulary", None,

@@ -2,7 +2,8 @@
 
 Photos are streamed through TagImages (archivetag.client) with a bounded window; every answer is committed
 as it arrives, so an interrupted import loses nothing. A re-run skips photos whose
-content (SHA-256) was already tagged by the same models.
+content (SHA-256) was already tagged by the same models (and with the same OCR option: `--ocr` reads
+the text in each photo too, `--ocr-regions` with where it is, one more Florence-2 pass per photo).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from google.protobuf.json_format import MessageToDict
 
 from archivetag.client import CLIENT_OPTIONS, AsyncTaggingClient, ClientError, ItemResult, RetryPolicy, TagItem
 from archivetag.results import CLAIM_SECONDS, ResultStore, StoreError, default_db_path, models_key
-from archivetag.runtime.settings import Option, OptionGroup, parse_path
-from archivetag.v1 import tagging_pb2
+from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_path
+from archivetag.v1 import common_pb2, tagging_pb2
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
 
@@ -35,6 +36,10 @@ TAG_OPTIONS = OptionGroup(
         Option("retries", 5, "Times a broken connection is retried (with backoff) before giving up.", int),
         Option("max_photo_mb", 32, "Largest photo sent, in MiB (as the orchestrator's --max-message-mb); "
                "larger files are reported, not sent.", int),
+        Option("ocr", False, "Also read the text in each photo (Florence-2's <OCR>: one more generate pass per "
+               "photo), stored and shown.", parse_bool),
+        Option("ocr_regions", False, "Read the text with where it is in the photo (<OCR_WITH_REGION>; "
+               "implies --ocr).", parse_bool),
     ),
 )
 OPTION_GROUPS = [CLIENT_OPTIONS, TAG_OPTIONS]
@@ -48,6 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON result per photo instead of writing the database")
     parser.add_argument("--all-files", action="store_true", help="send every file, not only known photo extensions")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def ocr_mode(settings) -> int:
+    """The OcrMode the run asks for."""
+    if settings.ocr_regions:
+        return common_pb2.OCR_MODE_TEXT_WITH_REGIONS
+    return common_pb2.OCR_MODE_TEXT if settings.ocr else common_pb2.OCR_MODE_UNSPECIFIED
+
+
+def ocr_line(path: Path, ocr: common_pb2.OcrResult, tagger: str) -> str:
+    """What a person sees of one photo's text."""
+    if ocr.status == common_pb2.OCR_STATUS_NOT_AVAILABLE:
+        return f"text: {shown(path)}: not available ({tagger} answered; it cannot read text)"
+    text = " / ".join(line.strip() for line in ocr.text.splitlines() if line.strip())
+    regions = f" ({len(ocr.regions)} regions)" if ocr.regions else ""
+    return f"text: {shown(path)}: {json.dumps(text, ensure_ascii=False) if text else 'none found'}{regions}"
 
 
 def shown(path: Path) -> str:
@@ -140,6 +161,8 @@ class Tagger:
                      f"{answer.error.message}")
         if self.store is not None:
             self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, answer.response)
+            if answer.ok and answer.result.HasField("ocr"):
+                self.say(ocr_line(photo.path, answer.result.ocr, answer.result.tagger))
         else:
             print(json.dumps({"path": str(photo.path), "sha256": photo.sha256, **MessageToDict(answer.response)}),
                   flush=True)
@@ -181,7 +204,7 @@ class Tagger:
                     self._advance()
                     continue
                 sent[str(index)] = photo
-                yield TagItem(photo.data, id=str(index), max_tags=self.settings.max_tags)
+                yield TagItem(photo.data, id=str(index), max_tags=self.settings.max_tags, ocr=ocr_mode(self.settings))
 
         renewer = asyncio.create_task(self._renew_claims()) if self.store is not None else None
         try:
@@ -246,7 +269,7 @@ async def tag_photos(settings, photos: list[Path], store: ResultStore | None, pr
     retry = RetryPolicy(max_attempts=settings.retries + 1, initial_backoff=2.0, max_backoff=30.0)
     async with AsyncTaggingClient.from_settings(settings, retry=retry) as client:
         status = await settled_status(client)
-        key = models_key([b.model for b in status.backends])
+        key = models_key([b.model for b in status.backends], ocr_mode(settings))
         runner = Tagger(settings, store, key, progress)
         runner.summary.total = len(photos)
         todo = photos

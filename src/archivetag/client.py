@@ -2,6 +2,7 @@
 
     with TaggingClient("127.0.0.1:50051", token="...") as client:
         result = client.tag(Path("photo.jpg").read_bytes(), max_tags=10)
+        text = client.tag(data, ocr=common_pb2.OCR_MODE_TEXT).ocr.text  # the text in the photo
 
 Errors are raised as ClientError with the contract's typed reason (archivetag.v1.ErrorReason),
 its metadata and the bad field. Only what the contract calls retryable is retried:
@@ -102,6 +103,7 @@ class TagItem:
     threshold: float | None = None
     include_embedding: bool = False
     context: dict[str, str] = field(default_factory=dict)
+    ocr: int = common_pb2.OCR_MODE_UNSPECIFIED  # an archivetag.v1.OcrMode: read the text in the photo too
 
 
 @dataclass
@@ -120,9 +122,11 @@ class ItemResult:
 
 
 def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float | None = None,
-                include_embedding: bool = False, context: dict[str, str] | None = None) -> tagging_pb2.TagImageRequest:
+                include_embedding: bool = False, context: dict[str, str] | None = None,
+                ocr: int = common_pb2.OCR_MODE_UNSPECIFIED) -> tagging_pb2.TagImageRequest:
     request = tagging_pb2.TagImageRequest(
-        max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {}))
+        max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {})),
+        ocr=ocr,
     )
     if isinstance(image, (bytes, bytearray, memoryview)):
         request.image.data = bytes(image)
@@ -134,7 +138,7 @@ def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float |
 
 
 def _item_request(item: TagItem) -> tagging_pb2.TagImagesRequest:
-    request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context)
+    request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context, item.ocr)
     return tagging_pb2.TagImagesRequest(id=item.id, request=request)
 
 
@@ -239,9 +243,11 @@ class AsyncTaggingClient(_Base):
 
     async def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
                   include_embedding: bool = False, context: dict[str, str] | None = None,
+                  ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
                   deadline: float | None = None) -> tagging_pb2.TagImageResponse:
-        """Tag one image (bytes, or a path the server may read). deadline: seconds, retries included."""
-        request = tag_request(image, max_tags, threshold, include_embedding, context)
+        """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
+        more Florence-2 pass). deadline: seconds, retries included."""
+        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr)
         return await self._unary(self.stub.TagImage, request, deadline)
 
     async def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:
@@ -337,9 +343,11 @@ class TaggingClient(_Base):
 
     def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
             include_embedding: bool = False, context: dict[str, str] | None = None,
+            ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
             deadline: float | None = None) -> tagging_pb2.TagImageResponse:
-        """Tag one image (bytes, or a path the server may read). deadline: seconds, retries included."""
-        request = tag_request(image, max_tags, threshold, include_embedding, context)
+        """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
+        more Florence-2 pass). deadline: seconds, retries included."""
+        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr)
         return self._unary(self.stub.TagImage, request, deadline)
 
     def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:

@@ -3,14 +3,16 @@
     files(path, sha256, size, mtime, result_id)   one row per photo path
     results(sha256, models_key, status, ...)       one row per photo content and model set
     tags, view_scores, result_models               the details of a result
+    ocr_texts, ocr_regions                          the text read in the photo, when it was asked for
     model_sets(models_key, models_json)            which models a key stands for
     claims(path, owner, expires_at)                photos a running `tag` is working on
 
-A photo is done when its content has an 'ok' result for the current model set; then a
+A photo is done when its content has an 'ok' result for the current model set (and OCR mode); then a
 re-run skips it, whatever its path, and a later failure of the same content elsewhere
 never replaces that result. Every answer is committed as it arrives (WAL mode). Paths
 are TEXT, except a name that is not valid UTF-8: its raw bytes (os.fsencode) as a BLOB,
-so it round-trips exactly. Two runs on one database split the work through claims.
+so it round-trips exactly. Two runs on one database split the work through claims. A store
+made before a table existed gains it when opened (every table is CREATE ... IF NOT EXISTS).
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ CREATE TABLE IF NOT EXISTS result_models (
     result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
     family TEXT, name TEXT, revision TEXT, weights_sha256 TEXT, device TEXT, dtype TEXT, smoke INTEGER
 );
+CREATE TABLE IF NOT EXISTS ocr_texts (
+    result_id INTEGER PRIMARY KEY REFERENCES results(id) ON DELETE CASCADE,
+    status TEXT NOT NULL,                -- 'read', or 'not_available' (the tagger that answered cannot read)
+    text TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ocr_regions (
+    result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,           -- Florence-2's order
+    text TEXT NOT NULL,
+    quad TEXT NOT NULL                   -- JSON [x1, y1, ..., x4, y4] in the photo's pixels
+);
 CREATE TABLE IF NOT EXISTS claims (
     path TEXT PRIMARY KEY,
     owner TEXT NOT NULL,                 -- 'host:pid:random' of the run
@@ -88,6 +101,7 @@ CREATE INDEX IF NOT EXISTS tags_by_name ON tags(name);
 CREATE INDEX IF NOT EXISTS tags_by_result ON tags(result_id);
 CREATE INDEX IF NOT EXISTS view_scores_by_result ON view_scores(result_id);
 CREATE INDEX IF NOT EXISTS result_models_by_result ON result_models(result_id);
+CREATE INDEX IF NOT EXISTS ocr_regions_by_result ON ocr_regions(result_id);
 """
 
 
@@ -95,9 +109,12 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("archivetag")) / "archivetag.sqlite"
 
 
-def models_key(models: list[common_pb2.ModelIdentity]) -> str:
-    """A short key for a set of models: same names, revisions and weights → same key."""
+def models_key(models: list[common_pb2.ModelIdentity], ocr: int = common_pb2.OCR_MODE_UNSPECIFIED) -> str:
+    """A short key for a set of models and what was asked of them: same names, revisions and weights (and
+    OCR mode) → same key. Without OCR the key is what it was before OCR existed."""
     identity = sorted((m.family, m.name, m.revision, m.weights_sha256) for m in models)
+    if ocr != common_pb2.OCR_MODE_UNSPECIFIED:
+        identity.append(("ocr", common_pb2.OcrMode.Name(ocr)))
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
@@ -303,6 +320,8 @@ class ResultStore:
                     [(result_id, m.family, m.name, m.revision, m.weights_sha256, m.device, m.dtype, int(m.smoke))
                      for m in r.models],
                 )
+                if r.HasField("ocr"):
+                    self._record_ocr(result_id, r.ocr)
             else:
                 e = answer.error
                 cursor = self.db.execute(
@@ -315,3 +334,12 @@ class ResultStore:
             # Other paths with the same content follow the newest result.
             self.db.execute("UPDATE files SET result_id = ? WHERE sha256 = ? AND result_id IS NULL", (result_id, sha256))
         return result_id
+
+    def _record_ocr(self, result_id: int, ocr: common_pb2.OcrResult) -> None:
+        status = common_pb2.OcrStatus.Name(ocr.status).removeprefix("OCR_STATUS_").lower()
+        self.db.execute("INSERT INTO ocr_texts (result_id, status, text) VALUES (?, ?, ?)", (result_id, status, ocr.text))
+        self.db.executemany(
+            "INSERT INTO ocr_regions (result_id, position, text, quad) VALUES (?, ?, ?, ?)",
+            [(result_id, i, region.text, json.dumps([round(v, 1) for v in region.quad]))
+             for i, region in enumerate(ocr.regions)],
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -65,12 +66,11 @@ def wait_health(address: str, metadata=(), **want: str) -> None:
              describe=f"backend health {want} in GetStatus", ignore=(grpc.RpcError,))
 
 
-@pytest.fixture(scope="module")
-def services(smoke_models, tmp_path_factory):
-    """Shared RAM++ and SigLIP services, and a Florence-2 service for the tests that do not kill it."""
-    logs = tmp_path_factory.mktemp("services")
+@contextmanager
+def model_services(smoke_models, logs, florence_args=FLORENCE_FAST):
+    """Florence-2, RAM++ and SigLIP services, SERVING, by name; stopped after."""
     started = [
-        model_service("florence", smoke_models, logs, *FLORENCE_FAST).start(),
+        model_service("florence", smoke_models, logs, *florence_args).start(),
         model_service("rampp", smoke_models, logs).start(),
         model_service("siglip", smoke_models, logs).start(),
     ]
@@ -81,6 +81,13 @@ def services(smoke_models, tmp_path_factory):
     finally:
         for server in started:
             server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def services(smoke_models, tmp_path_factory):
+    """Shared RAM++ and SigLIP services, and a Florence-2 service for the tests that do not kill it."""
+    with model_services(smoke_models, tmp_path_factory.mktemp("services")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

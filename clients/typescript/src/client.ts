@@ -4,7 +4,13 @@
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { SecureClientSessionOptions } from "node:http2";
-import { ImageContextSchema, ModelIdentitySchema, type ImageContext, type ModelIdentity } from "./gen/archivetag/v1/common_pb.js";
+import {
+  ImageContextSchema,
+  ModelIdentitySchema,
+  OcrMode,
+  type ImageContext,
+  type ModelIdentity,
+} from "./gen/archivetag/v1/common_pb.js";
 import {
   StageTimingsSchema,
   TaggingService,
@@ -56,6 +62,9 @@ export interface TagOptions {
   threshold?: number;
   /** Also return the SigLIP embedding. */
   includeEmbedding?: boolean;
+  /** Also read the text in the photo (OcrMode.TEXT, or TEXT_WITH_REGIONS with where it is): one more
+   * Florence-2 pass. The answer's `ocr` says OcrStatus.NOT_AVAILABLE when RAM++ answered. Unset: no OCR. */
+  ocr?: OcrMode;
   /** What the archive knows about the photo (echoed). */
   context?: Partial<Pick<ImageContext, "viewType" | "locationType" | "region">>;
   /** This call's deadline (all retries included). */
@@ -268,6 +277,7 @@ function tagRequest(
     maxTags: options.maxTags ?? 0,
     threshold: options.threshold,
     includeEmbedding: options.includeEmbedding ?? false,
+    ocr: options.ocr ?? OcrMode.UNSPECIFIED,
   };
 }
 

@@ -10,6 +10,8 @@ import {
   Code,
   ErrorReason,
   FallbackReason,
+  OcrMode,
+  OcrStatus,
   TaggingClient,
   type TagItem,
 } from "../src/index.js";
@@ -77,6 +79,21 @@ describe("tag", () => {
     const error = await rejection(client.tag(samples[0]!.data, { threshold: 1.5 }));
     assert.equal(error.reason, ErrorReason.FIELD_INVALID);
     assert.equal(error.field, "threshold");
+  });
+
+  test("ocr reads the text into its own field (random weights: the field, not the words)", async () => {
+    const plain = await client.tag(samples[0]!.data);
+    assert.equal(plain.ocr, undefined);
+    const read = await client.tag(samples[0]!.data, { ocr: OcrMode.TEXT_WITH_REGIONS });
+    assert.equal(read.tagger, "florence");
+    assert.equal(read.ocr?.status, OcrStatus.READ);
+    assert.equal(read.ocr?.text, read.ocr?.regions.map((r) => r.text).join("\n"));
+  });
+
+  test("an ocr value outside OcrMode names the field", async () => {
+    const error = await rejection(client.tag(samples[0]!.data, { ocr: 7 as OcrMode }));
+    assert.equal(error.reason, ErrorReason.FIELD_INVALID);
+    assert.equal(error.field, "ocr");
   });
 
   test("a 50 ms deadline is DEADLINE_EXCEEDED (DEADLINE_PASSED), not UNAVAILABLE", async () => {
@@ -150,9 +167,11 @@ describe("fallback", () => {
     process.kill(florence, "SIGSTOP");
     try {
       // 8 s: Florence gets 3 s (5 s are kept for the fallback), then RAM++ answers.
-      const result = await client.tag(samples[0]!.data, { deadlineMs: 8_000 });
+      const result = await client.tag(samples[0]!.data, { deadlineMs: 8_000, ocr: OcrMode.TEXT });
       assert.equal(result.tagger, "rampp");
       assert.equal(result.fallback, FallbackReason.DEADLINE_EXCEEDED);
+      assert.equal(result.ocr?.status, OcrStatus.NOT_AVAILABLE);
+      assert.ok(result.degraded);
       // The cut call was the caller's deadline, not Florence's fault: the health check that finds the
       // stopped replica is what records the error.
       const backend = await waitFor(async () => {

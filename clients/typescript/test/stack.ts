@@ -55,6 +55,7 @@ export class Stack {
       // Random weights never emit an end token: short greedy captions keep Florence-2 quick on a CPU.
       ARCHIVETAG_FLORENCE_MAX_NEW_TOKENS: "8",
       ARCHIVETAG_FLORENCE_NUM_BEAMS: "1",
+      ARCHIVETAG_FLORENCE_OCR_MAX_NEW_TOKENS: "8",
     };
     const child = spawn(ARCHIVETAG, args, { env, stdio: ["ignore", "pipe", "pipe"] });
     this.process = child;

@@ -145,6 +145,7 @@ class DecodePlan:
     mode: str
     reduce: int  # integer factor the decoded pixels are shrunk by at once (1: kept)
     peak_bytes: int  # the most memory the decode holds at one time, estimated
+    stored_size: tuple[int, int] = (0, 0)  # as stored in the file, before any reduced-scale decoding
 
 
 # Images up to this size reach the model's own preprocessing as decoded (its results then
@@ -176,7 +177,7 @@ def _plan(image: Image.Image, stored_size: tuple[int, int], min_edge: int | None
     premultiplied = decoded if factor > 1 and image.mode in ("LA", "RGBA") else 0  # Pillow's copy while reducing
     output = -(-width // factor) * -(-height // factor) * 4 * _OUTPUT_COPIES
     return DecodePlan(image.format, (width, height), image.mode, factor,
-                      decoded + codec + premultiplied + output + _FIXED_OVERHEAD)
+                      decoded + codec + premultiplied + output + _FIXED_OVERHEAD, stored_size)
 
 
 def check_image_size(data: bytes, max_bytes: int) -> None:
@@ -312,6 +313,24 @@ _UPRIGHT = {
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+# Where a decoded image carries the photo's own size (source_size).
+SOURCE_SIZE_KEY = "archivetag.source_size"
+
+
+def source_size(image: Image.Image) -> tuple[int, int]:
+    """The upright size of the photo as stored, which a decode at a reduced scale leaves behind: a model
+    that answers in pixel coordinates (Florence-2's OCR regions) answers in these. The image's own size
+    for an image that did not come from the decoder."""
+    return tuple(image.info.get(SOURCE_SIZE_KEY, image.size))
+
+
+def _keep_source_size(decoded: Image.Image, opened: Image.Image, plan: DecodePlan) -> Image.Image:
+    width, height = plan.stored_size
+    turned = opened.getexif().get(0x0112) in (5, 6, 7, 8)  # the transposes that swap width and height
+    decoded.info[SOURCE_SIZE_KEY] = (height, width) if turned else (width, height)
+    return decoded
 
 
 def finish_decode(image: Image.Image, plan: DecodePlan) -> Image.Image:
@@ -470,6 +489,7 @@ class ImageDecoder:
             decoded = finish_decode_with_torch(data, image, plan, self.device)
         else:
             decoded = finish_decode(image, plan)
+        decoded = _keep_source_size(decoded, image, plan)
         return then(decoded) if then else decoded
 
     def _timed(self, step: Callable[..., Any], *args: Any) -> Any:

@@ -24,13 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61rchivetag/v1/common.proto\x12\rarchivetag.v1\"0\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"H\n\x0cImageContext\x12\x11\n\tview_type\x18\x01 \x01(\t\x12\x15\n\rlocation_type\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\"=\n\x03Tag\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x14\n\x0csource_model\x18\x03 \x01(\t\"\x85\x01\n\rModelIdentity\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\r\n\x05smoke\x18\x07 \x01(\x08\">\n\x0cServiceState\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"n\n\x0eServiceTimings\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x01 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x02 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61rchivetag/v1/common.proto\x12\rarchivetag.v1\"0\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"H\n\x0cImageContext\x12\x11\n\tview_type\x18\x01 \x01(\t\x12\x15\n\rlocation_type\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\"=\n\x03Tag\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x14\n\x0csource_model\x18\x03 \x01(\t\"\x85\x01\n\rModelIdentity\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\r\n\x05smoke\x18\x07 \x01(\x08\">\n\x0cServiceState\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"n\n\x0eServiceTimings\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x01 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x02 \x01(\x01\x12\x19\n\x11inference_seconds\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\r\"\'\n\tOcrRegion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04quad\x18\x02 \x03(\x02\"n\n\tOcrResult\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.archivetag.v1.OcrStatus\x12\x0c\n\x04text\x18\x02 \x01(\t\x12)\n\x07regions\x18\x03 \x03(\x0b\x32\x18.archivetag.v1.OcrRegion*V\n\x07OcrMode\x12\x18\n\x14OCR_MODE_UNSPECIFIED\x10\x00\x12\x11\n\rOCR_MODE_TEXT\x10\x01\x12\x1e\n\x1aOCR_MODE_TEXT_WITH_REGIONS\x10\x02*Z\n\tOcrStatus\x12\x1a\n\x16OCR_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0fOCR_STATUS_READ\x10\x01\x12\x1c\n\x18OCR_STATUS_NOT_AVAILABLE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'archivetag.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_OCRMODE']._serialized_start=697
+  _globals['_OCRMODE']._serialized_end=783
+  _globals['_OCRSTATUS']._serialized_start=785
+  _globals['_OCRSTATUS']._serialized_end=875
   _globals['_IMAGE']._serialized_start=45
   _globals['_IMAGE']._serialized_end=93
   _globals['_IMAGECONTEXT']._serialized_start=95
@@ -43,4 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICESTATE']._serialized_end=430
   _globals['_SERVICETIMINGS']._serialized_start=432
   _globals['_SERVICETIMINGS']._serialized_end=542
+  _globals['_OCRREGION']._serialized_start=544
+  _globals['_OCRREGION']._serialized_end=583
+  _globals['_OCRRESULT']._serialized_start=585
+  _globals['_OCRRESULT']._serialized_end=695
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,29 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class OcrMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OCR_MODE_UNSPECIFIED: _ClassVar[OcrMode]
+    OCR_MODE_TEXT: _ClassVar[OcrMode]
+    OCR_MODE_TEXT_WITH_REGIONS: _ClassVar[OcrMode]
+
+class OcrStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OCR_STATUS_UNSPECIFIED: _ClassVar[OcrStatus]
+    OCR_STATUS_READ: _ClassVar[OcrStatus]
+    OCR_STATUS_NOT_AVAILABLE: _ClassVar[OcrStatus]
+OCR_MODE_UNSPECIFIED: OcrMode
+OCR_MODE_TEXT: OcrMode
+OCR_MODE_TEXT_WITH_REGIONS: OcrMode
+OCR_STATUS_UNSPECIFIED: OcrStatus
+OCR_STATUS_READ: OcrStatus
+OCR_STATUS_NOT_AVAILABLE: OcrStatus
 
 class Image(_message.Message):
     __slots__ = ("data", "uri")
@@ -71,3 +92,21 @@ class ServiceTimings(_message.Message):
     inference_seconds: float
     batch_size: int
     def __init__(self, decode_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ..., inference_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class OcrRegion(_message.Message):
+    __slots__ = ("text", "quad")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    QUAD_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    quad: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, text: _Optional[str] = ..., quad: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class OcrResult(_message.Message):
+    __slots__ = ("status", "text", "regions")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    status: OcrStatus
+    text: str
+    regions: _containers.RepeatedCompositeFieldContainer[OcrRegion]
+    def __init__(self, status: _Optional[_Union[OcrStatus, str]] = ..., text: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[OcrRegion, _Mapping]]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from archivetag.v1 import common_pb2 as archivetag_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61rchivetag/v1/tagger.proto\x12\rarchivetag.v1\x1a\x1a\x61rchivetag/v1/common.proto\"\xab\x01\n\nTagRequest\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.archivetag.v1.Image\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.archivetag.v1.ImageContext\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x08max_tags\x18\x04 \x01(\r\x12\x12\n\nvocabulary\x18\x05 \x03(\tB\x0c\n\n_threshold\"\xcb\x01\n\x0bTagResponse\x12 \n\x04tags\x18\x01 \x03(\x0b\x32\x12.archivetag.v1.Tag\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12+\n\x05model\x18\x03 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12,\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1b.archivetag.v1.ImageContext\x12.\n\x07timings\x18\x05 \x01(\x0b\x32\x1d.archivetag.v1.ServiceTimings\"\"\n TaggerServiceGetModelInfoRequest\"\x98\x02\n!TaggerServiceGetModelInfoResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.archivetag.v1.ServiceState\x12\x17\n\x0fvocabulary_size\x18\x03 \x01(\r\x12P\n\x08settings\x18\x04 \x03(\x0b\x32>.archivetag.v1.TaggerServiceGetModelInfoResponse.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc0\x01\n\rTaggerService\x12<\n\x03Tag\x12\x19.archivetag.v1.TagRequest\x1a\x1a.archivetag.v1.TagResponse\x12q\n\x0cGetModelInfo\x12/.archivetag.v1.TaggerServiceGetModelInfoRequest\x1a\x30.archivetag.v1.TaggerServiceGetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61rchivetag/v1/tagger.proto\x12\rarchivetag.v1\x1a\x1a\x61rchivetag/v1/common.proto\"\xd0\x01\n\nTagRequest\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.archivetag.v1.Image\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.archivetag.v1.ImageContext\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x10\n\x08max_tags\x18\x04 \x01(\r\x12\x12\n\nvocabulary\x18\x05 \x03(\t\x12#\n\x03ocr\x18\x06 \x01(\x0e\x32\x16.archivetag.v1.OcrModeB\x0c\n\n_threshold\"\xf2\x01\n\x0bTagResponse\x12 \n\x04tags\x18\x01 \x03(\x0b\x32\x12.archivetag.v1.Tag\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12+\n\x05model\x18\x03 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12,\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1b.archivetag.v1.ImageContext\x12.\n\x07timings\x18\x05 \x01(\x0b\x32\x1d.archivetag.v1.ServiceTimings\x12%\n\x03ocr\x18\x06 \x01(\x0b\x32\x18.archivetag.v1.OcrResult\"\"\n TaggerServiceGetModelInfoRequest\"\x98\x02\n!TaggerServiceGetModelInfoResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.archivetag.v1.ServiceState\x12\x17\n\x0fvocabulary_size\x18\x03 \x01(\r\x12P\n\x08settings\x18\x04 \x03(\x0b\x32>.archivetag.v1.TaggerServiceGetModelInfoResponse.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xc0\x01\n\rTaggerService\x12<\n\x03Tag\x12\x19.archivetag.v1.TagRequest\x1a\x1a.archivetag.v1.TagResponse\x12q\n\x0cGetModelInfo\x12/.archivetag.v1.TaggerServiceGetModelInfoRequest\x1a\x30.archivetag.v1.TaggerServiceGetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TAGGERSERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._loaded_options = None
   _globals['_TAGGERSERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_options = b'8\001'
   _globals['_TAGREQUEST']._serialized_start=74
-  _globals['_TAGREQUEST']._serialized_end=245
-  _globals['_TAGRESPONSE']._serialized_start=248
-  _globals['_TAGRESPONSE']._serialized_end=451
-  _globals['_TAGGERSERVICEGETMODELINFOREQUEST']._serialized_start=453
-  _globals['_TAGGERSERVICEGETMODELINFOREQUEST']._serialized_end=487
-  _globals['_TAGGERSERVICEGETMODELINFORESPONSE']._serialized_start=490
-  _globals['_TAGGERSERVICEGETMODELINFORESPONSE']._serialized_end=770
-  _globals['_TAGGERSERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_start=723
-  _globals['_TAGGERSERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_end=770
-  _globals['_TAGGERSERVICE']._serialized_start=773
-  _globals['_TAGGERSERVICE']._serialized_end=965
+  _globals['_TAGREQUEST']._serialized_end=282
+  _globals['_TAGRESPONSE']._serialized_start=285
+  _globals['_TAGRESPONSE']._serialized_end=527
+  _globals['_TAGGERSERVICEGETMODELINFOREQUEST']._serialized_start=529
+  _globals['_TAGGERSERVICEGETMODELINFOREQUEST']._serialized_end=563
+  _globals['_TAGGERSERVICEGETMODELINFORESPONSE']._serialized_start=566
+  _globals['_TAGGERSERVICEGETMODELINFORESPONSE']._serialized_end=846
+  _globals['_TAGGERSERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_start=799
+  _globals['_TAGGERSERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_end=846
+  _globals['_TAGGERSERVICE']._serialized_start=849
+  _globals['_TAGGERSERVICE']._serialized_end=1041
 # @@protoc_insertion_point(module_scope)

@@ -8,32 +8,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TagRequest(_message.Message):
-    __slots__ = ("image", "context", "threshold", "max_tags", "vocabulary")
+    __slots__ = ("image", "context", "threshold", "max_tags", "vocabulary", "ocr")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MAX_TAGS_FIELD_NUMBER: _ClassVar[int]
     VOCABULARY_FIELD_NUMBER: _ClassVar[int]
+    OCR_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     context: _common_pb2.ImageContext
     threshold: float
     max_tags: int
     vocabulary: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., threshold: _Optional[float] = ..., max_tags: _Optional[int] = ..., vocabulary: _Optional[_Iterable[str]] = ...) -> None: ...
+    ocr: _common_pb2.OcrMode
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., threshold: _Optional[float] = ..., max_tags: _Optional[int] = ..., vocabulary: _Optional[_Iterable[str]] = ..., ocr: _Optional[_Union[_common_pb2.OcrMode, str]] = ...) -> None: ...
 
 class TagResponse(_message.Message):
-    __slots__ = ("tags", "caption", "model", "context", "timings")
+    __slots__ = ("tags", "caption", "model", "context", "timings", "ocr")
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CAPTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    OCR_FIELD_NUMBER: _ClassVar[int]
     tags: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tag]
     caption: str
     model: _common_pb2.ModelIdentity
     context: _common_pb2.ImageContext
     timings: _common_pb2.ServiceTimings
-    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.ServiceTimings, _Mapping]] = ...) -> None: ...
+    ocr: _common_pb2.OcrResult
+    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.ServiceTimings, _Mapping]] = ..., ocr: _Optional[_Union[_common_pb2.OcrResult, _Mapping]] = ...) -> None: ...
 
 class TaggerServiceGetModelInfoRequest(_message.Message):
     __slots__ = ()

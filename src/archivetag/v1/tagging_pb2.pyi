@@ -61,18 +61,20 @@ BREAKER_STATE_OPEN: BreakerState
 BREAKER_STATE_HALF_OPEN: BreakerState
 
 class TagImageRequest(_message.Message):
-    __slots__ = ("image", "context", "max_tags", "threshold", "include_embedding")
+    __slots__ = ("image", "context", "max_tags", "threshold", "include_embedding", "ocr")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_TAGS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    OCR_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     context: _common_pb2.ImageContext
     max_tags: int
     threshold: float
     include_embedding: bool
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., max_tags: _Optional[int] = ..., threshold: _Optional[float] = ..., include_embedding: _Optional[bool] = ...) -> None: ...
+    ocr: _common_pb2.OcrMode
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., max_tags: _Optional[int] = ..., threshold: _Optional[float] = ..., include_embedding: _Optional[bool] = ..., ocr: _Optional[_Union[_common_pb2.OcrMode, str]] = ...) -> None: ...
 
 class ViewType(_message.Message):
     __slots__ = ("name", "confidence", "scores")
@@ -99,7 +101,7 @@ class StageTimings(_message.Message):
     def __init__(self, total_seconds: _Optional[float] = ..., tagger_seconds: _Optional[float] = ..., view_type_seconds: _Optional[float] = ..., failover_seconds: _Optional[float] = ..., admission_seconds: _Optional[float] = ...) -> None: ...
 
 class TagImageResponse(_message.Message):
-    __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding", "fallback", "primary_health", "primary_breaker")
+    __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding", "fallback", "primary_health", "primary_breaker", "ocr")
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CAPTION_FIELD_NUMBER: _ClassVar[int]
     TAGGER_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +116,7 @@ class TagImageResponse(_message.Message):
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_HEALTH_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_BREAKER_FIELD_NUMBER: _ClassVar[int]
+    OCR_FIELD_NUMBER: _ClassVar[int]
     tags: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tag]
     caption: str
     tagger: str
@@ -128,7 +131,8 @@ class TagImageResponse(_message.Message):
     fallback: FallbackReason
     primary_health: BackendHealth
     primary_breaker: BreakerState
-    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., tagger: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., view_type: _Optional[_Union[ViewType, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelIdentity, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., fallback: _Optional[_Union[FallbackReason, str]] = ..., primary_health: _Optional[_Union[BackendHealth, str]] = ..., primary_breaker: _Optional[_Union[BreakerState, str]] = ...) -> None: ...
+    ocr: _common_pb2.OcrResult
+    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., tagger: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., view_type: _Optional[_Union[ViewType, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelIdentity, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., fallback: _Optional[_Union[FallbackReason, str]] = ..., primary_health: _Optional[_Union[BackendHealth, str]] = ..., primary_breaker: _Optional[_Union[BreakerState, str]] = ..., ocr: _Optional[_Union[_common_pb2.OcrResult, _Mapping]] = ...) -> None: ...
 
 class TagImagesRequest(_message.Message):
     __slots__ = ("id", "request")

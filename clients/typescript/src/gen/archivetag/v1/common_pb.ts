@@ -2,15 +2,15 @@
 // @generated from file archivetag/v1/common.proto (package archivetag.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file archivetag/v1/common.proto.
  */
 export const file_archivetag_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChphcmNoaXZldGFnL3YxL2NvbW1vbi5wcm90bxINYXJjaGl2ZXRhZy52MSIwCgVJbWFnZRIOCgRkYXRhGAEgASgMSAASDQoDdXJpGAIgASgJSABCCAoGc291cmNlIkgKDEltYWdlQ29udGV4dBIRCgl2aWV3X3R5cGUYASABKAkSFQoNbG9jYXRpb25fdHlwZRgCIAEoCRIOCgZyZWdpb24YAyABKAkiPQoDVGFnEgwKBG5hbWUYASABKAkSEgoKY29uZmlkZW5jZRgCIAEoAhIUCgxzb3VyY2VfbW9kZWwYAyABKAkihQEKDU1vZGVsSWRlbnRpdHkSDgoGZmFtaWx5GAEgASgJEgwKBG5hbWUYAiABKAkSEAoIcmV2aXNpb24YAyABKAkSFgoOd2VpZ2h0c19zaGEyNTYYBCABKAkSDgoGZGV2aWNlGAUgASgJEg0KBWR0eXBlGAYgASgJEg0KBXNtb2tlGAcgASgIIj4KDFNlcnZpY2VTdGF0ZRIPCgdzZXJ2aW5nGAEgASgIEg0KBXBoYXNlGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJuCg5TZXJ2aWNlVGltaW5ncxIWCg5kZWNvZGVfc2Vjb25kcxgBIAEoARIVCg1xdWV1ZV9zZWNvbmRzGAIgASgBEhkKEWluZmVyZW5jZV9zZWNvbmRzGAMgASgBEhIKCmJhdGNoX3NpemUYBCABKA1iBnByb3RvMw");
+  fileDesc("ChphcmNoaXZldGFnL3YxL2NvbW1vbi5wcm90bxINYXJjaGl2ZXRhZy52MSIwCgVJbWFnZRIOCgRkYXRhGAEgASgMSAASDQoDdXJpGAIgASgJSABCCAoGc291cmNlIkgKDEltYWdlQ29udGV4dBIRCgl2aWV3X3R5cGUYASABKAkSFQoNbG9jYXRpb25fdHlwZRgCIAEoCRIOCgZyZWdpb24YAyABKAkiPQoDVGFnEgwKBG5hbWUYASABKAkSEgoKY29uZmlkZW5jZRgCIAEoAhIUCgxzb3VyY2VfbW9kZWwYAyABKAkihQEKDU1vZGVsSWRlbnRpdHkSDgoGZmFtaWx5GAEgASgJEgwKBG5hbWUYAiABKAkSEAoIcmV2aXNpb24YAyABKAkSFgoOd2VpZ2h0c19zaGEyNTYYBCABKAkSDgoGZGV2aWNlGAUgASgJEg0KBWR0eXBlGAYgASgJEg0KBXNtb2tlGAcgASgIIj4KDFNlcnZpY2VTdGF0ZRIPCgdzZXJ2aW5nGAEgASgIEg0KBXBoYXNlGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJuCg5TZXJ2aWNlVGltaW5ncxIWCg5kZWNvZGVfc2Vjb25kcxgBIAEoARIVCg1xdWV1ZV9zZWNvbmRzGAIgASgBEhkKEWluZmVyZW5jZV9zZWNvbmRzGAMgASgBEhIKCmJhdGNoX3NpemUYBCABKA0iJwoJT2NyUmVnaW9uEgwKBHRleHQYASABKAkSDAoEcXVhZBgCIAMoAiJuCglPY3JSZXN1bHQSKAoGc3RhdHVzGAEgASgOMhguYXJjaGl2ZXRhZy52MS5PY3JTdGF0dXMSDAoEdGV4dBgCIAEoCRIpCgdyZWdpb25zGAMgAygLMhguYXJjaGl2ZXRhZy52MS5PY3JSZWdpb24qVgoHT2NyTW9kZRIYChRPQ1JfTU9ERV9VTlNQRUNJRklFRBAAEhEKDU9DUl9NT0RFX1RFWFQQARIeChpPQ1JfTU9ERV9URVhUX1dJVEhfUkVHSU9OUxACKloKCU9jclN0YXR1cxIaChZPQ1JfU1RBVFVTX1VOU1BFQ0lGSUVEEAASEwoPT0NSX1NUQVRVU19SRUFEEAESHAoYT0NSX1NUQVRVU19OT1RfQVZBSUxBQkxFEAJiBnByb3RvMw");
 
 /**
  * An image to analyse. Exactly one source must be set.
@@ -266,4 +266,140 @@ export type ServiceTimings = Message<"archivetag.v1.ServiceTimings"> & {
  */
 export const ServiceTimingsSchema: GenMessage<ServiceTimings> = /*@__PURE__*/
   messageDesc(file_archivetag_v1_common, 5);
+
+/**
+ * One piece of text found in the image, with where it is.
+ *
+ * @generated from message archivetag.v1.OcrRegion
+ */
+export type OcrRegion = Message<"archivetag.v1.OcrRegion"> & {
+  /**
+   * The text of the region.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+
+  /**
+   * The region's quadrilateral in the image's pixel coordinates (the photo as
+   * stored, upright): x1, y1, x2, y2, x3, y3, x4, y4, clockwise from the top left
+   * as Florence-2 gives them.
+   *
+   * @generated from field: repeated float quad = 2;
+   */
+  quad: number[];
+};
+
+/**
+ * Describes the message archivetag.v1.OcrRegion.
+ * Use `create(OcrRegionSchema)` to create a new message.
+ */
+export const OcrRegionSchema: GenMessage<OcrRegion> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_common, 6);
+
+/**
+ * The text read in an image.
+ *
+ * @generated from message archivetag.v1.OcrResult
+ */
+export type OcrResult = Message<"archivetag.v1.OcrResult"> & {
+  /**
+   * Whether the text was read, or why not.
+   *
+   * @generated from field: archivetag.v1.OcrStatus status = 1;
+   */
+  status: OcrStatus;
+
+  /**
+   * The text (OCR_MODE_TEXT), or the regions' texts joined by newlines
+   * (OCR_MODE_TEXT_WITH_REGIONS). Empty when nothing was read.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+
+  /**
+   * The regions, in Florence-2's order; only for OCR_MODE_TEXT_WITH_REGIONS.
+   *
+   * @generated from field: repeated archivetag.v1.OcrRegion regions = 3;
+   */
+  regions: OcrRegion[];
+};
+
+/**
+ * Describes the message archivetag.v1.OcrResult.
+ * Use `create(OcrResultSchema)` to create a new message.
+ */
+export const OcrResultSchema: GenMessage<OcrResult> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_common, 7);
+
+/**
+ * Whether to read the text in the photo (Florence-2's OCR tasks). Reading
+ * costs one more generate pass of Florence-2 per image (docs/models/florence.md).
+ *
+ * @generated from enum archivetag.v1.OcrMode
+ */
+export enum OcrMode {
+  /**
+   * No text reading: the default.
+   *
+   * @generated from enum value: OCR_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The text only (Florence-2's "<OCR>" task).
+   *
+   * @generated from enum value: OCR_MODE_TEXT = 1;
+   */
+  TEXT = 1,
+
+  /**
+   * The text as regions, each with its quadrilateral (the "<OCR_WITH_REGION>" task).
+   *
+   * @generated from enum value: OCR_MODE_TEXT_WITH_REGIONS = 2;
+   */
+  TEXT_WITH_REGIONS = 2,
+}
+
+/**
+ * Describes the enum archivetag.v1.OcrMode.
+ */
+export const OcrModeSchema: GenEnum<OcrMode> = /*@__PURE__*/
+  enumDesc(file_archivetag_v1_common, 0);
+
+/**
+ * What became of a request's OCR.
+ *
+ * @generated from enum archivetag.v1.OcrStatus
+ */
+export enum OcrStatus {
+  /**
+   * No OCR was asked for.
+   *
+   * @generated from enum value: OCR_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The tagger read the image for text (the text may be empty: none was found).
+   *
+   * @generated from enum value: OCR_STATUS_READ = 1;
+   */
+  READ = 1,
+
+  /**
+   * The tagger that answered cannot read text (RAM++, e.g. after a failover):
+   * the tags are there, the text is not.
+   *
+   * @generated from enum value: OCR_STATUS_NOT_AVAILABLE = 2;
+   */
+  NOT_AVAILABLE = 2,
+}
+
+/**
+ * Describes the enum archivetag.v1.OcrStatus.
+ */
+export const OcrStatusSchema: GenEnum<OcrStatus> = /*@__PURE__*/
+  enumDesc(file_archivetag_v1_common, 1);
 

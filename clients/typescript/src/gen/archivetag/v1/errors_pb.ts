@@ -94,7 +94,8 @@ export enum ErrorReason {
 
   /**
    * INVALID_ARGUMENT: a request field has a bad value (threshold outside [0, 1],
-   * a vocabulary name the tagger does not know). A google.rpc.BadRequest names the field.
+   * a vocabulary name the tagger does not know, an ocr number outside OcrMode).
+   * A google.rpc.BadRequest names the field.
    *
    * @generated from enum value: ERROR_REASON_FIELD_INVALID = 8;
    */

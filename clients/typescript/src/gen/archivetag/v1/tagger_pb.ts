@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Image, ImageContext, ModelIdentity, ServiceState, ServiceTimings, Tag } from "./common_pb.js";
+import type { Image, ImageContext, ModelIdentity, OcrMode, OcrResult, ServiceState, ServiceTimings, Tag } from "./common_pb.js";
 import { file_archivetag_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file archivetag/v1/tagger.proto.
  */
 export const file_archivetag_v1_tagger: GenFile = /*@__PURE__*/
-  fileDesc("ChphcmNoaXZldGFnL3YxL3RhZ2dlci5wcm90bxINYXJjaGl2ZXRhZy52MSKrAQoKVGFnUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhYKCXRocmVzaG9sZBgDIAEoAkgAiAEBEhAKCG1heF90YWdzGAQgASgNEhIKCnZvY2FidWxhcnkYBSADKAlCDAoKX3RocmVzaG9sZCLLAQoLVGFnUmVzcG9uc2USIAoEdGFncxgBIAMoCzISLmFyY2hpdmV0YWcudjEuVGFnEg8KB2NhcHRpb24YAiABKAkSKwoFbW9kZWwYAyABKAsyHC5hcmNoaXZldGFnLnYxLk1vZGVsSWRlbnRpdHkSLAoHY29udGV4dBgEIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0Ei4KB3RpbWluZ3MYBSABKAsyHS5hcmNoaXZldGFnLnYxLlNlcnZpY2VUaW1pbmdzIiIKIFRhZ2dlclNlcnZpY2VHZXRNb2RlbEluZm9SZXF1ZXN0IpgCCiFUYWdnZXJTZXJ2aWNlR2V0TW9kZWxJbmZvUmVzcG9uc2USKwoFbW9kZWwYASABKAsyHC5hcmNoaXZldGFnLnYxLk1vZGVsSWRlbnRpdHkSKgoFc3RhdGUYAiABKAsyGy5hcmNoaXZldGFnLnYxLlNlcnZpY2VTdGF0ZRIXCg92b2NhYnVsYXJ5X3NpemUYAyABKA0SUAoIc2V0dGluZ3MYBCADKAsyPi5hcmNoaXZldGFnLnYxLlRhZ2dlclNlcnZpY2VHZXRNb2RlbEluZm9SZXNwb25zZS5TZXR0aW5nc0VudHJ5Gi8KDVNldHRpbmdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ATLAAQoNVGFnZ2VyU2VydmljZRI8CgNUYWcSGS5hcmNoaXZldGFnLnYxLlRhZ1JlcXVlc3QaGi5hcmNoaXZldGFnLnYxLlRhZ1Jlc3BvbnNlEnEKDEdldE1vZGVsSW5mbxIvLmFyY2hpdmV0YWcudjEuVGFnZ2VyU2VydmljZUdldE1vZGVsSW5mb1JlcXVlc3QaMC5hcmNoaXZldGFnLnYxLlRhZ2dlclNlcnZpY2VHZXRNb2RlbEluZm9SZXNwb25zZWIGcHJvdG8z", [file_archivetag_v1_common]);
+  fileDesc("ChphcmNoaXZldGFnL3YxL3RhZ2dlci5wcm90bxINYXJjaGl2ZXRhZy52MSLQAQoKVGFnUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhYKCXRocmVzaG9sZBgDIAEoAkgAiAEBEhAKCG1heF90YWdzGAQgASgNEhIKCnZvY2FidWxhcnkYBSADKAkSIwoDb2NyGAYgASgOMhYuYXJjaGl2ZXRhZy52MS5PY3JNb2RlQgwKCl90aHJlc2hvbGQi8gEKC1RhZ1Jlc3BvbnNlEiAKBHRhZ3MYASADKAsyEi5hcmNoaXZldGFnLnYxLlRhZxIPCgdjYXB0aW9uGAIgASgJEisKBW1vZGVsGAMgASgLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5EiwKB2NvbnRleHQYBCABKAsyGy5hcmNoaXZldGFnLnYxLkltYWdlQ29udGV4dBIuCgd0aW1pbmdzGAUgASgLMh0uYXJjaGl2ZXRhZy52MS5TZXJ2aWNlVGltaW5ncxIlCgNvY3IYBiABKAsyGC5hcmNoaXZldGFnLnYxLk9jclJlc3VsdCIiCiBUYWdnZXJTZXJ2aWNlR2V0TW9kZWxJbmZvUmVxdWVzdCKYAgohVGFnZ2VyU2VydmljZUdldE1vZGVsSW5mb1Jlc3BvbnNlEisKBW1vZGVsGAEgASgLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5EioKBXN0YXRlGAIgASgLMhsuYXJjaGl2ZXRhZy52MS5TZXJ2aWNlU3RhdGUSFwoPdm9jYWJ1bGFyeV9zaXplGAMgASgNElAKCHNldHRpbmdzGAQgAygLMj4uYXJjaGl2ZXRhZy52MS5UYWdnZXJTZXJ2aWNlR2V0TW9kZWxJbmZvUmVzcG9uc2UuU2V0dGluZ3NFbnRyeRovCg1TZXR0aW5nc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEywAEKDVRhZ2dlclNlcnZpY2USPAoDVGFnEhkuYXJjaGl2ZXRhZy52MS5UYWdSZXF1ZXN0GhouYXJjaGl2ZXRhZy52MS5UYWdSZXNwb25zZRJxCgxHZXRNb2RlbEluZm8SLy5hcmNoaXZldGFnLnYxLlRhZ2dlclNlcnZpY2VHZXRNb2RlbEluZm9SZXF1ZXN0GjAuYXJjaGl2ZXRhZy52MS5UYWdnZXJTZXJ2aWNlR2V0TW9kZWxJbmZvUmVzcG9uc2ViBnByb3RvMw", [file_archivetag_v1_common]);
 
 /**
  * Request for TaggerService.Tag.
@@ -59,6 +59,16 @@ export type TagRequest = Message<"archivetag.v1.TagRequest"> & {
    * @generated from field: repeated string vocabulary = 5;
    */
   vocabulary: string[];
+
+  /**
+   * Also read the text in the image (Florence-2's OCR tasks; one more generate
+   * pass). A value outside OcrMode is INVALID_ARGUMENT (FIELD_INVALID, field
+   * "ocr"). A tagger that cannot read text (RAM++) still answers its tags, with
+   * ocr.status OCR_STATUS_NOT_AVAILABLE.
+   *
+   * @generated from field: archivetag.v1.OcrMode ocr = 6;
+   */
+  ocr: OcrMode;
 };
 
 /**
@@ -108,6 +118,13 @@ export type TagResponse = Message<"archivetag.v1.TagResponse"> & {
    * @generated from field: archivetag.v1.ServiceTimings timings = 5;
    */
   timings?: ServiceTimings | undefined;
+
+  /**
+   * The text in the image; set only when the request asked for OCR.
+   *
+   * @generated from field: archivetag.v1.OcrResult ocr = 6;
+   */
+  ocr?: OcrResult | undefined;
 };
 
 /**
