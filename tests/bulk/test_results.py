@@ -21,6 +21,8 @@ def ok_answer(caption: str = "a hall") -> tagging_pb2.TagImagesResponse:
     answer = tagging_pb2.TagImagesResponse(id="1")
     answer.result.caption = caption
     answer.result.tagger = "florence"
+    answer.result.models.add(family="siglip", name="siglip")
+    answer.result.embedding.extend([1.0, 0.0])  # a good result is done once it has its embedding
     return answer
 
 
