@@ -10,14 +10,12 @@ embedded the newest photos is searched; photos embedded by another model are cou
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from archivetag import vectors
 from archivetag.bulk import shown
 from archivetag.results import path_from_key
 from archivetag.runtime.settings import Option, OptionGroup
-from archivetag.similar import STORE_OPTIONS, CannotAnswer, other_spaces_note, open_store
+from archivetag.similar import STORE_OPTIONS, CannotAnswer, answer_command, other_spaces_note, open_store
 
 DUPLICATES_OPTIONS = OptionGroup("duplicates", (
     Option("threshold", 0.95, "Cosine similarity from which two photos count as near-duplicates (0 to 1). Not "
@@ -61,21 +59,14 @@ def groups(args: argparse.Namespace) -> tuple[dict, str]:
         store.close()
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        result, note = groups(args)
-    except CannotAnswer as exc:
-        print(f"archivetag duplicates: {exc}", file=sys.stderr)
-        return 2
-    if note:
-        print(note, file=sys.stderr)
-    if args.json:
-        print(json.dumps(result))
-        return 0
+def show_groups(result: dict) -> None:
     for number, photos in enumerate(result["groups"], 1):
         print(f"group {number}: {len(photos)} photos (similarity to the first)")
         for photo in photos:
             print(f"  {photo['similarity']:.4f}  {shown(path_from_key(photo['path']))}")
-    print(f"{len(result['groups'])} groups among {result['embeddings_compared']} distinct photos at threshold {args.threshold}",
-          file=sys.stderr)
-    return 0
+    print(f"{len(result['groups'])} groups among {result['embeddings_compared']} distinct photos at threshold "
+          f"{result['threshold']}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    return answer_command("duplicates", args, groups, show_groups)

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from google.protobuf.json_format import MessageToJson
@@ -129,17 +130,27 @@ def answer(args: argparse.Namespace) -> tuple[dict, str]:
         store.close()
 
 
-def run(args: argparse.Namespace) -> int:
+def answer_command(command: str, args: argparse.Namespace, compute: Callable[[argparse.Namespace], tuple[dict, str]],
+                   show: Callable[[dict], None]) -> int:
+    """Run a search command: its answer as text (`show`) or JSON on stdout, notes and errors on stderr."""
     try:
-        result, note = answer(args)
+        result, note = compute(args)
     except CannotAnswer as exc:
-        print(f"archivetag similar: {exc}", file=sys.stderr)
+        print(f"archivetag {command}: {exc}", file=sys.stderr)
         return 2
     if note:
         print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
-        for match in result["matches"]:
-            print(f"{match['similarity']:.4f}  {shown(Path(match['path']))}")
+        show(result)
     return 0
+
+
+def show_matches(result: dict) -> None:
+    for match in result["matches"]:
+        print(f"{match['similarity']:.4f}  {shown(Path(match['path']))}")
+
+
+def run(args: argparse.Namespace) -> int:
+    return answer_command("similar", args, answer, show_matches)

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
     vector BLOB NOT NULL                 -- float32, little-endian, L2-normalised
 );
 CREATE INDEX IF NOT EXISTS embeddings_by_space ON embeddings(space);
+CREATE INDEX IF NOT EXISTS files_by_result ON files(result_id);  -- a match's paths
 """
 
 SIGLIP = "siglip"

@@ -15,8 +15,7 @@ from archivetag import vectors
 from archivetag.results import ResultStore
 from archivetag.stack import archivetag_command
 from archivetag.v1 import common_pb2, tagging_pb2
-
-KEY = "models-key"
+from tests.bulk.conftest import KEY
 
 
 def siglip(revision: str = "r1") -> common_pb2.ModelIdentity:
@@ -36,14 +35,6 @@ def answer(embedding, model: common_pb2.ModelIdentity | None = None) -> tagging_
 def unit(*values: float) -> list[float]:
     vector = np.asarray(values, dtype=np.float64)
     return list(vector / np.linalg.norm(vector))
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = ResultStore(tmp_path / "results.sqlite")
-    store.remember_models(KEY, [])
-    yield store
-    store.close()
 
 
 def test_the_embedding_is_stored_once_beside_the_result_not_in_the_response_blob(store, tmp_path):
