@@ -153,6 +153,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict:
         "query": percentiles_ms(latencies),
     }
     if not args.skip_duplicates:
+        print(f"grouping all pairs at {args.threshold} (O(n²))", flush=True)
         started = time.perf_counter()
         groups = vectors.components(space, args.threshold)
         planted = len(originals)
@@ -166,6 +167,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict:
         }
     store.close()
     if args.compare_sqlite_vec:
+        print("the same vectors and queries in sqlite-vec", flush=True)
         results["sqlite_vec"] = sqlite_vec_comparison(matrix, query_rows, exact, workdir)
     return results
 

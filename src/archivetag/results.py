@@ -8,10 +8,10 @@
     embeddings(result_id, space, dim, vector)      SigLIP embeddings (archivetag.vectors)
 
 A photo is done when its content has an 'ok' result for the current model set, with its
-embedding (or marked degraded: SigLIP did not answer); then a re-run skips it, whatever its path, and a later failure of the same content elsewhere
-never replaces that result. Every answer is committed as it arrives (WAL mode). Paths
-are TEXT, except a name that is not valid UTF-8: its raw bytes (os.fsencode) as a BLOB,
-so it round-trips exactly. Two runs on one database split the work through claims.
+embedding (or marked degraded: SigLIP did not answer); then a re-run skips it, whatever its
+path, and a later failure of the same content elsewhere never replaces that result. Every
+answer is committed as it arrives (WAL mode). Paths are TEXT, except a name that is not
+valid UTF-8: its raw bytes (os.fsencode) as a BLOB, so it round-trips exactly. Two runs on one database split the work through claims.
 """
 
 from __future__ import annotations
