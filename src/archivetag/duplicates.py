@@ -10,6 +10,7 @@ embedded the newest photos is searched; photos embedded by another model are cou
 from __future__ import annotations
 
 import argparse
+import sys
 
 from archivetag import vectors
 from archivetag.bulk import shown
