@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToJson
 
@@ -80,7 +81,7 @@ def embed(args: argparse.Namespace, store: ResultStore, data: bytes) -> tuple[st
         with TaggingClient.from_settings(args) as client:
             result = client.tag(data, max_tags=1, include_embedding=True)
     except ClientError as exc:
-        if exc.code.name == "INVALID_ARGUMENT":
+        if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
             raise CannotAnswer(f"{shown(args.photo)}: the orchestrator cannot use it: {exc.message}") from None
         raise CannotAnswer(f"{args.target}: {exc} (the photo is not in the database, so it must be embedded)") from None
     model = vectors.siglip_model(result)
