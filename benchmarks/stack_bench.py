@@ -42,7 +42,7 @@ from archivetag.cli import build_parser  # noqa: E402
 from archivetag.stack import Stack  # noqa: E402
 from archivetag.v1 import tagger_pb2, tagging_pb2, tagging_pb2_grpc, view_type_pb2  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
-from timing import models_or_smoke, write_results  # noqa: E402 - benchmarks/timing.py, beside this script
+from timing import models_or_smoke, percentiles_ms, write_results  # noqa: E402 - benchmarks/timing.py, beside this script
 
 CLIENT_COUNTS = (1, 4, 16)
 
@@ -70,11 +70,6 @@ def stack_arguments(models: Path, log_dir: Path, *extra: str):
     return up_args, ports
 
 
-def percentiles(latencies: list[float]) -> dict[str, float]:
-    values = np.array(latencies) * 1000
-    return {f"p{p}_ms": float(np.percentile(values, p)) for p in (50, 95, 99)}
-
-
 def run_clients(address: str, images: list[bytes], clients: int, per_client: int) -> dict:
     stubs = [tagging_pb2_grpc.TaggingServiceStub(grpc.insecure_channel(address)) for _ in range(clients)]
 
@@ -93,7 +88,7 @@ def run_clients(address: str, images: list[bytes], clients: int, per_client: int
         latencies = [x for result in pool.map(client, range(clients)) for x in result]
     seconds = time.perf_counter() - started
     return {"clients": clients, "requests": len(latencies), "images_per_second": len(latencies) / seconds,
-            **percentiles(latencies)}
+            **percentiles_ms(latencies)}
 
 
 def load_in_process(models: Path) -> dict:
@@ -138,7 +133,7 @@ def in_process(backends: dict, images: list[bytes]) -> dict:
     with ThreadPoolExecutor(len(backends)) as pool:
         rows = [[tag_in_process(backends, way, data) for data in images] for way in (None, pool)]
     latencies = min(rows, key=lambda row: float(np.median(row)))
-    return {"images_per_second": len(images) / sum(latencies), **percentiles(latencies)}
+    return {"images_per_second": len(images) / sum(latencies), **percentiles_ms(latencies)}
 
 
 def paired_overhead(address: str, backends: dict, images: list[bytes], pairs: int) -> dict:
@@ -193,7 +188,7 @@ def old_design(models: Path, images: list[bytes], count: int) -> dict:
             subprocess.run([sys.executable, "-c", ONE_SHOT, str(models), str(path)], check=True,
                            capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
             latencies.append(time.perf_counter() - started)
-    return {"images": count, "images_per_second": count / sum(latencies), **percentiles(latencies)}
+    return {"images": count, "images_per_second": count / sum(latencies), **percentiles_ms(latencies)}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -20,6 +20,14 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def percentiles_ms(latencies: list[float]) -> dict[str, float]:
+    """p50/p95/p99 of latencies in seconds, in milliseconds."""
+    import numpy as np
+
+    values = np.array(latencies) * 1000
+    return {f"p{p}_ms": float(np.percentile(values, p)) for p in (50, 95, 99)}
+
+
 def write_results(out: Path, results: dict, plot: Callable[[dict, Path], None] | None = None) -> None:
     """Write the JSON results (and, given a plot function, a PNG beside them); say where."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ Photos are streamed through TagImages (archivetag.client) with a bounded window;
 as it arrives, so an interrupted import loses nothing. A re-run skips photos whose
 content (SHA-256) was already tagged by the same models (and with the same OCR option: `--ocr` reads
 the text in each photo too, `--ocr-regions` with where it is, one more Florence-2 pass per photo).
+ The database also keeps each photo's
+SigLIP embedding (archivetag.vectors), which `archivetag similar` and `duplicates` search.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from archivetag.v1 import common_pb2, tagging_pb2
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
 
+DB_OPTION = Option("db", None, "SQLite database for the results (default: in the user's data directory).",
+                   parse_path, metavar="FILE")
 TAG_OPTIONS = OptionGroup(
     "tag",
     (
-        Option("db", None, "SQLite database for the results (default: in the user's data directory).",
-               parse_path, metavar="FILE"),
+        DB_OPTION,
         Option("concurrency", 8, "Photos in flight at once.", int),
         Option("max_tags", 0, "At most this many tags per photo; 0: all.", int),
         Option("retries", 5, "Times a broken connection is retried (with backoff) before giving up.", int),
@@ -204,7 +207,9 @@ class Tagger:
                     self._advance()
                     continue
                 sent[str(index)] = photo
-                yield TagItem(photo.data, id=str(index), max_tags=self.settings.max_tags, ocr=ocr_mode(self.settings))
+                # The database keeps each photo's SigLIP embedding, for `similar` and `duplicates`.
+                yield TagItem(photo.data, id=str(index), max_tags=self.settings.max_tags, ocr=ocr_mode(self.settings),
+                              include_embedding=self.store is not None)
 
         renewer = asyncio.create_task(self._renew_claims()) if self.store is not None else None
         try:

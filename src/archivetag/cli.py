@@ -3,6 +3,8 @@
     archivetag serve {florence,rampp,siglip,orchestrator}   one server
     archivetag up                                           the whole stack on this machine
     archivetag tag PATH...                                  tag photos into SQLite
+    archivetag similar PHOTO                                the closest photos already tagged
+    archivetag duplicates                                   groups of near-duplicate photos
     archivetag status                                       the backends, from the orchestrator
     archivetag demo                                         the main job: stack + sample photos
     archivetag probe                                        health check (for containers)
@@ -27,6 +29,8 @@ from archivetag.runtime.settings import OptionGroup, add_option_groups, settings
 COMMAND_MODULES = {
     "up": "archivetag.stack",
     "tag": "archivetag.bulk",
+    "similar": "archivetag.similar",
+    "duplicates": "archivetag.duplicates",
     "status": "archivetag.status",
     "demo": "archivetag.demo",
     "probe": "archivetag.probe",

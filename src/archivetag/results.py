@@ -6,13 +6,15 @@
     ocr_texts, ocr_regions                          the text read in the photo, when it was asked for
     model_sets(models_key, models_json)            which models a key stands for
     claims(path, owner, expires_at)                photos a running `tag` is working on
+    embeddings(result_id, space, dim, vector)      SigLIP embeddings (archivetag.vectors)
 
-A photo is done when its content has an 'ok' result for the current model set (and OCR mode); then a
-re-run skips it, whatever its path, and a later failure of the same content elsewhere
-never replaces that result. Every answer is committed as it arrives (WAL mode). Paths
-are TEXT, except a name that is not valid UTF-8: its raw bytes (os.fsencode) as a BLOB,
-so it round-trips exactly. Two runs on one database split the work through claims. A store
-made before a table existed gains it when opened (every table is CREATE ... IF NOT EXISTS).
+A photo is done when its content has an 'ok' result for the current model set (and OCR mode),
+with its embedding (or marked degraded: SigLIP did not answer); then a re-run skips it, whatever
+its path, and a later failure of the same content elsewhere never replaces that result. Every
+answer is committed as it arrives (WAL mode). Paths are TEXT, except a name that is not valid
+UTF-8: its raw bytes (os.fsencode) as a BLOB, so it round-trips exactly. Two runs on one
+database split the work through claims. A store made before a table existed gains it when
+opened (every table is CREATE ... IF NOT EXISTS).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Iterator
 import platformdirs
 from google.protobuf.json_format import MessageToJson
 
+from archivetag import vectors
 from archivetag.v1 import common_pb2, tagging_pb2
 
 SCHEMA = """
@@ -102,7 +105,10 @@ CREATE INDEX IF NOT EXISTS tags_by_result ON tags(result_id);
 CREATE INDEX IF NOT EXISTS view_scores_by_result ON view_scores(result_id);
 CREATE INDEX IF NOT EXISTS result_models_by_result ON result_models(result_id);
 CREATE INDEX IF NOT EXISTS ocr_regions_by_result ON ocr_regions(result_id);
-"""
+""" + vectors.SCHEMA
+# A good result still lacks its embedding when it was stored before embeddings were (a re-run
+# sends it again to add one; its tags stay) — unless SigLIP did not answer it (degraded).
+HAS_EMBEDDING = "(r.degraded = 1 OR EXISTS (SELECT 1 FROM embeddings e WHERE e.result_id = r.id))"
 
 
 def default_db_path() -> Path:
@@ -238,12 +244,15 @@ class ResultStore:
             self.db.execute("UPDATE claims SET expires_at = ? WHERE owner = ?", (time.time() + CLAIM_SECONDS, self.owner))
 
     def remember_models(self, key: str, models: list[common_pb2.ModelIdentity]) -> None:
-        description = json.dumps([json.loads(MessageToJson(m)) for m in models])
         with self._writing():
-            self.db.execute(
-                "INSERT OR IGNORE INTO model_sets (models_key, models_json, first_seen) VALUES (?, ?, ?)",
-                (key, description, _now()),
-            )
+            self._remember_models(key, models)
+
+    def _remember_models(self, key: str, models: list[common_pb2.ModelIdentity]) -> None:
+        description = json.dumps([json.loads(MessageToJson(m)) for m in models])
+        self.db.execute(
+            "INSERT OR IGNORE INTO model_sets (models_key, models_json, first_seen) VALUES (?, ?, ?)",
+            (key, description, _now()),
+        )
 
     def _ok_result(self, sha256: str, key: str) -> int | None:
         row = self.db.execute(
@@ -252,7 +261,9 @@ class ResultStore:
         return row[0] if row else None
 
     def is_done(self, sha256: str, key: str) -> bool:
-        return self._ok_result(sha256, key) is not None
+        return self.db.execute(
+            f"SELECT 1 FROM results r WHERE r.sha256 = ? AND r.models_key = ? AND r.status = 'ok' AND {HAS_EMBEDDING}",
+            (sha256, key)).fetchone() is not None
 
     def path_is_done(self, path: Path, key: str, ok_only: bool = True) -> bool:
         """Done without reading the file: same path, size and mtime as a photo tagged OK
@@ -264,7 +275,7 @@ class ResultStore:
         row = self.db.execute(
             "SELECT f.sha256 FROM files f JOIN results r ON r.id = f.result_id "
             "WHERE f.path = ? AND f.size = ? AND f.mtime = ? AND r.models_key = ?"
-            + (" AND r.status = 'ok'" if ok_only else ""),
+            + (f" AND r.status = 'ok' AND {HAS_EMBEDDING}" if ok_only else ""),
             (path_key(path), stat.st_size, stat.st_mtime, key),
         ).fetchone()
         return row is not None
@@ -287,12 +298,15 @@ class ResultStore:
                answer: tagging_pb2.TagImagesResponse) -> int:
         """Store one answer (result or error) and its details, in one transaction, and drop the
         photo's claim. A good result of the same content stands: the path is linked to it
-        whatever this answer says (an error elsewhere, or the same tags again)."""
+        whatever this answer says (an error elsewhere, or the same tags again), and gets this
+        answer's embedding if it had none. The embedding is kept in its own table, not twice."""
+        answer, embedding = _without_embedding(answer)
         with self._writing():
             self._release(path)
             good = self._ok_result(sha256, key)
             if good is not None:
                 self._upsert_file(path, sha256, size, mtime, good)
+                self._store_embedding(good, answer, embedding)
                 return good
             self.db.execute("DELETE FROM results WHERE sha256 = ? AND models_key = ?", (sha256, key))
             if answer.WhichOneof("outcome") == "result":
@@ -322,6 +336,7 @@ class ResultStore:
                 )
                 if r.HasField("ocr"):
                     self._record_ocr(result_id, r.ocr)
+                self._store_embedding(result_id, answer, embedding)
             else:
                 e = answer.error
                 cursor = self.db.execute(
@@ -343,3 +358,22 @@ class ResultStore:
             [(result_id, i, region.text, json.dumps([round(v, 1) for v in region.quad]))
              for i, region in enumerate(ocr.regions)],
         )
+
+    def _store_embedding(self, result_id: int, answer: tagging_pb2.TagImagesResponse, embedding: list[float]) -> None:
+        """Keep the embedding under the SigLIP model that made it (inside record's transaction)."""
+        model = vectors.siglip_model(answer.result)
+        if model is None or not embedding:
+            return
+        space = models_key([model])
+        self._remember_models(space, [model])
+        vectors.store(self.db, result_id, space, embedding)
+
+
+def _without_embedding(answer: tagging_pb2.TagImagesResponse) -> tuple[tagging_pb2.TagImagesResponse, list[float]]:
+    """(the answer without its embedding, the embedding): the response BLOB need not carry it too."""
+    if answer.WhichOneof("outcome") != "result" or not answer.result.embedding:
+        return answer, []
+    stripped = tagging_pb2.TagImagesResponse()
+    stripped.CopyFrom(answer)
+    stripped.result.ClearField("embedding")
+    return stripped, list(answer.result.embedding)

@@ -13,14 +13,15 @@ import pytest
 
 from archivetag.results import ResultStore, StoreError, path_from_key
 from archivetag.v1 import tagging_pb2
-
-KEY = "models-key"
+from tests.bulk.conftest import KEY
 
 
 def ok_answer(caption: str = "a hall") -> tagging_pb2.TagImagesResponse:
     answer = tagging_pb2.TagImagesResponse(id="1")
     answer.result.caption = caption
     answer.result.tagger = "florence"
+    answer.result.models.add(family="siglip", name="siglip")
+    answer.result.embedding.extend([1.0, 0.0])  # a good result is done once it has its embedding
     return answer
 
 
@@ -32,14 +33,6 @@ def file_results(db: Path) -> dict:
     with sqlite3.connect(db) as con:
         return {path: (status, caption) for path, status, caption in con.execute(
             "SELECT f.path, r.status, r.caption FROM files f JOIN results r ON r.id = f.result_id")}
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = ResultStore(tmp_path / "results.sqlite")
-    store.remember_models(KEY, [])
-    yield store
-    store.close()
 
 
 def test_a_failure_of_the_same_content_at_another_path_keeps_the_good_result(store, tmp_path):

@@ -66,11 +66,12 @@ def test_the_report_sees_torch_where_a_command_needs_it(reporting, tmp_path):
     assert "torch" in heavy()
 
 
-def test_help_status_tag_and_probe_import_no_heavy_module(reporting):
+def test_help_status_tag_probe_similar_and_duplicates_import_no_heavy_module(reporting):
     env, heavy = reporting
     for args in (("--help",), ("tag", "--help"), ("up", "--help"), ("models", "--help"),
                  ("status", "--target", "127.0.0.1:9", "--token", "x" * 16),
-                 ("probe", "--probe-address", "127.0.0.1:9", "--probe-timeout-seconds", "0.5")):
+                 ("probe", "--probe-address", "127.0.0.1:9", "--probe-timeout-seconds", "0.5"),
+                 ("similar", "/nonexistent/photo.jpg"), ("duplicates", "--db", "/nonexistent/results.sqlite")):
         done = run(env, *args)
         assert done.returncode in (0, 1, 2), (args, done.stderr)
         assert heavy() == [], args

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import pillow_heif
 
@@ -56,6 +56,22 @@ def photo(width: int = 96, height: int = 64) -> Image.Image:
     y, x = np.mgrid[0:height, 0:width]
     rgb = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), (x + y) % 256], axis=-1)
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def scene(seed: int, width: int = 320, height: int = 240) -> Image.Image:
+    """A deterministic picture of a dozen coloured boxes and discs, different for every seed."""
+    rng = np.random.default_rng(seed)
+
+    def colour() -> tuple[int, ...]:
+        return tuple(int(c) for c in rng.integers(0, 256, 3))
+
+    image = Image.new("RGB", (width, height), colour())
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        box = [x, y, x + int(rng.integers(20, 160)), y + int(rng.integers(20, 120))]
+        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=colour())
+    return image
 
 
 def _exif_rotated_jpeg() -> bytes:
