@@ -9,6 +9,7 @@ import sqlite3
 
 from archivetag.results import ResultStore, models_key
 from archivetag.v1 import common_pb2, tagging_pb2
+from tests.bulk.conftest import with_embedding
 
 KEY = "models-key"
 PRE_OCR_TABLES = ("ocr_texts", "ocr_regions")
@@ -22,7 +23,7 @@ def answer_with_text() -> tagging_pb2.TagImagesResponse:
     answer.result.ocr.text = "ST MARY'S\nHOSPITAL"
     for text, quad in (("ST MARY'S", [10, 20, 200, 20, 200, 60, 10, 60]), ("HOSPITAL", [10, 80, 220, 80, 220, 120, 10, 120])):
         answer.result.ocr.regions.add(text=text, quad=quad)
-    return answer
+    return with_embedding(answer)
 
 
 def stored_ocr(db) -> tuple[list, list]:
@@ -62,7 +63,7 @@ def test_a_store_made_before_ocr_gains_the_tables_and_keeps_its_results(tmp_path
     store.remember_models(KEY, [])
     plain = tagging_pb2.TagImagesResponse(id="0")
     plain.result.tagger, plain.result.caption = "florence", "a hall"
-    store.record(tmp_path / "old.jpg", "c" * 64, 10, 1.0, KEY, plain)
+    store.record(tmp_path / "old.jpg", "c" * 64, 10, 1.0, KEY, with_embedding(plain))
     store.close()
     with sqlite3.connect(db) as con:  # as a store written before OCR existed
         for table in PRE_OCR_TABLES:

@@ -13,16 +13,14 @@ import pytest
 
 from archivetag.results import ResultStore, StoreError, path_from_key
 from archivetag.v1 import tagging_pb2
-from tests.bulk.conftest import KEY
+from tests.bulk.conftest import KEY, with_embedding
 
 
 def ok_answer(caption: str = "a hall") -> tagging_pb2.TagImagesResponse:
     answer = tagging_pb2.TagImagesResponse(id="1")
     answer.result.caption = caption
     answer.result.tagger = "florence"
-    answer.result.models.add(family="siglip", name="siglip")
-    answer.result.embedding.extend([1.0, 0.0])  # a good result is done once it has its embedding
-    return answer
+    return with_embedding(answer)
 
 
 def error_answer(status: str = "UNAVAILABLE") -> tagging_pb2.TagImagesResponse:
