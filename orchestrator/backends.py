@@ -283,6 +283,10 @@ class Backend:
             return
         log.info("backend replica health", extra=fields(backend=self.name, replica=address, status=status,
                                                          previous=replica.status, detail=detail))
+        if status == UNREACHABLE and replica.status == SERVING:
+            # A serving replica lost (killed, or stopped until keepalive closed its connection, so its
+            # health checks then fail at once rather than time out): `archivetag status` shows it.
+            self._record_error(f"{address}: lost ({detail or 'unreachable'})")
         replica.status, replica.detail = status, detail
         if status == SERVING:
             self.last_error_resolved = True

@@ -124,6 +124,12 @@ def test_a_stopped_florence_is_marked_unreachable_skipped_then_serves_again_afte
             in_flight = api.TagImage.future(tag_request(1), timeout=120)
             wait_for(lambda: backend(status(server.address), "florence").health == tagging_pb2.BACKEND_HEALTH_UNREACHABLE,
                      timeout=120, describe="florence marked UNREACHABLE while stopped")
+            # Hung (its health check times out, and a call waiting on it is abandoned) or lost
+            # (keepalive closed its connection first): either way `archivetag status` shows it.
+            stopped = wait_for(lambda: backend(status(server.address), "florence"), lambda b: b.last_error,
+                               timeout=120, describe="the stopped replica recorded as Florence's last error")
+            assert "hung" in stopped.last_error or "lost" in stopped.last_error, stopped.last_error
+            assert not stopped.last_error_resolved
             caught = in_flight.result()
             assert caught.tagger == "rampp"
             # Not waited out to Florence's deadline: its connection was dropped (keepalive) or the
@@ -139,6 +145,7 @@ def test_a_stopped_florence_is_marked_unreachable_skipped_then_serves_again_afte
             reply = wait_for(lambda: (r := api.TagImage(tag_request(3),
                              timeout=60)).tagger == "florence" and r, timeout=60, describe="florence tags again")
             assert not reply.fallback_reason
+            assert backend(status(server.address), "florence").last_error_resolved
     finally:
         if florence.proc.poll() is None:
             florence.proc.send_signal(signal.SIGCONT)
