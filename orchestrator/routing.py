@@ -123,6 +123,7 @@ class Router:
             response.degraded_reasons.append(view.problem)
             DEGRADED.labels(self.siglip.name).inc()
         response.embedding.extend(view.embedding)
+        response.tagged_at.GetCurrentTime()
         return response
 
     # -- tagging ----------------------------------------------------------------------
