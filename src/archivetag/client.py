@@ -102,6 +102,7 @@ class TagItem:
     threshold: float | None = None
     include_embedding: bool = False
     context: dict[str, str] = field(default_factory=dict)
+    bypass_cache: bool = False  # skip the orchestrator's result cache (docs/cache.md)
 
 
 @dataclass
@@ -120,9 +121,11 @@ class ItemResult:
 
 
 def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float | None = None,
-                include_embedding: bool = False, context: dict[str, str] | None = None) -> tagging_pb2.TagImageRequest:
+                include_embedding: bool = False, context: dict[str, str] | None = None,
+                bypass_cache: bool = False) -> tagging_pb2.TagImageRequest:
     request = tagging_pb2.TagImageRequest(
-        max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {}))
+        max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {})),
+        bypass_cache=bypass_cache,
     )
     if isinstance(image, (bytes, bytearray, memoryview)):
         request.image.data = bytes(image)
@@ -134,7 +137,8 @@ def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float |
 
 
 def _item_request(item: TagItem) -> tagging_pb2.TagImagesRequest:
-    request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context)
+    request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context,
+                          item.bypass_cache)
     return tagging_pb2.TagImagesRequest(id=item.id, request=request)
 
 
@@ -239,9 +243,10 @@ class AsyncTaggingClient(_Base):
 
     async def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
                   include_embedding: bool = False, context: dict[str, str] | None = None,
-                  deadline: float | None = None) -> tagging_pb2.TagImageResponse:
-        """Tag one image (bytes, or a path the server may read). deadline: seconds, retries included."""
-        request = tag_request(image, max_tags, threshold, include_embedding, context)
+                  deadline: float | None = None, bypass_cache: bool = False) -> tagging_pb2.TagImageResponse:
+        """Tag one image (bytes, or a path the server may read). deadline: seconds, retries included.
+        The answer's `cached` says whether it came from the orchestrator's result cache."""
+        request = tag_request(image, max_tags, threshold, include_embedding, context, bypass_cache)
         return await self._unary(self.stub.TagImage, request, deadline)
 
     async def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:
@@ -337,9 +342,10 @@ class TaggingClient(_Base):
 
     def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
             include_embedding: bool = False, context: dict[str, str] | None = None,
-            deadline: float | None = None) -> tagging_pb2.TagImageResponse:
-        """Tag one image (bytes, or a path the server may read). deadline: seconds, retries included."""
-        request = tag_request(image, max_tags, threshold, include_embedding, context)
+            deadline: float | None = None, bypass_cache: bool = False) -> tagging_pb2.TagImageResponse:
+        """Tag one image (bytes, or a path the server may read). deadline: seconds, retries included.
+        The answer's `cached` says whether it came from the orchestrator's result cache."""
+        request = tag_request(image, max_tags, threshold, include_embedding, context, bypass_cache)
         return self._unary(self.stub.TagImage, request, deadline)
 
     def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:

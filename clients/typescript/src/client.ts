@@ -56,6 +56,8 @@ export interface TagOptions {
   threshold?: number;
   /** Also return the SigLIP embedding. */
   includeEmbedding?: boolean;
+  /** Skip the orchestrator's result cache: the models answer and the answer is not stored. */
+  bypassCache?: boolean;
   /** What the archive knows about the photo (echoed). */
   context?: Partial<Pick<ImageContext, "viewType" | "locationType" | "region">>;
   /** This call's deadline (all retries included). */
@@ -268,6 +270,7 @@ function tagRequest(
     maxTags: options.maxTags ?? 0,
     threshold: options.threshold,
     includeEmbedding: options.includeEmbedding ?? false,
+    bypassCache: options.bypassCache ?? false,
   };
 }
 

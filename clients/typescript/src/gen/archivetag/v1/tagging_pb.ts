@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file archivetag/v1/tagging.proto.
  */
 export const file_archivetag_v1_tagging: GenFile = /*@__PURE__*/
-  fileDesc("ChthcmNoaXZldGFnL3YxL3RhZ2dpbmcucHJvdG8SDWFyY2hpdmV0YWcudjEitwEKD1RhZ0ltYWdlUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhAKCG1heF90YWdzGAMgASgNEhYKCXRocmVzaG9sZBgEIAEoAkgAiAEBEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAUgASgIQgwKCl90aHJlc2hvbGQiVwoIVmlld1R5cGUSDAoEbmFtZRgBIAEoCRISCgpjb25maWRlbmNlGAIgASgCEikKBnNjb3JlcxgDIAMoCzIZLmFyY2hpdmV0YWcudjEuQ2xhc3NTY29yZSKNAQoMU3RhZ2VUaW1pbmdzEhUKDXRvdGFsX3NlY29uZHMYASABKAESFgoOdGFnZ2VyX3NlY29uZHMYAiABKAESGQoRdmlld190eXBlX3NlY29uZHMYAyABKAESGAoQZmFpbG92ZXJfc2Vjb25kcxgEIAEoARIZChFhZG1pc3Npb25fc2Vjb25kcxgFIAEoASKABAoQVGFnSW1hZ2VSZXNwb25zZRIgCgR0YWdzGAEgAygLMhIuYXJjaGl2ZXRhZy52MS5UYWcSDwoHY2FwdGlvbhgCIAEoCRIOCgZ0YWdnZXIYAyABKAkSFwoPZmFsbGJhY2tfcmVhc29uGAQgASgJEioKCXZpZXdfdHlwZRgFIAEoCzIXLmFyY2hpdmV0YWcudjEuVmlld1R5cGUSEAoIZGVncmFkZWQYBiABKAgSGAoQZGVncmFkZWRfcmVhc29ucxgHIAMoCRIsCgZtb2RlbHMYCCADKAsyHC5hcmNoaXZldGFnLnYxLk1vZGVsSWRlbnRpdHkSLAoHdGltaW5ncxgJIAEoCzIbLmFyY2hpdmV0YWcudjEuU3RhZ2VUaW1pbmdzEiwKB2NvbnRleHQYCiABKAsyGy5hcmNoaXZldGFnLnYxLkltYWdlQ29udGV4dBIRCgllbWJlZGRpbmcYCyADKAISLwoIZmFsbGJhY2sYDCABKA4yHS5hcmNoaXZldGFnLnYxLkZhbGxiYWNrUmVhc29uEjQKDnByaW1hcnlfaGVhbHRoGA0gASgOMhwuYXJjaGl2ZXRhZy52MS5CYWNrZW5kSGVhbHRoEjQKD3ByaW1hcnlfYnJlYWtlchgOIAEoDjIbLmFyY2hpdmV0YWcudjEuQnJlYWtlclN0YXRlIk8KEFRhZ0ltYWdlc1JlcXVlc3QSCgoCaWQYASABKAkSLwoHcmVxdWVzdBgCIAEoCzIeLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VSZXF1ZXN0IuABCglJdGVtRXJyb3ISDAoEY29kZRgBIAEoBRIOCgZzdGF0dXMYAiABKAkSDwoHbWVzc2FnZRgDIAEoCRIqCgZyZWFzb24YBCABKA4yGi5hcmNoaXZldGFnLnYxLkVycm9yUmVhc29uEjgKCG1ldGFkYXRhGAUgAygLMiYuYXJjaGl2ZXRhZy52MS5JdGVtRXJyb3IuTWV0YWRhdGFFbnRyeRINCgVmaWVsZBgGIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiiAEKEVRhZ0ltYWdlc1Jlc3BvbnNlEgoKAmlkGAEgASgJEjEKBnJlc3VsdBgCIAEoCzIfLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VSZXNwb25zZUgAEikKBWVycm9yGAMgASgLMhguYXJjaGl2ZXRhZy52MS5JdGVtRXJyb3JIAEIJCgdvdXRjb21lIhIKEEdldFN0YXR1c1JlcXVlc3QitwMKDUJhY2tlbmRTdGF0dXMSDAoEbmFtZRgBIAEoCRIMCgRyb2xlGAIgASgJEg4KBnRhcmdldBgDIAEoCRIsCgZoZWFsdGgYBCABKA4yHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRIZWFsdGgSLAoHYnJlYWtlchgFIAEoDjIbLmFyY2hpdmV0YWcudjEuQnJlYWtlclN0YXRlEhAKCHJlcGxpY2FzGAYgASgNEhgKEHNlcnZpbmdfcmVwbGljYXMYByABKA0SGwoTbGF0ZW5jeV9wNTBfc2Vjb25kcxgIIAEoARIbChNsYXRlbmN5X3A5NV9zZWNvbmRzGAkgASgBEhAKCG9rX2NvdW50GAogASgEEhMKC2Vycm9yX2NvdW50GAsgASgEEhIKCmxhc3RfZXJyb3IYDCABKAkSKwoFbW9kZWwYDSABKAsyHC5hcmNoaXZldGFnLnYxLk1vZGVsSWRlbnRpdHkSMwoPbGFzdF9lcnJvcl90aW1lGA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNsYXN0X2Vycm9yX3Jlc29sdmVkGA8gASgIImYKEUdldFN0YXR1c1Jlc3BvbnNlEi4KCGJhY2tlbmRzGAEgAygLMhwuYXJjaGl2ZXRhZy52MS5CYWNrZW5kU3RhdHVzEhEKCWluX2ZsaWdodBgCIAEoDRIOCgZxdWV1ZWQYAyABKA0q4QIKDkZhbGxiYWNrUmVhc29uEh8KG0ZBTExCQUNLX1JFQVNPTl9VTlNQRUNJRklFRBAAEhwKGEZBTExCQUNLX1JFQVNPTl9ESVNBQkxFRBABEh8KG0ZBTExCQUNLX1JFQVNPTl9OT1RfU0VSVklORxACEh8KG0ZBTExCQUNLX1JFQVNPTl9VTlJFQUNIQUJMRRADEiIKHkZBTExCQUNLX1JFQVNPTl9IRUFMVEhfVU5LTk9XThAEEiAKHEZBTExCQUNLX1JFQVNPTl9CUkVBS0VSX09QRU4QBRIlCiFGQUxMQkFDS19SRUFTT05fREVBRExJTkVfRVhDRUVERUQQBhIeChpGQUxMQkFDS19SRUFTT05fT1ZFUkxPQURFRBAHEh8KG0ZBTExCQUNLX1JFQVNPTl9DQUxMX0ZBSUxFRBAIEiAKHEZBTExCQUNLX1JFQVNPTl9OT19USU1FX0xFRlQQCSqoAQoNQmFja2VuZEhlYWx0aBIeChpCQUNLRU5EX0hFQUxUSF9VTlNQRUNJRklFRBAAEhoKFkJBQ0tFTkRfSEVBTFRIX1NFUlZJTkcQARIeChpCQUNLRU5EX0hFQUxUSF9OT1RfU0VSVklORxACEh4KGkJBQ0tFTkRfSEVBTFRIX1VOUkVBQ0hBQkxFEAMSGwoXQkFDS0VORF9IRUFMVEhfRElTQUJMRUQQBCp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzKBAgoOVGFnZ2luZ1NlcnZpY2USSwoIVGFnSW1hZ2USHi5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVxdWVzdBofLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VSZXNwb25zZRJSCglUYWdJbWFnZXMSHy5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlc1JlcXVlc3QaIC5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlc1Jlc3BvbnNlKAEwARJOCglHZXRTdGF0dXMSHy5hcmNoaXZldGFnLnYxLkdldFN0YXR1c1JlcXVlc3QaIC5hcmNoaXZldGFnLnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_archivetag_v1_common, file_archivetag_v1_errors, file_google_protobuf_timestamp, file_archivetag_v1_view_type]);
+  fileDesc("ChthcmNoaXZldGFnL3YxL3RhZ2dpbmcucHJvdG8SDWFyY2hpdmV0YWcudjEizQEKD1RhZ0ltYWdlUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhAKCG1heF90YWdzGAMgASgNEhYKCXRocmVzaG9sZBgEIAEoAkgAiAEBEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAUgASgIEhQKDGJ5cGFzc19jYWNoZRgUIAEoCEIMCgpfdGhyZXNob2xkIlcKCFZpZXdUeXBlEgwKBG5hbWUYASABKAkSEgoKY29uZmlkZW5jZRgCIAEoAhIpCgZzY29yZXMYAyADKAsyGS5hcmNoaXZldGFnLnYxLkNsYXNzU2NvcmUijQEKDFN0YWdlVGltaW5ncxIVCg10b3RhbF9zZWNvbmRzGAEgASgBEhYKDnRhZ2dlcl9zZWNvbmRzGAIgASgBEhkKEXZpZXdfdHlwZV9zZWNvbmRzGAMgASgBEhgKEGZhaWxvdmVyX3NlY29uZHMYBCABKAESGQoRYWRtaXNzaW9uX3NlY29uZHMYBSABKAEivwQKEFRhZ0ltYWdlUmVzcG9uc2USIAoEdGFncxgBIAMoCzISLmFyY2hpdmV0YWcudjEuVGFnEg8KB2NhcHRpb24YAiABKAkSDgoGdGFnZ2VyGAMgASgJEhcKD2ZhbGxiYWNrX3JlYXNvbhgEIAEoCRIqCgl2aWV3X3R5cGUYBSABKAsyFy5hcmNoaXZldGFnLnYxLlZpZXdUeXBlEhAKCGRlZ3JhZGVkGAYgASgIEhgKEGRlZ3JhZGVkX3JlYXNvbnMYByADKAkSLAoGbW9kZWxzGAggAygLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5EiwKB3RpbWluZ3MYCSABKAsyGy5hcmNoaXZldGFnLnYxLlN0YWdlVGltaW5ncxIsCgdjb250ZXh0GAogASgLMhsuYXJjaGl2ZXRhZy52MS5JbWFnZUNvbnRleHQSEQoJZW1iZWRkaW5nGAsgAygCEi8KCGZhbGxiYWNrGAwgASgOMh0uYXJjaGl2ZXRhZy52MS5GYWxsYmFja1JlYXNvbhI0Cg5wcmltYXJ5X2hlYWx0aBgNIAEoDjIcLmFyY2hpdmV0YWcudjEuQmFja2VuZEhlYWx0aBI0Cg9wcmltYXJ5X2JyZWFrZXIYDiABKA4yGy5hcmNoaXZldGFnLnYxLkJyZWFrZXJTdGF0ZRIOCgZjYWNoZWQYFCABKAgSLQoJdGFnZ2VkX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJPChBUYWdJbWFnZXNSZXF1ZXN0EgoKAmlkGAEgASgJEi8KB3JlcXVlc3QYAiABKAsyHi5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVxdWVzdCLgAQoJSXRlbUVycm9yEgwKBGNvZGUYASABKAUSDgoGc3RhdHVzGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSKgoGcmVhc29uGAQgASgOMhouYXJjaGl2ZXRhZy52MS5FcnJvclJlYXNvbhI4CghtZXRhZGF0YRgFIAMoCzImLmFyY2hpdmV0YWcudjEuSXRlbUVycm9yLk1ldGFkYXRhRW50cnkSDQoFZmllbGQYBiABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIogBChFUYWdJbWFnZXNSZXNwb25zZRIKCgJpZBgBIAEoCRIxCgZyZXN1bHQYAiABKAsyHy5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVzcG9uc2VIABIpCgVlcnJvchgDIAEoCzIYLmFyY2hpdmV0YWcudjEuSXRlbUVycm9ySABCCQoHb3V0Y29tZSISChBHZXRTdGF0dXNSZXF1ZXN0IrcDCg1CYWNrZW5kU3RhdHVzEgwKBG5hbWUYASABKAkSDAoEcm9sZRgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSLAoGaGVhbHRoGAQgASgOMhwuYXJjaGl2ZXRhZy52MS5CYWNrZW5kSGVhbHRoEiwKB2JyZWFrZXIYBSABKA4yGy5hcmNoaXZldGFnLnYxLkJyZWFrZXJTdGF0ZRIQCghyZXBsaWNhcxgGIAEoDRIYChBzZXJ2aW5nX3JlcGxpY2FzGAcgASgNEhsKE2xhdGVuY3lfcDUwX3NlY29uZHMYCCABKAESGwoTbGF0ZW5jeV9wOTVfc2Vjb25kcxgJIAEoARIQCghva19jb3VudBgKIAEoBBITCgtlcnJvcl9jb3VudBgLIAEoBBISCgpsYXN0X2Vycm9yGAwgASgJEisKBW1vZGVsGA0gASgLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5EjMKD2xhc3RfZXJyb3JfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTbGFzdF9lcnJvcl9yZXNvbHZlZBgPIAEoCCKRAQoRR2V0U3RhdHVzUmVzcG9uc2USLgoIYmFja2VuZHMYASADKAsyHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRTdGF0dXMSEQoJaW5fZmxpZ2h0GAIgASgNEg4KBnF1ZXVlZBgDIAEoDRIpCgVjYWNoZRgEIAEoCzIaLmFyY2hpdmV0YWcudjEuQ2FjaGVTdGF0dXMikwEKC0NhY2hlU3RhdHVzEg8KB2JhY2tlbmQYASABKAkSDwoHZW50cmllcxgCIAEoBBINCgVieXRlcxgDIAEoBBIMCgRoaXRzGAQgASgEEg4KBm1pc3NlcxgFIAEoBBIOCgZzaGFyZWQYBiABKAQSEQoJZXZpY3Rpb25zGAcgASgEEhIKCmxhc3RfZXJyb3IYCCABKAkq4QIKDkZhbGxiYWNrUmVhc29uEh8KG0ZBTExCQUNLX1JFQVNPTl9VTlNQRUNJRklFRBAAEhwKGEZBTExCQUNLX1JFQVNPTl9ESVNBQkxFRBABEh8KG0ZBTExCQUNLX1JFQVNPTl9OT1RfU0VSVklORxACEh8KG0ZBTExCQUNLX1JFQVNPTl9VTlJFQUNIQUJMRRADEiIKHkZBTExCQUNLX1JFQVNPTl9IRUFMVEhfVU5LTk9XThAEEiAKHEZBTExCQUNLX1JFQVNPTl9CUkVBS0VSX09QRU4QBRIlCiFGQUxMQkFDS19SRUFTT05fREVBRExJTkVfRVhDRUVERUQQBhIeChpGQUxMQkFDS19SRUFTT05fT1ZFUkxPQURFRBAHEh8KG0ZBTExCQUNLX1JFQVNPTl9DQUxMX0ZBSUxFRBAIEiAKHEZBTExCQUNLX1JFQVNPTl9OT19USU1FX0xFRlQQCSqoAQoNQmFja2VuZEhlYWx0aBIeChpCQUNLRU5EX0hFQUxUSF9VTlNQRUNJRklFRBAAEhoKFkJBQ0tFTkRfSEVBTFRIX1NFUlZJTkcQARIeChpCQUNLRU5EX0hFQUxUSF9OT1RfU0VSVklORxACEh4KGkJBQ0tFTkRfSEVBTFRIX1VOUkVBQ0hBQkxFEAMSGwoXQkFDS0VORF9IRUFMVEhfRElTQUJMRUQQBCp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzKBAgoOVGFnZ2luZ1NlcnZpY2USSwoIVGFnSW1hZ2USHi5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVxdWVzdBofLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VSZXNwb25zZRJSCglUYWdJbWFnZXMSHy5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlc1JlcXVlc3QaIC5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlc1Jlc3BvbnNlKAEwARJOCglHZXRTdGF0dXMSHy5hcmNoaXZldGFnLnYxLkdldFN0YXR1c1JlcXVlc3QaIC5hcmNoaXZldGFnLnYxLkdldFN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_archivetag_v1_common, file_archivetag_v1_errors, file_google_protobuf_timestamp, file_archivetag_v1_view_type]);
 
 /**
  * Request for TaggingService.TagImage.
@@ -61,6 +61,14 @@ export type TagImageRequest = Message<"archivetag.v1.TagImageRequest"> & {
    * @generated from field: bool include_embedding = 5;
    */
   includeEmbedding: boolean;
+
+  /**
+   * Skip the orchestrator's result cache for this image: the models answer,
+   * and the answer is not stored (docs/cache.md).
+   *
+   * @generated from field: bool bypass_cache = 20;
+   */
+  bypassCache: boolean;
 };
 
 /**
@@ -260,6 +268,22 @@ export type TagImageResponse = Message<"archivetag.v1.TagImageResponse"> & {
    * @generated from field: archivetag.v1.BreakerState primary_breaker = 14;
    */
   primaryBreaker: BreakerState;
+
+  /**
+   * True when the answer came from the orchestrator's result cache: the same
+   * image bytes, options and models answered before. Everything but context
+   * is then the original answer's: its models, timings and tagged_at.
+   *
+   * @generated from field: bool cached = 20;
+   */
+  cached: boolean;
+
+  /**
+   * When the models gave this answer (for a cached answer: the original's).
+   *
+   * @generated from field: google.protobuf.Timestamp tagged_at = 21;
+   */
+  taggedAt?: Timestamp | undefined;
 };
 
 /**
@@ -558,6 +582,13 @@ export type GetStatusResponse = Message<"archivetag.v1.GetStatusResponse"> & {
    * @generated from field: uint32 queued = 3;
    */
   queued: number;
+
+  /**
+   * The result cache.
+   *
+   * @generated from field: archivetag.v1.CacheStatus cache = 4;
+   */
+  cache?: CacheStatus | undefined;
 };
 
 /**
@@ -566,6 +597,77 @@ export type GetStatusResponse = Message<"archivetag.v1.GetStatusResponse"> & {
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
   messageDesc(file_archivetag_v1_tagging, 9);
+
+/**
+ * The orchestrator's result cache (docs/cache.md).
+ *
+ * @generated from message archivetag.v1.CacheStatus
+ */
+export type CacheStatus = Message<"archivetag.v1.CacheStatus"> & {
+  /**
+   * "sqlite", "redis" or "off".
+   *
+   * @generated from field: string backend = 1;
+   */
+  backend: string;
+
+  /**
+   * Answers stored now (over all replicas sharing the store).
+   *
+   * @generated from field: uint64 entries = 2;
+   */
+  entries: bigint;
+
+  /**
+   * Bytes the store holds now (SQLite: the answers; Redis: the server's used memory).
+   *
+   * @generated from field: uint64 bytes = 3;
+   */
+  bytes: bigint;
+
+  /**
+   * Lookups answered from the cache since this orchestrator started.
+   *
+   * @generated from field: uint64 hits = 4;
+   */
+  hits: bigint;
+
+  /**
+   * Lookups that had to call the models since this orchestrator started.
+   *
+   * @generated from field: uint64 misses = 5;
+   */
+  misses: bigint;
+
+  /**
+   * Requests that waited for an identical request in flight instead of calling the models.
+   *
+   * @generated from field: uint64 shared = 6;
+   */
+  shared: bigint;
+
+  /**
+   * Answers evicted to keep the store bounded (SQLite: by this orchestrator;
+   * Redis: the server's evicted_keys).
+   *
+   * @generated from field: uint64 evictions = 7;
+   */
+  evictions: bigint;
+
+  /**
+   * Why the last lookup or store failed (the image was then tagged uncached); empty if none.
+   *
+   * @generated from field: string last_error = 8;
+   */
+  lastError: string;
+};
+
+/**
+ * Describes the message archivetag.v1.CacheStatus.
+ * Use `create(CacheStatusSchema)` to create a new message.
+ */
+export const CacheStatusSchema: GenMessage<CacheStatus> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_tagging, 10);
 
 /**
  * Why the primary tagger did not answer an image (TagImageResponse.fallback).
