@@ -18,37 +18,11 @@ from archivetag.runtime.model_card import CARD_FILE
 from archivetag.v1 import tagging_pb2
 from tests.conftest import model_service, orchestrator
 from tests.orchestrator.test_orchestrator import (
-    ALL_SERVING, FLORENCE_FAST, TAGGING, UNREACHABLE, backend, stub, tag_request, targets, wait_health,
+    ALL_SERVING, TAGGING, UNREACHABLE, backend, stub, tag_request, targets, wait_health,
 )
+from tests.orchestrator.test_faults import VIEW_TYPE, addresses, services, status  # noqa: F401 - services: a fixture
 from tests.support.servers import free_port
 from tests.support.waiting import wait_for
-
-VIEW_TYPE = "archivetag.v1.ViewTypeService"
-
-
-@pytest.fixture(scope="module")
-def services(smoke_models, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("cache-services")
-    started = {
-        "florence": model_service("florence", smoke_models, logs, *FLORENCE_FAST).start(),
-        "rampp": model_service("rampp", smoke_models, logs).start(),
-        "siglip": model_service("siglip", smoke_models, logs).start(),
-    }
-    try:
-        for name, server in started.items():
-            server.wait_status(VIEW_TYPE if name == "siglip" else "archivetag.v1.TaggerService", "SERVING", timeout=240)
-        yield started
-    finally:
-        for server in started.values():
-            server.__exit__(None, None, None)
-
-
-def addresses(services, **override: str) -> dict[str, str]:
-    return {**{name: server.address for name, server in services.items()}, **override}
-
-
-def status(address: str) -> tagging_pb2.GetStatusResponse:
-    return stub(address).GetStatus(tagging_pb2.GetStatusRequest(), timeout=10)
 
 
 @contextmanager

@@ -91,6 +91,7 @@ def test_status_shows_every_backend_serving(stack):
         assert breaker == "closed", result.stdout
         assert replicas == "1/1", result.stdout
         assert "smoke" in " ".join(model), result.stdout
+    assert "result cache (sqlite):" in result.stdout
 
 
 def make_photo_folder(folder: Path, good: int = 45) -> tuple[list[Path], list[Path]]:
