@@ -86,9 +86,9 @@ def backend_fingerprint(backend: Backend) -> bytes:
     return identity_bytes(backend.model) + b"\0" + settings
 
 
-def result_key(image: bytes, request: tagging_pb2.TagImageRequest, backends: list[Backend]) -> bytes:
+def result_key(image_sha256: bytes, request: tagging_pb2.TagImageRequest, backends: list[Backend]) -> bytes:
     digest = hashlib.sha256(KEY_VERSION)
-    for part in (hashlib.sha256(image).digest(), options_bytes(request), *map(backend_fingerprint, backends)):
+    for part in (image_sha256, options_bytes(request), *map(backend_fingerprint, backends)):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()
@@ -128,7 +128,9 @@ class ResultCache:
         if backends is None:
             LOOKUPS.labels("skipped").inc()
             return await compute()
-        key = result_key(image, request, backends)
+        # Off the event loop: tens of milliseconds for a photo of tens of megabytes (hashlib releases the GIL).
+        image_sha256 = await asyncio.to_thread(lambda: hashlib.sha256(image).digest())
+        key = result_key(image_sha256, request, backends)
         while (flight := self.in_flight.get(key)) is not None:
             shared = await asyncio.shield(flight)
             if shared is not None:
