@@ -55,6 +55,13 @@ def model_seconds(metrics_ports: dict[str, int]) -> float:
     return sum(metric(port, "archivetag_inference_seconds_sum") for port in metrics_ports.values())
 
 
+def model_calls(metrics_ports: dict[str, int]) -> int:
+    """Tag and Classify calls the model services answered (what the load on this machine does not blur)."""
+    methods = ("/archivetag.v1.TaggerService/Tag", "/archivetag.v1.ViewTypeService/Classify")
+    return int(sum(metric(port, "archivetag_requests_total", method=m, code="OK")
+                   for port in metrics_ports.values() for m in methods))
+
+
 def send(address: str, photos: list[bytes], clients: int, bypass: bool) -> tuple[float, int]:
     """(seconds, answers from the cache) for every photo, `clients` calls at a time, in order."""
     api = tagging_pb2_grpc.TaggingServiceStub(grpc.insecure_channel(address))
@@ -102,10 +109,11 @@ def main() -> int:
                 own = photos[index * args.requests:(index + 1) * args.requests]
                 sent = sequence(own, args.requests, rate, seed=index)
                 for mode, bypass in (("off", True), ("on", False)):
-                    before = model_seconds(metrics_ports)
+                    before, calls_before = model_seconds(metrics_ports), model_calls(metrics_ports)
                     seconds, cached = await asyncio.to_thread(send, address, sent, args.clients, bypass)
                     rows.append({"duplicates": rate, "cache": mode, "requests": len(sent), "seconds": seconds,
                                  "images_per_second": len(sent) / seconds, "cached_answers": cached,
+                                 "model_calls": model_calls(metrics_ports) - calls_before,
                                  "model_seconds": model_seconds(metrics_ports) - before})
         finally:
             await stack.stop()
@@ -116,14 +124,18 @@ def main() -> int:
         on["model_seconds_saved"] = off["model_seconds"] - on["model_seconds"]
         on["throughput_over_cache_off"] = on["images_per_second"] / off["images_per_second"]
 
-    print(f"{'duplicates':>10} {'cache':>5} {'images/s':>9} {'cached':>7} {'model-s':>8} {'saved':>7} {'speed-up':>8}")
+    print(f"{'duplicates':>10} {'cache':>5} {'images/s':>9} {'cached':>7} {'calls':>6} {'model-s':>8} {'saved':>7} "
+          f"{'speed-up':>8}")
     for r in rows:
         saved = f"{r['model_seconds_saved']:7.1f}" if "model_seconds_saved" in r else f"{'':7}"
         speed = f"{r['throughput_over_cache_off']:8.2f}" if "throughput_over_cache_off" in r else f"{'':8}"
         print(f"{r['duplicates']:10.0%} {r['cache']:>5} {r['images_per_second']:9.2f} {r['cached_answers']:7d} "
-              f"{r['model_seconds']:8.1f} {saved} {speed}")
+              f"{r['model_calls']:6d} {r['model_seconds']:8.1f} {saved} {speed}")
     device = os.environ.get("ARCHIVETAG_DEVICE", "auto")
-    write_results(args.out, {"machine": {"cpus": os.cpu_count(), "device": device}, "clients": args.clients,
+    load = os.getloadavg()[0]
+    print(f"load average {load:.1f} on {os.cpu_count()} CPUs: model-seconds and throughput move with the load")
+    write_results(args.out, {"machine": {"cpus": os.cpu_count(), "device": device, "load_average": load},
+                             "clients": args.clients,
                              "smoke_models": args.models is None, "rows": rows})
     tmp.cleanup()
     return 0
