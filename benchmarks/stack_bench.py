@@ -3,10 +3,14 @@
 Side by side, in one run, on the same images:
   1. through the orchestrator (gRPC, the real stack started by `up`'s supervisor) with
      1, 4 and 16 concurrent clients: throughput and p50/p95/p99 latency;
-  2. the same models called in-process (no gRPC, no batching): the cost of the serving path;
+  2. the same models called in-process (no gRPC, no batching; Florence-2 and SigLIP at once, as
+     the orchestrator calls them, and one after the other; the table shows the faster): the cost
+     of the serving path, also as the median difference of stack/in-process pairs taken
+     alternately at one client (goal: ≤ 3 ms);
   3. the old app's design: a new Python process per image that loads the models each time.
 
-    python benchmarks/stack_bench.py [--models DIR] [--images 32] [--clients 1,4,16] [--out benchmarks/results/stack.json]
+    python benchmarks/stack_bench.py [--models DIR] [--images 32] [--clients 1,4,16] [--pairs 40]
+        [--out benchmarks/results/stack.json]
 
 ARCHIVETAG_* variables reach the services (ARCHIVETAG_MAX_QUEUE_DELAY_MS=5: the batcher before continuous batching).
 
@@ -92,10 +96,8 @@ def run_clients(address: str, images: list[bytes], clients: int, per_client: int
             **percentiles(latencies)}
 
 
-def in_process(models: Path, images: list[bytes]) -> dict:
-    """Florence-2 then SigLIP on each image, in this process, batch 1: the models' own cost."""
-    from archivetag.runtime.images import decode_image
-
+def load_in_process(models: Path) -> dict:
+    """Florence-2 and SigLIP loaded in this process, as their services load them."""
     backends = {}
     for name in ("florence", "siglip"):
         args = build_parser().parse_args(["serve", name, "--models", str(models)])
@@ -103,17 +105,64 @@ def in_process(models: Path, images: list[bytes]) -> dict:
         backend = module.create_backend(args)
         backend.load()
         backends[name] = backend
+    return backends
+
+
+def tag_in_process(backends: dict, pool: ThreadPoolExecutor | None, data: bytes) -> float:
+    """One image through Florence-2 and SigLIP, batch 1, decoding for each as its service does:
+    the models' own cost, without the serving path. With a pool both run at once (as the
+    orchestrator asks them), without one, one after the other."""
+    from archivetag.runtime.images import decode_image
+
     requests = {"florence": tagger_pb2.TagRequest(), "siglip": view_type_pb2.ClassifyRequest()}
-    latencies = []
-    for data in images:
-        started = time.perf_counter()
-        for name, backend in backends.items():
-            item = backend.prepare(decode_image(data, min_edge=backend.input_edge), requests[name])
-            result = backend.infer_batch([item], lambda: False)[0]
-            if isinstance(result, Exception):
-                raise result
-        latencies.append(time.perf_counter() - started)
+
+    def run(name: str) -> None:
+        backend = backends[name]
+        item = backend.prepare(decode_image(data, min_edge=backend.input_edge), requests[name])
+        result = backend.infer_batch([item], lambda: False)[0]
+        if isinstance(result, Exception):
+            raise result
+
+    started = time.perf_counter()
+    if pool is None:
+        for name in backends:
+            run(name)
+    else:
+        for future in [pool.submit(run, name) for name in backends]:
+            future.result()
+    return time.perf_counter() - started
+
+
+def in_process(backends: dict, images: list[bytes]) -> dict:
+    """The faster of the two in-process ways, for the table."""
+    with ThreadPoolExecutor(len(backends)) as pool:
+        rows = [[tag_in_process(backends, way, data) for data in images] for way in (None, pool)]
+    latencies = min(rows, key=lambda row: float(np.median(row)))
     return {"images_per_second": len(images) / sum(latencies), **percentiles(latencies)}
+
+
+def paired_overhead(address: str, backends: dict, images: list[bytes], pairs: int) -> dict:
+    """The serving path's cost at one client: the same image through the stack, then in-process
+    (at once, and one after the other), alternating, so all see the same machine load; the
+    median of the per-image differences against each in-process way."""
+    stub = tagging_pb2_grpc.TaggingServiceStub(grpc.insecure_channel(address))
+    differences: dict[str, list[float]] = {"concurrent": [], "sequential": []}
+    with ThreadPoolExecutor(len(backends)) as pool:
+        for i in range(pairs):
+            data = images[i % len(images)]
+            request = tagging_pb2.TagImageRequest()
+            request.image.data = data
+            started = time.perf_counter()
+            stub.TagImage(request, timeout=600)
+            through_stack = time.perf_counter() - started
+            differences["concurrent"].append(through_stack - tag_in_process(backends, pool, data))
+            differences["sequential"].append(through_stack - tag_in_process(backends, None, data))
+    result: dict = {"pairs": pairs, "goal_ms": 3.0}
+    for way, values in differences.items():
+        ms = np.array(values) * 1000
+        result[f"vs_{way}"] = {"median_ms": float(np.median(ms)), "p25_ms": float(np.percentile(ms, 25)),
+                               "p75_ms": float(np.percentile(ms, 75))}
+    return result
 
 
 ONE_SHOT = """
@@ -177,6 +226,7 @@ def main() -> int:
     parser.add_argument("--models", type=Path, help="models directory (default: fresh smoke models)")
     parser.add_argument("--images", type=int, default=32, help="requests per client count")
     parser.add_argument("--old-design-images", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=40, help="stack/in-process pairs for the serving path's cost")
     parser.add_argument("--clients", type=lambda text: [int(n) for n in text.split(",")], default=list(CLIENT_COUNTS),
                         help="concurrent client counts, comma-separated (default 1,4,16)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stack.json")
@@ -188,7 +238,9 @@ def main() -> int:
     results: dict = {"machine": {"cpus": os.cpu_count()}, "images": args.images}
     up_args, ports = stack_arguments(models, Path(tmp.name) / "logs")
 
-    async def through_stack() -> list[dict]:
+    backends = load_in_process(models)
+
+    async def through_stack() -> tuple[list[dict], dict]:
         stack = Stack(up_args, say=lambda *_: None)
         stack.start()
         try:
@@ -199,12 +251,13 @@ def main() -> int:
             for clients in args.clients:
                 per_client = max(1, args.images // clients)
                 rows.append(await asyncio.to_thread(run_clients, address, images, clients, per_client))
-            return rows
+            overhead = await asyncio.to_thread(paired_overhead, address, backends, images, args.pairs)
+            return rows, overhead
         finally:
             await stack.stop()
 
-    results["through_orchestrator"] = asyncio.run(through_stack())
-    results["in_process"] = in_process(models, images[: args.images // 2 or 1])
+    results["through_orchestrator"], results["serving_path_overhead_at_1_client"] = asyncio.run(through_stack())
+    results["in_process"] = in_process(backends, images[: args.images // 2 or 1])
     results["old_design"] = old_design(models, images, args.old_design_images)
     one = results["through_orchestrator"][0]
     best = max(results["through_orchestrator"], key=lambda r: r["images_per_second"])
@@ -223,6 +276,11 @@ def main() -> int:
         print(f"{label:34} {row['images_per_second']:9.2f} {row['p50_ms']:8.0f} {row['p95_ms']:8.0f} {row['p99_ms']:8.0f}")
     for name, value in results["ratios"].items():
         print(f"{name}: {value:.2f}")
+    overhead = results["serving_path_overhead_at_1_client"]
+    for way in ("concurrent", "sequential"):
+        row = overhead[f"vs_{way}"]
+        print(f"serving path at 1 client, paired with in-process {way} ({overhead['pairs']} pairs): median "
+              f"{row['median_ms']:+.1f} ms (p25 {row['p25_ms']:+.1f}, p75 {row['p75_ms']:+.1f}); goal ≤ 3 ms")
     write_results(args.out, results, plot)
     tmp.cleanup()
     return 0

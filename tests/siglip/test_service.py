@@ -134,6 +134,7 @@ def test_reply_has_every_class_sorted_identity_and_embedding_on_request(server, 
     assert info.model.revision == ModelCard.read(tiny.a.export).revision  # the model card speaks for the folder
     assert info.settings["unknown_threshold"] == "0.4"
     assert "CPUExecutionProvider" in info.settings["providers"]
+    assert info.settings["max_batch_size"] == "1"  # the default (0) on a CPU: one image at a time
 
 
 def test_bad_images_are_invalid_argument_and_the_service_stays_serving(server):

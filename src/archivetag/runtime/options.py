@@ -69,7 +69,9 @@ MODEL_SERVICE_OPTIONS = OptionGroup(
             choices=("auto", "float32", "float16", "bfloat16"),
         ),
         Option("torch_threads", 0, "CPU threads for inference; 0: the library's default.", int),
-        Option("max_batch_size", 8, "Largest batch formed from concurrent requests.", int),
+        Option("max_batch_size", 0, "Largest batch formed from concurrent requests. 0: by device, 8 on a GPU, 1 on "
+               "a CPU (where a batch costs about its size in single images, so batching buys little and a photo "
+               "arriving mid-batch would wait for the whole batch).", int),
         Option("max_queue_delay_ms", 0.0, "How long the first request of a batch waits for others. 0: an idle model "
                "starts at once and what arrives while a batch runs forms the next batch (continuous batching).", float),
         Option(
