@@ -12,6 +12,7 @@ from grpc_health.v1.health import aio as health_aio
 from archivetag.orchestrator.auth import AuthInterceptor, TokenAuthenticator, TokenError, is_loopback_host, load_tokens
 from archivetag.orchestrator.backends import Backend, TargetError
 from archivetag.orchestrator.breaker import CircuitBreaker
+from archivetag.orchestrator.cache import ResultCache, open_store
 from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler, parse_weights
 from archivetag.orchestrator.routing import Router
 from archivetag.orchestrator.service import TaggingServicer
@@ -51,6 +52,11 @@ class OrchestratorApp:
         self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight, settings.client_max_queued,
                                        weights=weights, interactive_reserve=settings.interactive_reserve)
         self.budget = ByteBudget(settings.max_mb_in_flight * MIB, settings.client_max_mb_in_flight * MIB)
+        try:
+            store = open_store(settings)
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot open is a setting to fix, said at start
+            raise SystemExit(f"cannot open the result cache (--cache {settings.cache}): {exc}") from None
+        self.cache = ResultCache(store, self.router.taggers[0], self.router.siglip)
         self.servicer: TaggingServicer | None = None
         self.interceptors = [AuthInterceptor(self._authenticator())]
         self.health: health_aio.HealthServicer | None = None
@@ -94,7 +100,8 @@ class OrchestratorApp:
 
     def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None:
         self.health = health
-        self.servicer = TaggingServicer(self.router, self.scheduler, self.budget, list(self.backends.values()), self.settings)
+        self.servicer = TaggingServicer(self.router, self.scheduler, self.budget, list(self.backends.values()),
+                                        self.settings, self.cache)
         tagging_pb2_grpc.add_TaggingServiceServicer_to_server(self.servicer, server)
 
     async def start(self) -> None:
@@ -117,6 +124,7 @@ class OrchestratorApp:
     async def close(self) -> None:
         for backend in self.backends.values():
             await backend.stop()
+        await self.cache.close()
 
 
 def create_app(settings) -> OrchestratorApp:

@@ -167,6 +167,7 @@ class Backend:
         self.target = parse_target(target) if enabled else None
         self.replicas: dict[str, Replica] = {}
         self.model = common_pb2.ModelIdentity(family=spec.name)
+        self.model_settings: dict[str, str] = {}  # GetModelInfo's settings in effect (part of the cache key)
         self.not_serving_reason = ""
         self.latencies: deque[float] = deque(maxlen=256)
         self.ok_count = 0
@@ -349,7 +350,7 @@ class Backend:
         except grpc.aio.AioRpcError:
             return ""
         if info.model.name:
-            self.model = info.model
+            self.model, self.model_settings = info.model, dict(info.settings)
         return "" if status == SERVING else f"{info.state.phase}: {info.state.reason}"
 
     def health(self) -> int:

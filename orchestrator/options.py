@@ -101,4 +101,29 @@ CLIENT_OPTIONS = OptionGroup(
     ),
 )
 
-OPTION_GROUPS = [BACKEND_OPTIONS, CLIENT_OPTIONS]
+CACHE_OPTIONS = OptionGroup(
+    "orchestrator result cache",
+    (
+        Option(
+            "cache", "sqlite",
+            "Where answers are kept for identical requests (same image bytes, options and models): 'sqlite' (a file "
+            "on this box), 'redis' (shared by several orchestrator replicas) or 'off'. See docs/cache.md.",
+            choices=("sqlite", "redis", "off"),
+        ),
+        Option("cache_path", "~/.cache/archivetag/result-cache.sqlite", "The SQLite cache file (--cache sqlite).",
+               parse_path, metavar="FILE"),
+        Option(
+            "cache_max_mb", 512,
+            "MiB of answers the SQLite cache keeps; the least recently hit are evicted beyond it. With Redis the "
+            "server's maxmemory and allkeys-lru policy bound it (deploy/ sets them).", float,
+        ),
+        Option("cache_redis_url", "redis://127.0.0.1:6379/0", "The Redis server (--cache redis), as redis://host:port/db.",
+               metavar="URL"),
+        Option(
+            "cache_ttl_seconds", 30 * 24 * 3600,
+            "Redis: an answer not hit for this long expires (each hit renews it).", int,
+        ),
+    ),
+)
+
+OPTION_GROUPS = [BACKEND_OPTIONS, CLIENT_OPTIONS, CACHE_OPTIONS]

@@ -130,6 +130,7 @@ class Router:
                 response.degraded = True
                 response.degraded_reasons.append(f"ocr: not available ({outcome.tagger} cannot read text)")
                 DEGRADED.labels(self.taggers[0].name).inc()  # the primary's part (the text) is missing
+        response.tagged_at.GetCurrentTime()
         return response
 
     # -- tagging ----------------------------------------------------------------------

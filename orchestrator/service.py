@@ -9,6 +9,7 @@ import grpc
 
 from archivetag.orchestrator.auth import current_client
 from archivetag.orchestrator.backends import Backend
+from archivetag.orchestrator.cache import ResultCache
 from archivetag.orchestrator.fairness import ByteBudget, FairScheduler
 from archivetag.orchestrator.routing import Router
 from archivetag.runtime.batcher import BULK, INTERACTIVE
@@ -26,8 +27,10 @@ def _error_answer(item_id: str, exc: BaseException) -> tagging_pb2.TagImagesResp
 
 
 class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
-    def __init__(self, router: Router, scheduler: FairScheduler, budget: ByteBudget, backends: list[Backend], settings):
+    def __init__(self, router: Router, scheduler: FairScheduler, budget: ByteBudget, backends: list[Backend], settings,
+                 cache: ResultCache):
         self.router = router
+        self.cache = cache
         self.scheduler = scheduler
         self.budget = budget
         self.backends = backends
@@ -58,8 +61,12 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                     self.budget.take(client, len(image))
                     held += len(image)
                 check_image_size(image, self.settings.max_image_bytes)
-                async with self.scheduler.slot(client, lane) as waited:
-                    return await self.router.tag_image(request, image, deadline, waited, lane)
+
+                async def from_models() -> tagging_pb2.TagImageResponse:
+                    async with self.scheduler.slot(client, lane) as waited:
+                        return await self.router.tag_image(request, image, deadline, waited, lane)
+
+                return await self.cache.answer(request, image, from_models)
         except TimeoutError:
             raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged",
                                   metadata={"deadline_seconds": round(time_left, 3)}) from None
@@ -188,4 +195,5 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
             backends=[b.status() for b in self.backends],
             in_flight=self.scheduler.running,
             queued=self.scheduler.queued,
+            cache=await self.cache.status(),
         )

@@ -45,5 +45,6 @@ def model_service(name: str, models: Path, log_dir: Path, *args: str, port: int 
 
 
 def orchestrator(log_dir: Path, *args: str, name: str = "orchestrator") -> ServerProcess:
-    argv = archivetag_command("serve", "orchestrator", *args)
+    """`archivetag serve orchestrator` with its result cache in log_dir, not the user's (args may override)."""
+    argv = archivetag_command("serve", "orchestrator", "--cache-path", str(log_dir / f"{name}-cache.sqlite"), *args)
     return ServerProcess(argv, log_path=log_dir / f"{name}.log")

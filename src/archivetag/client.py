@@ -104,6 +104,7 @@ class TagItem:
     include_embedding: bool = False
     context: dict[str, str] = field(default_factory=dict)
     ocr: int = common_pb2.OCR_MODE_UNSPECIFIED  # an archivetag.v1.OcrMode: read the text in the photo too
+    bypass_cache: bool = False  # skip the orchestrator's result cache (docs/cache.md)
 
 
 @dataclass
@@ -123,10 +124,10 @@ class ItemResult:
 
 def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float | None = None,
                 include_embedding: bool = False, context: dict[str, str] | None = None,
-                ocr: int = common_pb2.OCR_MODE_UNSPECIFIED) -> tagging_pb2.TagImageRequest:
+                ocr: int = common_pb2.OCR_MODE_UNSPECIFIED, bypass_cache: bool = False) -> tagging_pb2.TagImageRequest:
     request = tagging_pb2.TagImageRequest(
         max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {})),
-        ocr=ocr,
+        ocr=ocr, bypass_cache=bypass_cache,
     )
     if isinstance(image, (bytes, bytearray, memoryview)):
         request.image.data = bytes(image)
@@ -138,7 +139,8 @@ def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float |
 
 
 def _item_request(item: TagItem) -> tagging_pb2.TagImagesRequest:
-    request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context, item.ocr)
+    request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context, item.ocr,
+                          item.bypass_cache)
     return tagging_pb2.TagImagesRequest(id=item.id, request=request)
 
 
@@ -244,10 +246,11 @@ class AsyncTaggingClient(_Base):
     async def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
                   include_embedding: bool = False, context: dict[str, str] | None = None,
                   ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
-                  deadline: float | None = None) -> tagging_pb2.TagImageResponse:
+                  deadline: float | None = None, bypass_cache: bool = False) -> tagging_pb2.TagImageResponse:
         """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
-        more Florence-2 pass). deadline: seconds, retries included."""
-        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr)
+        more Florence-2 pass). deadline: seconds, retries included. The answer's `cached` says whether it
+        came from the orchestrator's result cache."""
+        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache)
         return await self._unary(self.stub.TagImage, request, deadline)
 
     async def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:
@@ -344,10 +347,11 @@ class TaggingClient(_Base):
     def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
             include_embedding: bool = False, context: dict[str, str] | None = None,
             ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
-            deadline: float | None = None) -> tagging_pb2.TagImageResponse:
+            deadline: float | None = None, bypass_cache: bool = False) -> tagging_pb2.TagImageResponse:
         """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
-        more Florence-2 pass). deadline: seconds, retries included."""
-        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr)
+        more Florence-2 pass). deadline: seconds, retries included. The answer's `cached` says whether it
+        came from the orchestrator's result cache."""
+        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache)
         return self._unary(self.stub.TagImage, request, deadline)
 
     def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:

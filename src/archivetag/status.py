@@ -1,4 +1,4 @@
-"""Show the backends the orchestrator sees: health, breaker, replicas, latency."""
+"""Show the backends the orchestrator sees: health, breaker, replicas, latency; and its result cache."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def status_table(reply: tagging_pb2.GetStatusResponse) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"\nimages in flight: {reply.in_flight}, waiting: {reply.queued}")
+    c = reply.cache
+    lines.append(f"result cache ({c.backend}): {c.entries} answers, {c.bytes / 1e6:.1f} MB; since start {c.hits} hits, "
+                 f"{c.shared} shared, {c.misses} misses; {c.evictions} evicted"
+                 + (f"; last error: {c.last_error}" if c.last_error else ""))
     errors = [f"  {b.name}: {b.last_error} ({_when(b)})" for b in reply.backends if b.last_error]
     if errors:
         lines += ["last errors:", *errors]

@@ -42,7 +42,8 @@ def stack(smoke_models, tmp_path_factory):
             "--api-tokens-file", str(tokens), "--no-metrics",
             *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port)))]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ARCHIVETAG_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
-           "ARCHIVETAG_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS), **FLORENCE_FAST}
+           "ARCHIVETAG_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS), **FLORENCE_FAST,
+           "ARCHIVETAG_CACHE_PATH": str(folder / "cache.sqlite")}  # the test's, not the user's
     log = folder / "up.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -71,7 +71,8 @@ def test_image_over_the_limit_is_image_too_large_naming_limit_and_setting(client
 
 
 def test_50_ms_deadline_is_deadline_exceeded_not_unavailable(client):
-    error = error_of(lambda: client.tag(SAMPLES[0].read_bytes(), deadline=0.05))
+    # bypass_cache: a photo tagged before is a cache hit, answered well within 50 ms.
+    error = error_of(lambda: client.tag(SAMPLES[0].read_bytes(), deadline=0.05, bypass_cache=True))
     assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert error.reason == errors_pb2.ERROR_REASON_DEADLINE_PASSED
     assert not error.retryable
@@ -109,14 +110,24 @@ def test_stream_answers_every_item_once_and_the_corrupt_one_has_its_own_typed_er
     assert all(by_id[p.name].ok for p in SAMPLES)
 
 
+def test_a_repeated_photo_is_cached_unless_the_call_opts_out(client):
+    first = client.tag(SAMPLES[1].read_bytes(), max_tags=3)
+    again = client.tag(SAMPLES[1].read_bytes(), max_tags=3)
+    bypassed = client.tag(SAMPLES[1].read_bytes(), max_tags=3, bypass_cache=True)
+    assert again.cached
+    assert list(again.tags) == list(first.tags)
+    assert again.tagged_at == first.tagged_at
+    assert not bypassed.cached
+
+
 def test_items_without_id_are_numbered(client):
     answers = list(client.tag_many([TagItem(SAMPLES[0].read_bytes()), TagItem(SAMPLES[1].read_bytes())]))
     assert sorted(a.id for a in answers) == ["0", "1"]
 
 
 def test_fallback_after_florence_is_stopped_is_typed_and_status_marks_the_error_resolved(stack, client):
-    def florence_answers():
-        return client.tag(SAMPLES[0].read_bytes()).tagger == "florence"
+    def florence_answers():  # the models, not a cached answer of an earlier call
+        return client.tag(SAMPLES[0].read_bytes(), bypass_cache=True).tagger == "florence"
 
     # Earlier slow answers on a busy machine may have opened the breaker: start from Florence answering.
     wait_until(florence_answers, "Florence answers", timeout=300)
@@ -124,7 +135,7 @@ def test_fallback_after_florence_is_stopped_is_typed_and_status_marks_the_error_
     os.kill(florence, signal.SIGSTOP)
     try:
         # 8 s: Florence gets 3 s (5 s are kept for the fallback), then RAM++ answers.
-        result = client.tag(SAMPLES[0].read_bytes(), deadline=8)
+        result = client.tag(SAMPLES[0].read_bytes(), deadline=8, bypass_cache=True)
         assert result.tagger == "rampp"
         assert result.fallback == tagging_pb2.FALLBACK_REASON_DEADLINE_EXCEEDED
         # The cut call was the caller's deadline, not Florence's fault; the health check that finds the

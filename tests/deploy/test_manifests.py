@@ -66,7 +66,7 @@ def probe_target(env: dict[str, str]):
 # -- Kubernetes -----------------------------------------------------------------------------
 def test_the_rendering_is_valid_against_the_kubernetes_schemas_and_in_one_namespace(rendered):
     kinds = sorted(d["kind"] for d in rendered)
-    assert kinds.count("Deployment") == len(registry.SERVERS)
+    assert kinds.count("Deployment") == len(registry.SERVERS) + 1  # and the result cache's Redis
     for doc in rendered:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     assert {d["metadata"].get("namespace") for d in rendered if d["kind"] != "Namespace"} == {"archivetag"}
@@ -113,6 +113,7 @@ def test_each_model_has_a_headless_service_an_autoscaler_and_a_disruption_budget
 def test_every_deployment_runs_the_image_named_once_in_the_kustomization(rendered):
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     (image,) = kustomization["images"]
+    # Redis too: the image carries Debian's redis-server (redis.yaml).
     images = {c["image"] for d in by_kind(rendered, "Deployment").values() for c in d["spec"]["template"]["spec"]["containers"]}
     assert images == {f"{image['newName']}:{image['newTag']}"}
     written = {line.split("image:")[1].strip() for path in K8S.rglob("*.yaml") for line in path.read_text().splitlines()
@@ -140,7 +141,7 @@ def test_the_orchestrator_finds_each_model_service_through_its_headless_service(
 
 
 def test_only_the_orchestrator_may_reach_the_model_services(rendered):
-    (policy,) = by_kind(rendered, "NetworkPolicy").values()
+    policy = by_kind(rendered, "NetworkPolicy")["model-services-only-from-orchestrator"]
     deployments = by_kind(rendered, "Deployment")
     pod_labels = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items()}
     selected = policy["spec"]["podSelector"]["matchLabels"]
@@ -151,6 +152,26 @@ def test_only_the_orchestrator_may_reach_the_model_services(rendered):
     assert {n for n, labels in pod_labels.items() if allowed.items() <= labels.items()} == {"orchestrator"}
     metrics_rule = next(r for r in policy["spec"]["ingress"] if r is not grpc_rule)
     assert {p["port"] for p in metrics_rule["ports"]} == {s.metrics_port for s in registry.MODELS}
+
+
+def test_the_orchestrator_replicas_share_one_bounded_redis_only_they_reach(rendered):
+    (container,) = by_kind(rendered, "Deployment")["orchestrator"]["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    assert env["ARCHIVETAG_CACHE"] == "redis"
+    host, port = env["ARCHIVETAG_CACHE_REDIS_URL"].removeprefix("redis://").split("/")[0].split(":")
+    service = by_kind(rendered, "Service")[host]
+    assert service["spec"]["ports"][0]["port"] == int(port)
+    redis = by_kind(rendered, "Deployment")["redis"]
+    assert redis["spec"]["replicas"] == 1
+    (server,) = redis["spec"]["template"]["spec"]["containers"]
+    assert server["command"] == ["redis-server"]
+    args = dict(zip(server["args"][::2], server["args"][1::2]))
+    assert args["--maxmemory-policy"] == "allkeys-lru"
+    assert args["--maxmemory"].endswith(("mb", "gb"))
+    policy = by_kind(rendered, "NetworkPolicy")["redis-only-from-orchestrator"]
+    assert service["spec"]["selector"].items() <= policy["spec"]["podSelector"]["matchLabels"].items()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orchestrator"}}}]
 
 
 def test_each_models_kustomize_values_are_its_registry_entry():
@@ -181,7 +202,8 @@ def test_compose_references_only_what_exists():
             assert secret in COMPOSE["secrets"]
         if "build" in service:
             assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
-        assert build_parser().parse_args(service["command"]).func
+        if service.get("entrypoint") != ["redis-server"]:  # the result cache runs the image's redis-server
+            assert build_parser().parse_args(service["command"]).func
         env = {k for k in service.get("environment", {}) if k.startswith("ARCHIVETAG_")}
         assert env <= known_env_vars(), (name, env - known_env_vars())
     default_tokens = COMPOSE["secrets"]["api_tokens"]["file"].split(":-")[1].rstrip("}")
@@ -204,6 +226,21 @@ def test_compose_publishes_only_the_orchestrator_and_each_health_check_probes_it
     assert orchestrator["depends_on"]["rampp"]["condition"] == "service_healthy"
     for spec in registry.MODELS:
         assert orchestrator["environment"][f"ARCHIVETAG_{spec.name.upper()}_TARGET"] == f"{spec.name}:{spec.port}"
+
+
+def test_compose_starts_a_bounded_redis_that_the_orchestrator_waits_for_and_uses():
+    services = COMPOSE["services"]
+    redis = services["redis"]
+    assert redis["entrypoint"] == ["redis-server"]
+    args = dict(zip(redis["command"][::2], redis["command"][1::2]))
+    assert args["--maxmemory-policy"] == "allkeys-lru"
+    assert "--maxmemory" in args
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert not redis.get("ports")  # reached inside the compose network only
+    orchestrator = services["orchestrator"]
+    assert orchestrator["environment"]["ARCHIVETAG_CACHE"] == "redis"
+    assert orchestrator["environment"]["ARCHIVETAG_CACHE_REDIS_URL"] == "redis://redis:6379/0"
+    assert orchestrator["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
 def test_the_gpu_overlay_gives_every_model_service_the_gpu_and_the_cuda_image():

@@ -32,7 +32,8 @@ def stack(smoke_models, tmp_path_factory):
     argv = [*ARCHIVETAG, "up", "--models", str(smoke_models), "--log-dir", str(logs), "--no-metrics",
             *[arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]]
     output = open(logs / "up.out", "w")
-    process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ARCHIVETAG_CACHE_PATH": str(logs / "cache.sqlite")}  # not the user's
+    process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for(lambda: (logs / "up.out").read_text(), lambda out: "services are SERVING" in out
                  or process.poll() is not None, timeout=600, describe="`up` to say the services serve (its output)")
@@ -90,6 +91,7 @@ def test_status_shows_every_backend_serving(stack):
         assert breaker == "closed", result.stdout
         assert replicas == "1/1", result.stdout
         assert "smoke" in " ".join(model), result.stdout
+    assert "result cache (sqlite):" in result.stdout
 
 
 def make_photo_folder(folder: Path, good: int = 45) -> tuple[list[Path], list[Path]]:
@@ -176,6 +178,7 @@ def test_tag_records_every_good_photo_reports_broken_ones_and_resumes_after_a_ki
         assert (caption, view_type) == (stored.caption, stored.view_type.name)
         request = tagging_pb2.TagImageRequest()
         request.image.data = path.read_bytes()
+        request.bypass_cache = True  # the models again, not the cached answer
         fresh = api.TagImage(request, timeout=120)
         assert fresh.tagger == stored.tagger
         assert fresh.caption == stored.caption

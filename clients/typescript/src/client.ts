@@ -65,6 +65,8 @@ export interface TagOptions {
   /** Also read the text in the photo (OcrMode.TEXT, or TEXT_WITH_REGIONS with where it is): one more
    * Florence-2 pass. The answer's `ocr` says OcrStatus.NOT_AVAILABLE when RAM++ answered. Unset: no OCR. */
   ocr?: OcrMode;
+  /** Skip the orchestrator's result cache: the models answer and the answer is not stored. */
+  bypassCache?: boolean;
   /** What the archive knows about the photo (echoed). */
   context?: Partial<Pick<ImageContext, "viewType" | "locationType" | "region">>;
   /** This call's deadline (all retries included). */
@@ -278,6 +280,7 @@ function tagRequest(
     threshold: options.threshold,
     includeEmbedding: options.includeEmbedding ?? false,
     ocr: options.ocr ?? OcrMode.UNSPECIFIED,
+    bypassCache: options.bypassCache ?? false,
   };
 }
 

@@ -97,7 +97,8 @@ describe("tag", () => {
   });
 
   test("a 50 ms deadline is DEADLINE_EXCEEDED (DEADLINE_PASSED), not UNAVAILABLE", async () => {
-    const error = await rejection(client.tag(samples[0]!.data, { deadlineMs: 50 }));
+    // bypassCache: a photo tagged before is a cache hit, answered well within 50 ms.
+    const error = await rejection(client.tag(samples[0]!.data, { deadlineMs: 50, bypassCache: true }));
     assert.equal(error.code, Code.DeadlineExceeded);
     assert.equal(error.reason, ErrorReason.DEADLINE_PASSED);
     assert.equal(error.retryable, false);
@@ -158,16 +159,30 @@ describe("tagMany", () => {
   });
 });
 
+describe("result cache", () => {
+  test("a repeated photo is answered from the orchestrator's cache, unless the call opts out", async () => {
+    const first = await client.tag(samples[1]!.data, { maxTags: 3 });
+    const again = await client.tag(samples[1]!.data, { maxTags: 3 });
+    const bypassed = await client.tag(samples[1]!.data, { maxTags: 3, bypassCache: true });
+    assert.equal(again.cached, true);
+    assert.deepEqual(again.tags, first.tags);
+    assert.equal(again.taggedAt?.seconds, first.taggedAt?.seconds);
+    assert.equal(bypassed.cached, false);
+  });
+});
+
 describe("fallback", () => {
   test("with Florence stopped, RAM++ answers and says why (typed); status shows the error, resolved after", async () => {
-    const florenceAnswers = async () => ((await client.tag(samples[0]!.data)).tagger === "florence" ? true : undefined);
+    // bypassCache: this is about the models answering, not about a cached answer of an earlier call.
+    const florenceAnswers = async () =>
+      (await client.tag(samples[0]!.data, { bypassCache: true })).tagger === "florence" ? true : undefined;
     // Earlier slow answers on a busy machine may have opened the breaker: start from Florence answering.
     await waitFor(florenceAnswers, "Florence answers", 300_000);
     const florence = stack.pid("florence");
     process.kill(florence, "SIGSTOP");
     try {
       // 8 s: Florence gets 3 s (5 s are kept for the fallback), then RAM++ answers.
-      const result = await client.tag(samples[0]!.data, { deadlineMs: 8_000, ocr: OcrMode.TEXT });
+      const result = await client.tag(samples[0]!.data, { deadlineMs: 8_000, ocr: OcrMode.TEXT, bypassCache: true });
       assert.equal(result.tagger, "rampp");
       assert.equal(result.fallback, FallbackReason.DEADLINE_EXCEEDED);
       assert.equal(result.ocr?.status, OcrStatus.NOT_AVAILABLE);

@@ -52,6 +52,8 @@ export class Stack {
       ...process.env,
       PYTHONUNBUFFERED: "1",
       ARCHIVETAG_MAX_IMAGE_BYTES: String(MAX_IMAGE_BYTES),
+      // The orchestrator's result cache in the test's folder, not the user's.
+      ARCHIVETAG_CACHE_PATH: join(this.dir, "cache.sqlite"),
       // Random weights never emit an end token: short greedy captions keep Florence-2 quick on a CPU.
       ARCHIVETAG_FLORENCE_MAX_NEW_TOKENS: "8",
       ARCHIVETAG_FLORENCE_NUM_BEAMS: "1",

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from archivetag.v1 import view_type_pb2 as archivetag_dot_v1_dot_view__type__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61rchivetag/v1/tagging.proto\x12\rarchivetag.v1\x1a\x1a\x61rchivetag/v1/common.proto\x1a\x1a\x61rchivetag/v1/errors.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1d\x61rchivetag/v1/view_type.proto\"\xdc\x01\n\x0fTagImageRequest\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.archivetag.v1.Image\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.archivetag.v1.ImageContext\x12\x10\n\x08max_tags\x18\x03 \x01(\r\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x19\n\x11include_embedding\x18\x05 \x01(\x08\x12#\n\x03ocr\x18\x06 \x01(\x0e\x32\x16.archivetag.v1.OcrModeB\x0c\n\n_threshold\"W\n\x08ViewType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12)\n\x06scores\x18\x03 \x03(\x0b\x32\x19.archivetag.v1.ClassScore\"\x8d\x01\n\x0cStageTimings\x12\x15\n\rtotal_seconds\x18\x01 \x01(\x01\x12\x16\n\x0etagger_seconds\x18\x02 \x01(\x01\x12\x19\n\x11view_type_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x66\x61ilover_seconds\x18\x04 \x01(\x01\x12\x19\n\x11\x61\x64mission_seconds\x18\x05 \x01(\x01\"\xa7\x04\n\x10TagImageResponse\x12 \n\x04tags\x18\x01 \x03(\x0b\x32\x12.archivetag.v1.Tag\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12\x0e\n\x06tagger\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12*\n\tview_type\x18\x05 \x01(\x0b\x32\x17.archivetag.v1.ViewType\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12,\n\x06models\x18\x08 \x03(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12,\n\x07timings\x18\t \x01(\x0b\x32\x1b.archivetag.v1.StageTimings\x12,\n\x07\x63ontext\x18\n \x01(\x0b\x32\x1b.archivetag.v1.ImageContext\x12\x11\n\tembedding\x18\x0b \x03(\x02\x12/\n\x08\x66\x61llback\x18\x0c \x01(\x0e\x32\x1d.archivetag.v1.FallbackReason\x12\x34\n\x0eprimary_health\x18\r \x01(\x0e\x32\x1c.archivetag.v1.BackendHealth\x12\x34\n\x0fprimary_breaker\x18\x0e \x01(\x0e\x32\x1b.archivetag.v1.BreakerState\x12%\n\x03ocr\x18\x0f \x01(\x0b\x32\x18.archivetag.v1.OcrResult\"O\n\x10TagImagesRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.archivetag.v1.TagImageRequest\"\xe0\x01\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\x06reason\x18\x04 \x01(\x0e\x32\x1a.archivetag.v1.ErrorReason\x12\x38\n\x08metadata\x18\x05 \x03(\x0b\x32&.archivetag.v1.ItemError.MetadataEntry\x12\r\n\x05\x66ield\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x11TagImagesResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.archivetag.v1.TagImageResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.archivetag.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\x12\n\x10GetStatusRequest\"\xb7\x03\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12,\n\x06health\x18\x04 \x01(\x0e\x32\x1c.archivetag.v1.BackendHealth\x12,\n\x07\x62reaker\x18\x05 \x01(\x0e\x32\x1b.archivetag.v1.BreakerState\x12\x10\n\x08replicas\x18\x06 \x01(\r\x12\x18\n\x10serving_replicas\x18\x07 \x01(\r\x12\x1b\n\x13latency_p50_seconds\x18\x08 \x01(\x01\x12\x1b\n\x13latency_p95_seconds\x18\t \x01(\x01\x12\x10\n\x08ok_count\x18\n \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x0b \x01(\x04\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12+\n\x05model\x18\r \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12\x33\n\x0flast_error_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13last_error_resolved\x18\x0f \x01(\x08\"f\n\x11GetStatusResponse\x12.\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1c.archivetag.v1.BackendStatus\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x0e\n\x06queued\x18\x03 \x01(\r*\xe1\x02\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41LLBACK_REASON_DISABLED\x10\x01\x12\x1f\n\x1b\x46\x41LLBACK_REASON_NOT_SERVING\x10\x02\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNREACHABLE\x10\x03\x12\"\n\x1e\x46\x41LLBACK_REASON_HEALTH_UNKNOWN\x10\x04\x12 \n\x1c\x46\x41LLBACK_REASON_BREAKER_OPEN\x10\x05\x12%\n!FALLBACK_REASON_DEADLINE_EXCEEDED\x10\x06\x12\x1e\n\x1a\x46\x41LLBACK_REASON_OVERLOADED\x10\x07\x12\x1f\n\x1b\x46\x41LLBACK_REASON_CALL_FAILED\x10\x08\x12 \n\x1c\x46\x41LLBACK_REASON_NO_TIME_LEFT\x10\t*\xa8\x01\n\rBackendHealth\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KEND_HEALTH_SERVING\x10\x01\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_NOT_SERVING\x10\x02\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_UNREACHABLE\x10\x03\x12\x1b\n\x17\x42\x41\x43KEND_HEALTH_DISABLED\x10\x04*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\x81\x02\n\x0eTaggingService\x12K\n\x08TagImage\x12\x1e.archivetag.v1.TagImageRequest\x1a\x1f.archivetag.v1.TagImageResponse\x12R\n\tTagImages\x12\x1f.archivetag.v1.TagImagesRequest\x1a .archivetag.v1.TagImagesResponse(\x01\x30\x01\x12N\n\tGetStatus\x12\x1f.archivetag.v1.GetStatusRequest\x1a .archivetag.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61rchivetag/v1/tagging.proto\x12\rarchivetag.v1\x1a\x1a\x61rchivetag/v1/common.proto\x1a\x1a\x61rchivetag/v1/errors.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1d\x61rchivetag/v1/view_type.proto\"\xf2\x01\n\x0fTagImageRequest\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.archivetag.v1.Image\x12,\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x1b.archivetag.v1.ImageContext\x12\x10\n\x08max_tags\x18\x03 \x01(\r\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x19\n\x11include_embedding\x18\x05 \x01(\x08\x12#\n\x03ocr\x18\x06 \x01(\x0e\x32\x16.archivetag.v1.OcrMode\x12\x14\n\x0c\x62ypass_cache\x18\x14 \x01(\x08\x42\x0c\n\n_threshold\"W\n\x08ViewType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12)\n\x06scores\x18\x03 \x03(\x0b\x32\x19.archivetag.v1.ClassScore\"\x8d\x01\n\x0cStageTimings\x12\x15\n\rtotal_seconds\x18\x01 \x01(\x01\x12\x16\n\x0etagger_seconds\x18\x02 \x01(\x01\x12\x19\n\x11view_type_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x66\x61ilover_seconds\x18\x04 \x01(\x01\x12\x19\n\x11\x61\x64mission_seconds\x18\x05 \x01(\x01\"\xe6\x04\n\x10TagImageResponse\x12 \n\x04tags\x18\x01 \x03(\x0b\x32\x12.archivetag.v1.Tag\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12\x0e\n\x06tagger\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12*\n\tview_type\x18\x05 \x01(\x0b\x32\x17.archivetag.v1.ViewType\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x07 \x03(\t\x12,\n\x06models\x18\x08 \x03(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12,\n\x07timings\x18\t \x01(\x0b\x32\x1b.archivetag.v1.StageTimings\x12,\n\x07\x63ontext\x18\n \x01(\x0b\x32\x1b.archivetag.v1.ImageContext\x12\x11\n\tembedding\x18\x0b \x03(\x02\x12/\n\x08\x66\x61llback\x18\x0c \x01(\x0e\x32\x1d.archivetag.v1.FallbackReason\x12\x34\n\x0eprimary_health\x18\r \x01(\x0e\x32\x1c.archivetag.v1.BackendHealth\x12\x34\n\x0fprimary_breaker\x18\x0e \x01(\x0e\x32\x1b.archivetag.v1.BreakerState\x12%\n\x03ocr\x18\x0f \x01(\x0b\x32\x18.archivetag.v1.OcrResult\x12\x0e\n\x06\x63\x61\x63hed\x18\x14 \x01(\x08\x12-\n\ttagged_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x10TagImagesRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.archivetag.v1.TagImageRequest\"\xe0\x01\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\x06reason\x18\x04 \x01(\x0e\x32\x1a.archivetag.v1.ErrorReason\x12\x38\n\x08metadata\x18\x05 \x03(\x0b\x32&.archivetag.v1.ItemError.MetadataEntry\x12\r\n\x05\x66ield\x18\x06 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x01\n\x11TagImagesResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x06result\x18\x02 \x01(\x0b\x32\x1f.archivetag.v1.TagImageResponseH\x00\x12)\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.archivetag.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\x12\n\x10GetStatusRequest\"\xb7\x03\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12,\n\x06health\x18\x04 \x01(\x0e\x32\x1c.archivetag.v1.BackendHealth\x12,\n\x07\x62reaker\x18\x05 \x01(\x0e\x32\x1b.archivetag.v1.BreakerState\x12\x10\n\x08replicas\x18\x06 \x01(\r\x12\x18\n\x10serving_replicas\x18\x07 \x01(\r\x12\x1b\n\x13latency_p50_seconds\x18\x08 \x01(\x01\x12\x1b\n\x13latency_p95_seconds\x18\t \x01(\x01\x12\x10\n\x08ok_count\x18\n \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x0b \x01(\x04\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12+\n\x05model\x18\r \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12\x33\n\x0flast_error_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13last_error_resolved\x18\x0f \x01(\x08\"\x91\x01\n\x11GetStatusResponse\x12.\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1c.archivetag.v1.BackendStatus\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12)\n\x05\x63\x61\x63he\x18\x04 \x01(\x0b\x32\x1a.archivetag.v1.CacheStatus\"\x93\x01\n\x0b\x43\x61\x63heStatus\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\x12\x0c\n\x04hits\x18\x04 \x01(\x04\x12\x0e\n\x06misses\x18\x05 \x01(\x04\x12\x0e\n\x06shared\x18\x06 \x01(\x04\x12\x11\n\tevictions\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t*\xe1\x02\n\x0e\x46\x61llbackReason\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41LLBACK_REASON_DISABLED\x10\x01\x12\x1f\n\x1b\x46\x41LLBACK_REASON_NOT_SERVING\x10\x02\x12\x1f\n\x1b\x46\x41LLBACK_REASON_UNREACHABLE\x10\x03\x12\"\n\x1e\x46\x41LLBACK_REASON_HEALTH_UNKNOWN\x10\x04\x12 \n\x1c\x46\x41LLBACK_REASON_BREAKER_OPEN\x10\x05\x12%\n!FALLBACK_REASON_DEADLINE_EXCEEDED\x10\x06\x12\x1e\n\x1a\x46\x41LLBACK_REASON_OVERLOADED\x10\x07\x12\x1f\n\x1b\x46\x41LLBACK_REASON_CALL_FAILED\x10\x08\x12 \n\x1c\x46\x41LLBACK_REASON_NO_TIME_LEFT\x10\t*\xa8\x01\n\rBackendHealth\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KEND_HEALTH_SERVING\x10\x01\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_NOT_SERVING\x10\x02\x12\x1e\n\x1a\x42\x41\x43KEND_HEALTH_UNREACHABLE\x10\x03\x12\x1b\n\x17\x42\x41\x43KEND_HEALTH_DISABLED\x10\x04*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\x81\x02\n\x0eTaggingService\x12K\n\x08TagImage\x12\x1e.archivetag.v1.TagImageRequest\x1a\x1f.archivetag.v1.TagImageResponse\x12R\n\tTagImages\x12\x1f.archivetag.v1.TagImagesRequest\x1a .archivetag.v1.TagImagesResponse(\x01\x30\x01\x12N\n\tGetStatus\x12\x1f.archivetag.v1.GetStatusRequest\x1a .archivetag.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +37,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ITEMERROR_METADATAENTRY']._loaded_options = None
   _globals['_ITEMERROR_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_FALLBACKREASON']._serialized_start=2190
-  _globals['_FALLBACKREASON']._serialized_end=2543
-  _globals['_BACKENDHEALTH']._serialized_start=2546
-  _globals['_BACKENDHEALTH']._serialized_end=2714
-  _globals['_BREAKERSTATE']._serialized_start=2716
-  _globals['_BREAKERSTATE']._serialized_end=2840
+  _globals['_FALLBACKREASON']._serialized_start=2469
+  _globals['_FALLBACKREASON']._serialized_end=2822
+  _globals['_BACKENDHEALTH']._serialized_start=2825
+  _globals['_BACKENDHEALTH']._serialized_end=2993
+  _globals['_BREAKERSTATE']._serialized_start=2995
+  _globals['_BREAKERSTATE']._serialized_end=3119
   _globals['_TAGIMAGEREQUEST']._serialized_start=167
-  _globals['_TAGIMAGEREQUEST']._serialized_end=387
-  _globals['_VIEWTYPE']._serialized_start=389
-  _globals['_VIEWTYPE']._serialized_end=476
-  _globals['_STAGETIMINGS']._serialized_start=479
-  _globals['_STAGETIMINGS']._serialized_end=620
-  _globals['_TAGIMAGERESPONSE']._serialized_start=623
-  _globals['_TAGIMAGERESPONSE']._serialized_end=1174
-  _globals['_TAGIMAGESREQUEST']._serialized_start=1176
-  _globals['_TAGIMAGESREQUEST']._serialized_end=1255
-  _globals['_ITEMERROR']._serialized_start=1258
-  _globals['_ITEMERROR']._serialized_end=1482
-  _globals['_ITEMERROR_METADATAENTRY']._serialized_start=1435
-  _globals['_ITEMERROR_METADATAENTRY']._serialized_end=1482
-  _globals['_TAGIMAGESRESPONSE']._serialized_start=1485
-  _globals['_TAGIMAGESRESPONSE']._serialized_end=1621
-  _globals['_GETSTATUSREQUEST']._serialized_start=1623
-  _globals['_GETSTATUSREQUEST']._serialized_end=1641
-  _globals['_BACKENDSTATUS']._serialized_start=1644
-  _globals['_BACKENDSTATUS']._serialized_end=2083
-  _globals['_GETSTATUSRESPONSE']._serialized_start=2085
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2187
-  _globals['_TAGGINGSERVICE']._serialized_start=2843
-  _globals['_TAGGINGSERVICE']._serialized_end=3100
+  _globals['_TAGIMAGEREQUEST']._serialized_end=409
+  _globals['_VIEWTYPE']._serialized_start=411
+  _globals['_VIEWTYPE']._serialized_end=498
+  _globals['_STAGETIMINGS']._serialized_start=501
+  _globals['_STAGETIMINGS']._serialized_end=642
+  _globals['_TAGIMAGERESPONSE']._serialized_start=645
+  _globals['_TAGIMAGERESPONSE']._serialized_end=1259
+  _globals['_TAGIMAGESREQUEST']._serialized_start=1261
+  _globals['_TAGIMAGESREQUEST']._serialized_end=1340
+  _globals['_ITEMERROR']._serialized_start=1343
+  _globals['_ITEMERROR']._serialized_end=1567
+  _globals['_ITEMERROR_METADATAENTRY']._serialized_start=1520
+  _globals['_ITEMERROR_METADATAENTRY']._serialized_end=1567
+  _globals['_TAGIMAGESRESPONSE']._serialized_start=1570
+  _globals['_TAGIMAGESRESPONSE']._serialized_end=1706
+  _globals['_GETSTATUSREQUEST']._serialized_start=1708
+  _globals['_GETSTATUSREQUEST']._serialized_end=1726
+  _globals['_BACKENDSTATUS']._serialized_start=1729
+  _globals['_BACKENDSTATUS']._serialized_end=2168
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2171
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2316
+  _globals['_CACHESTATUS']._serialized_start=2319
+  _globals['_CACHESTATUS']._serialized_end=2466
+  _globals['_TAGGINGSERVICE']._serialized_start=3122
+  _globals['_TAGGINGSERVICE']._serialized_end=3379
 # @@protoc_insertion_point(module_scope)

@@ -61,20 +61,22 @@ BREAKER_STATE_OPEN: BreakerState
 BREAKER_STATE_HALF_OPEN: BreakerState
 
 class TagImageRequest(_message.Message):
-    __slots__ = ("image", "context", "max_tags", "threshold", "include_embedding", "ocr")
+    __slots__ = ("image", "context", "max_tags", "threshold", "include_embedding", "ocr", "bypass_cache")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_TAGS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     OCR_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     context: _common_pb2.ImageContext
     max_tags: int
     threshold: float
     include_embedding: bool
     ocr: _common_pb2.OcrMode
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., max_tags: _Optional[int] = ..., threshold: _Optional[float] = ..., include_embedding: _Optional[bool] = ..., ocr: _Optional[_Union[_common_pb2.OcrMode, str]] = ...) -> None: ...
+    bypass_cache: bool
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., max_tags: _Optional[int] = ..., threshold: _Optional[float] = ..., include_embedding: _Optional[bool] = ..., ocr: _Optional[_Union[_common_pb2.OcrMode, str]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
 
 class ViewType(_message.Message):
     __slots__ = ("name", "confidence", "scores")
@@ -101,7 +103,7 @@ class StageTimings(_message.Message):
     def __init__(self, total_seconds: _Optional[float] = ..., tagger_seconds: _Optional[float] = ..., view_type_seconds: _Optional[float] = ..., failover_seconds: _Optional[float] = ..., admission_seconds: _Optional[float] = ...) -> None: ...
 
 class TagImageResponse(_message.Message):
-    __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding", "fallback", "primary_health", "primary_breaker", "ocr")
+    __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding", "fallback", "primary_health", "primary_breaker", "ocr", "cached", "tagged_at")
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CAPTION_FIELD_NUMBER: _ClassVar[int]
     TAGGER_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,8 @@ class TagImageResponse(_message.Message):
     PRIMARY_HEALTH_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_BREAKER_FIELD_NUMBER: _ClassVar[int]
     OCR_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    TAGGED_AT_FIELD_NUMBER: _ClassVar[int]
     tags: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tag]
     caption: str
     tagger: str
@@ -132,7 +136,9 @@ class TagImageResponse(_message.Message):
     primary_health: BackendHealth
     primary_breaker: BreakerState
     ocr: _common_pb2.OcrResult
-    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., tagger: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., view_type: _Optional[_Union[ViewType, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelIdentity, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., fallback: _Optional[_Union[FallbackReason, str]] = ..., primary_health: _Optional[_Union[BackendHealth, str]] = ..., primary_breaker: _Optional[_Union[BreakerState, str]] = ..., ocr: _Optional[_Union[_common_pb2.OcrResult, _Mapping]] = ...) -> None: ...
+    cached: bool
+    tagged_at: _timestamp_pb2.Timestamp
+    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., tagger: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., view_type: _Optional[_Union[ViewType, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelIdentity, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., fallback: _Optional[_Union[FallbackReason, str]] = ..., primary_health: _Optional[_Union[BackendHealth, str]] = ..., primary_breaker: _Optional[_Union[BreakerState, str]] = ..., ocr: _Optional[_Union[_common_pb2.OcrResult, _Mapping]] = ..., cached: _Optional[bool] = ..., tagged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TagImagesRequest(_message.Message):
     __slots__ = ("id", "request")
@@ -214,11 +220,33 @@ class BackendStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., target: _Optional[str] = ..., health: _Optional[_Union[BackendHealth, str]] = ..., breaker: _Optional[_Union[BreakerState, str]] = ..., replicas: _Optional[int] = ..., serving_replicas: _Optional[int] = ..., latency_p50_seconds: _Optional[float] = ..., latency_p95_seconds: _Optional[float] = ..., ok_count: _Optional[int] = ..., error_count: _Optional[int] = ..., last_error: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_resolved: _Optional[bool] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("backends", "in_flight", "queued")
+    __slots__ = ("backends", "in_flight", "queued", "cache")
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     backends: _containers.RepeatedCompositeFieldContainer[BackendStatus]
     in_flight: int
     queued: int
-    def __init__(self, backends: _Optional[_Iterable[_Union[BackendStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+    cache: CacheStatus
+    def __init__(self, backends: _Optional[_Iterable[_Union[BackendStatus, _Mapping]]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., cache: _Optional[_Union[CacheStatus, _Mapping]] = ...) -> None: ...
+
+class CacheStatus(_message.Message):
+    __slots__ = ("backend", "entries", "bytes", "hits", "misses", "shared", "evictions", "last_error")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    shared: int
+    evictions: int
+    last_error: str
+    def __init__(self, backend: _Optional[str] = ..., entries: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., shared: _Optional[int] = ..., evictions: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file archivetag/v1/tagging.proto.
  */
 export const file_archivetag_v1_tagging: GenFile = /*@__PURE__*/
-  fileDesc("ChthcmNoaXZldGFnL3YxL3RhZ2dpbmcucHJvdG8SDWFyY2hpdmV0YWcudjEi3AEKD1RhZ0ltYWdlUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhAKCG1heF90YWdzGAMgASgNEhYKCXRocmVzaG9sZBgEIAEoAkgAiAEBEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAUgASgIEiMKA29jchgGIAEoDjIWLmFyY2hpdmV0YWcudjEuT2NyTW9kZUIMCgpfdGhyZXNob2xkIlcKCFZpZXdUeXBlEgwKBG5hbWUYASABKAkSEgoKY29uZmlkZW5jZRgCIAEoAhIpCgZzY29yZXMYAyADKAsyGS5hcmNoaXZldGFnLnYxLkNsYXNzU2NvcmUijQEKDFN0YWdlVGltaW5ncxIVCg10b3RhbF9zZWNvbmRzGAEgASgBEhYKDnRhZ2dlcl9zZWNvbmRzGAIgASgBEhkKEXZpZXdfdHlwZV9zZWNvbmRzGAMgASgBEhgKEGZhaWxvdmVyX3NlY29uZHMYBCABKAESGQoRYWRtaXNzaW9uX3NlY29uZHMYBSABKAEipwQKEFRhZ0ltYWdlUmVzcG9uc2USIAoEdGFncxgBIAMoCzISLmFyY2hpdmV0YWcudjEuVGFnEg8KB2NhcHRpb24YAiABKAkSDgoGdGFnZ2VyGAMgASgJEhcKD2ZhbGxiYWNrX3JlYXNvbhgEIAEoCRIqCgl2aWV3X3R5cGUYBSABKAsyFy5hcmNoaXZldGFnLnYxLlZpZXdUeXBlEhAKCGRlZ3JhZGVkGAYgASgIEhgKEGRlZ3JhZGVkX3JlYXNvbnMYByADKAkSLAoGbW9kZWxzGAggAygLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5EiwKB3RpbWluZ3MYCSABKAsyGy5hcmNoaXZldGFnLnYxLlN0YWdlVGltaW5ncxIsCgdjb250ZXh0GAogASgLMhsuYXJjaGl2ZXRhZy52MS5JbWFnZUNvbnRleHQSEQoJZW1iZWRkaW5nGAsgAygCEi8KCGZhbGxiYWNrGAwgASgOMh0uYXJjaGl2ZXRhZy52MS5GYWxsYmFja1JlYXNvbhI0Cg5wcmltYXJ5X2hlYWx0aBgNIAEoDjIcLmFyY2hpdmV0YWcudjEuQmFja2VuZEhlYWx0aBI0Cg9wcmltYXJ5X2JyZWFrZXIYDiABKA4yGy5hcmNoaXZldGFnLnYxLkJyZWFrZXJTdGF0ZRIlCgNvY3IYDyABKAsyGC5hcmNoaXZldGFnLnYxLk9jclJlc3VsdCJPChBUYWdJbWFnZXNSZXF1ZXN0EgoKAmlkGAEgASgJEi8KB3JlcXVlc3QYAiABKAsyHi5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVxdWVzdCLgAQoJSXRlbUVycm9yEgwKBGNvZGUYASABKAUSDgoGc3RhdHVzGAIgASgJEg8KB21lc3NhZ2UYAyABKAkSKgoGcmVhc29uGAQgASgOMhouYXJjaGl2ZXRhZy52MS5FcnJvclJlYXNvbhI4CghtZXRhZGF0YRgFIAMoCzImLmFyY2hpdmV0YWcudjEuSXRlbUVycm9yLk1ldGFkYXRhRW50cnkSDQoFZmllbGQYBiABKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIogBChFUYWdJbWFnZXNSZXNwb25zZRIKCgJpZBgBIAEoCRIxCgZyZXN1bHQYAiABKAsyHy5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVzcG9uc2VIABIpCgVlcnJvchgDIAEoCzIYLmFyY2hpdmV0YWcudjEuSXRlbUVycm9ySABCCQoHb3V0Y29tZSISChBHZXRTdGF0dXNSZXF1ZXN0IrcDCg1CYWNrZW5kU3RhdHVzEgwKBG5hbWUYASABKAkSDAoEcm9sZRgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSLAoGaGVhbHRoGAQgASgOMhwuYXJjaGl2ZXRhZy52MS5CYWNrZW5kSGVhbHRoEiwKB2JyZWFrZXIYBSABKA4yGy5hcmNoaXZldGFnLnYxLkJyZWFrZXJTdGF0ZRIQCghyZXBsaWNhcxgGIAEoDRIYChBzZXJ2aW5nX3JlcGxpY2FzGAcgASgNEhsKE2xhdGVuY3lfcDUwX3NlY29uZHMYCCABKAESGwoTbGF0ZW5jeV9wOTVfc2Vjb25kcxgJIAEoARIQCghva19jb3VudBgKIAEoBBITCgtlcnJvcl9jb3VudBgLIAEoBBISCgpsYXN0X2Vycm9yGAwgASgJEisKBW1vZGVsGA0gASgLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5EjMKD2xhc3RfZXJyb3JfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTbGFzdF9lcnJvcl9yZXNvbHZlZBgPIAEoCCJmChFHZXRTdGF0dXNSZXNwb25zZRIuCghiYWNrZW5kcxgBIAMoCzIcLmFyY2hpdmV0YWcudjEuQmFja2VuZFN0YXR1cxIRCglpbl9mbGlnaHQYAiABKA0SDgoGcXVldWVkGAMgASgNKuECCg5GYWxsYmFja1JlYXNvbhIfChtGQUxMQkFDS19SRUFTT05fVU5TUEVDSUZJRUQQABIcChhGQUxMQkFDS19SRUFTT05fRElTQUJMRUQQARIfChtGQUxMQkFDS19SRUFTT05fTk9UX1NFUlZJTkcQAhIfChtGQUxMQkFDS19SRUFTT05fVU5SRUFDSEFCTEUQAxIiCh5GQUxMQkFDS19SRUFTT05fSEVBTFRIX1VOS05PV04QBBIgChxGQUxMQkFDS19SRUFTT05fQlJFQUtFUl9PUEVOEAUSJQohRkFMTEJBQ0tfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEAYSHgoaRkFMTEJBQ0tfUkVBU09OX09WRVJMT0FERUQQBxIfChtGQUxMQkFDS19SRUFTT05fQ0FMTF9GQUlMRUQQCBIgChxGQUxMQkFDS19SRUFTT05fTk9fVElNRV9MRUZUEAkqqAEKDUJhY2tlbmRIZWFsdGgSHgoaQkFDS0VORF9IRUFMVEhfVU5TUEVDSUZJRUQQABIaChZCQUNLRU5EX0hFQUxUSF9TRVJWSU5HEAESHgoaQkFDS0VORF9IRUFMVEhfTk9UX1NFUlZJTkcQAhIeChpCQUNLRU5EX0hFQUxUSF9VTlJFQUNIQUJMRRADEhsKF0JBQ0tFTkRfSEVBTFRIX0RJU0FCTEVEEAQqfAoMQnJlYWtlclN0YXRlEh0KGUJSRUFLRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRCUkVBS0VSX1NUQVRFX0NMT1NFRBABEhYKEkJSRUFLRVJfU1RBVEVfT1BFThACEhsKF0JSRUFLRVJfU1RBVEVfSEFMRl9PUEVOEAMygQIKDlRhZ2dpbmdTZXJ2aWNlEksKCFRhZ0ltYWdlEh4uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlcXVlc3QaHy5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVzcG9uc2USUgoJVGFnSW1hZ2VzEh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZXNSZXF1ZXN0GiAuYXJjaGl2ZXRhZy52MS5UYWdJbWFnZXNSZXNwb25zZSgBMAESTgoJR2V0U3RhdHVzEh8uYXJjaGl2ZXRhZy52MS5HZXRTdGF0dXNSZXF1ZXN0GiAuYXJjaGl2ZXRhZy52MS5HZXRTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_archivetag_v1_common, file_archivetag_v1_errors, file_google_protobuf_timestamp, file_archivetag_v1_view_type]);
+  fileDesc("ChthcmNoaXZldGFnL3YxL3RhZ2dpbmcucHJvdG8SDWFyY2hpdmV0YWcudjEi8gEKD1RhZ0ltYWdlUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhAKCG1heF90YWdzGAMgASgNEhYKCXRocmVzaG9sZBgEIAEoAkgAiAEBEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAUgASgIEiMKA29jchgGIAEoDjIWLmFyY2hpdmV0YWcudjEuT2NyTW9kZRIUCgxieXBhc3NfY2FjaGUYFCABKAhCDAoKX3RocmVzaG9sZCJXCghWaWV3VHlwZRIMCgRuYW1lGAEgASgJEhIKCmNvbmZpZGVuY2UYAiABKAISKQoGc2NvcmVzGAMgAygLMhkuYXJjaGl2ZXRhZy52MS5DbGFzc1Njb3JlIo0BCgxTdGFnZVRpbWluZ3MSFQoNdG90YWxfc2Vjb25kcxgBIAEoARIWCg50YWdnZXJfc2Vjb25kcxgCIAEoARIZChF2aWV3X3R5cGVfc2Vjb25kcxgDIAEoARIYChBmYWlsb3Zlcl9zZWNvbmRzGAQgASgBEhkKEWFkbWlzc2lvbl9zZWNvbmRzGAUgASgBIuYEChBUYWdJbWFnZVJlc3BvbnNlEiAKBHRhZ3MYASADKAsyEi5hcmNoaXZldGFnLnYxLlRhZxIPCgdjYXB0aW9uGAIgASgJEg4KBnRhZ2dlchgDIAEoCRIXCg9mYWxsYmFja19yZWFzb24YBCABKAkSKgoJdmlld190eXBlGAUgASgLMhcuYXJjaGl2ZXRhZy52MS5WaWV3VHlwZRIQCghkZWdyYWRlZBgGIAEoCBIYChBkZWdyYWRlZF9yZWFzb25zGAcgAygJEiwKBm1vZGVscxgIIAMoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIsCgd0aW1pbmdzGAkgASgLMhsuYXJjaGl2ZXRhZy52MS5TdGFnZVRpbWluZ3MSLAoHY29udGV4dBgKIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhEKCWVtYmVkZGluZxgLIAMoAhIvCghmYWxsYmFjaxgMIAEoDjIdLmFyY2hpdmV0YWcudjEuRmFsbGJhY2tSZWFzb24SNAoOcHJpbWFyeV9oZWFsdGgYDSABKA4yHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRIZWFsdGgSNAoPcHJpbWFyeV9icmVha2VyGA4gASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSJQoDb2NyGA8gASgLMhguYXJjaGl2ZXRhZy52MS5PY3JSZXN1bHQSDgoGY2FjaGVkGBQgASgIEi0KCXRhZ2dlZF9hdBgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoQVGFnSW1hZ2VzUmVxdWVzdBIKCgJpZBgBIAEoCRIvCgdyZXF1ZXN0GAIgASgLMh4uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlcXVlc3Qi4AEKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEioKBnJlYXNvbhgEIAEoDjIaLmFyY2hpdmV0YWcudjEuRXJyb3JSZWFzb24SOAoIbWV0YWRhdGEYBSADKAsyJi5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvci5NZXRhZGF0YUVudHJ5Eg0KBWZpZWxkGAYgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKIAQoRVGFnSW1hZ2VzUmVzcG9uc2USCgoCaWQYASABKAkSMQoGcmVzdWx0GAIgASgLMh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlc3BvbnNlSAASKQoFZXJyb3IYAyABKAsyGC5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvckgAQgkKB291dGNvbWUiEgoQR2V0U3RhdHVzUmVxdWVzdCK3AwoNQmFja2VuZFN0YXR1cxIMCgRuYW1lGAEgASgJEgwKBHJvbGUYAiABKAkSDgoGdGFyZ2V0GAMgASgJEiwKBmhlYWx0aBgEIAEoDjIcLmFyY2hpdmV0YWcudjEuQmFja2VuZEhlYWx0aBIsCgdicmVha2VyGAUgASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSEAoIcmVwbGljYXMYBiABKA0SGAoQc2VydmluZ19yZXBsaWNhcxgHIAEoDRIbChNsYXRlbmN5X3A1MF9zZWNvbmRzGAggASgBEhsKE2xhdGVuY3lfcDk1X3NlY29uZHMYCSABKAESEAoIb2tfY291bnQYCiABKAQSEwoLZXJyb3JfY291bnQYCyABKAQSEgoKbGFzdF9lcnJvchgMIAEoCRIrCgVtb2RlbBgNIAEoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIzCg9sYXN0X2Vycm9yX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2xhc3RfZXJyb3JfcmVzb2x2ZWQYDyABKAgikQEKEUdldFN0YXR1c1Jlc3BvbnNlEi4KCGJhY2tlbmRzGAEgAygLMhwuYXJjaGl2ZXRhZy52MS5CYWNrZW5kU3RhdHVzEhEKCWluX2ZsaWdodBgCIAEoDRIOCgZxdWV1ZWQYAyABKA0SKQoFY2FjaGUYBCABKAsyGi5hcmNoaXZldGFnLnYxLkNhY2hlU3RhdHVzIpMBCgtDYWNoZVN0YXR1cxIPCgdiYWNrZW5kGAEgASgJEg8KB2VudHJpZXMYAiABKAQSDQoFYnl0ZXMYAyABKAQSDAoEaGl0cxgEIAEoBBIOCgZtaXNzZXMYBSABKAQSDgoGc2hhcmVkGAYgASgEEhEKCWV2aWN0aW9ucxgHIAEoBBISCgpsYXN0X2Vycm9yGAggASgJKuECCg5GYWxsYmFja1JlYXNvbhIfChtGQUxMQkFDS19SRUFTT05fVU5TUEVDSUZJRUQQABIcChhGQUxMQkFDS19SRUFTT05fRElTQUJMRUQQARIfChtGQUxMQkFDS19SRUFTT05fTk9UX1NFUlZJTkcQAhIfChtGQUxMQkFDS19SRUFTT05fVU5SRUFDSEFCTEUQAxIiCh5GQUxMQkFDS19SRUFTT05fSEVBTFRIX1VOS05PV04QBBIgChxGQUxMQkFDS19SRUFTT05fQlJFQUtFUl9PUEVOEAUSJQohRkFMTEJBQ0tfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEAYSHgoaRkFMTEJBQ0tfUkVBU09OX09WRVJMT0FERUQQBxIfChtGQUxMQkFDS19SRUFTT05fQ0FMTF9GQUlMRUQQCBIgChxGQUxMQkFDS19SRUFTT05fTk9fVElNRV9MRUZUEAkqqAEKDUJhY2tlbmRIZWFsdGgSHgoaQkFDS0VORF9IRUFMVEhfVU5TUEVDSUZJRUQQABIaChZCQUNLRU5EX0hFQUxUSF9TRVJWSU5HEAESHgoaQkFDS0VORF9IRUFMVEhfTk9UX1NFUlZJTkcQAhIeChpCQUNLRU5EX0hFQUxUSF9VTlJFQUNIQUJMRRADEhsKF0JBQ0tFTkRfSEVBTFRIX0RJU0FCTEVEEAQqfAoMQnJlYWtlclN0YXRlEh0KGUJSRUFLRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRCUkVBS0VSX1NUQVRFX0NMT1NFRBABEhYKEkJSRUFLRVJfU1RBVEVfT1BFThACEhsKF0JSRUFLRVJfU1RBVEVfSEFMRl9PUEVOEAMygQIKDlRhZ2dpbmdTZXJ2aWNlEksKCFRhZ0ltYWdlEh4uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlcXVlc3QaHy5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVzcG9uc2USUgoJVGFnSW1hZ2VzEh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZXNSZXF1ZXN0GiAuYXJjaGl2ZXRhZy52MS5UYWdJbWFnZXNSZXNwb25zZSgBMAESTgoJR2V0U3RhdHVzEh8uYXJjaGl2ZXRhZy52MS5HZXRTdGF0dXNSZXF1ZXN0GiAuYXJjaGl2ZXRhZy52MS5HZXRTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_archivetag_v1_common, file_archivetag_v1_errors, file_google_protobuf_timestamp, file_archivetag_v1_view_type]);
 
 /**
  * Request for TaggingService.TagImage.
@@ -70,6 +70,14 @@ export type TagImageRequest = Message<"archivetag.v1.TagImageRequest"> & {
    * @generated from field: archivetag.v1.OcrMode ocr = 6;
    */
   ocr: OcrMode;
+
+  /**
+   * Skip the orchestrator's result cache for this image: the models answer,
+   * and the answer is not stored (docs/cache.md).
+   *
+   * @generated from field: bool bypass_cache = 20;
+   */
+  bypassCache: boolean;
 };
 
 /**
@@ -278,6 +286,22 @@ export type TagImageResponse = Message<"archivetag.v1.TagImageResponse"> & {
    * @generated from field: archivetag.v1.OcrResult ocr = 15;
    */
   ocr?: OcrResult | undefined;
+
+  /**
+   * True when the answer came from the orchestrator's result cache: the same
+   * image bytes, options and models answered before. Everything but context
+   * is then the original answer's: its models, timings and tagged_at.
+   *
+   * @generated from field: bool cached = 20;
+   */
+  cached: boolean;
+
+  /**
+   * When the models gave this answer (for a cached answer: the original's).
+   *
+   * @generated from field: google.protobuf.Timestamp tagged_at = 21;
+   */
+  taggedAt?: Timestamp | undefined;
 };
 
 /**
@@ -576,6 +600,13 @@ export type GetStatusResponse = Message<"archivetag.v1.GetStatusResponse"> & {
    * @generated from field: uint32 queued = 3;
    */
   queued: number;
+
+  /**
+   * The result cache.
+   *
+   * @generated from field: archivetag.v1.CacheStatus cache = 4;
+   */
+  cache?: CacheStatus | undefined;
 };
 
 /**
@@ -584,6 +615,77 @@ export type GetStatusResponse = Message<"archivetag.v1.GetStatusResponse"> & {
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
   messageDesc(file_archivetag_v1_tagging, 9);
+
+/**
+ * The orchestrator's result cache (docs/cache.md).
+ *
+ * @generated from message archivetag.v1.CacheStatus
+ */
+export type CacheStatus = Message<"archivetag.v1.CacheStatus"> & {
+  /**
+   * "sqlite", "redis" or "off".
+   *
+   * @generated from field: string backend = 1;
+   */
+  backend: string;
+
+  /**
+   * Answers stored now (over all replicas sharing the store).
+   *
+   * @generated from field: uint64 entries = 2;
+   */
+  entries: bigint;
+
+  /**
+   * Bytes the store holds now (SQLite: the answers; Redis: the server's used memory).
+   *
+   * @generated from field: uint64 bytes = 3;
+   */
+  bytes: bigint;
+
+  /**
+   * Lookups answered from the cache since this orchestrator started.
+   *
+   * @generated from field: uint64 hits = 4;
+   */
+  hits: bigint;
+
+  /**
+   * Lookups that had to call the models since this orchestrator started.
+   *
+   * @generated from field: uint64 misses = 5;
+   */
+  misses: bigint;
+
+  /**
+   * Requests that waited for an identical request in flight instead of calling the models.
+   *
+   * @generated from field: uint64 shared = 6;
+   */
+  shared: bigint;
+
+  /**
+   * Answers evicted to keep the store bounded (SQLite: by this orchestrator;
+   * Redis: the server's evicted_keys).
+   *
+   * @generated from field: uint64 evictions = 7;
+   */
+  evictions: bigint;
+
+  /**
+   * Why the last lookup or store failed (the image was then tagged uncached); empty if none.
+   *
+   * @generated from field: string last_error = 8;
+   */
+  lastError: string;
+};
+
+/**
+ * Describes the message archivetag.v1.CacheStatus.
+ * Use `create(CacheStatusSchema)` to create a new message.
+ */
+export const CacheStatusSchema: GenMessage<CacheStatus> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_tagging, 10);
 
 /**
  * Why the primary tagger did not answer an image (TagImageResponse.fallback).
