@@ -311,16 +311,21 @@ class Backend:
 
     async def _check(self, address: str, channel: grpc.aio.Channel) -> None:
         health = health_pb2_grpc.HealthStub(channel)
+        info_stub = self.spec.stub(channel)
         request = health_pb2.HealthCheckRequest(service=self.health_service)
         while True:
             await asyncio.sleep(self.health_check_every)
             try:
-                await health.Check(request, timeout=self.health_check_timeout)
+                reply = await health.Check(request, timeout=self.health_check_timeout)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     self._set_hung(address, f"health check unanswered for {self.health_check_timeout:g} s (hung?)")
                 continue  # other failures (refused, NOT_FOUND) are the watch's to report
             self._set_hung(address, "")
+            if not self.model.name and reply.status == health_pb2.HealthCheckResponse.SERVING:
+                # The watch's GetModelInfo timed out (a busy machine): ask again, or the identity
+                # (answers' provenance, `tag`'s store key, the cache key) stays unknown.
+                await self._model_info(info_stub, SERVING)
 
     async def _watch_stream(self, address: str, channel: grpc.aio.Channel) -> None:
         backoff = 0.2

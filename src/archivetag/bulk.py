@@ -252,20 +252,25 @@ IDENTITY_WAIT_SECONDS = 60.0
 
 
 def identities_known(status) -> bool:
-    """Every backend's health is decided and each serving one has told its model's identity."""
-    return all(b.health != tagging_pb2.BACKEND_HEALTH_UNSPECIFIED
-               and (b.health != tagging_pb2.BACKEND_HEALTH_SERVING or b.model.name) for b in status.backends)
+    """Every backend the orchestrator uses serves and has told its model's identity."""
+    return all(b.health == tagging_pb2.BACKEND_HEALTH_DISABLED
+               or (b.health == tagging_pb2.BACKEND_HEALTH_SERVING and b.model.name) for b in status.backends)
 
 
-async def settled_status(client: AsyncTaggingClient):
-    """The orchestrator's status once it knows the models (just after `up`, or when a GetModelInfo
-    timed out under load, a backend serves before its identity is known): the store's model key
-    must not change between runs for that. After IDENTITY_WAIT_SECONDS, what is known."""
+async def settled_status(client: AsyncTaggingClient, say=lambda text: print(text, file=sys.stderr)):
+    """The orchestrator's status once it knows every model: the store's key is their identities,
+    and it must not change between runs because the orchestrator had not yet reconnected to a
+    backend (just after `up`) or a GetModelInfo timed out under load. After IDENTITY_WAIT_SECONDS,
+    what is known (a backend that is down keeps the key of what it was last known as: none)."""
     deadline = time.monotonic() + IDENTITY_WAIT_SECONDS
     status = await client.status()
     while not identities_known(status) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
         status = await client.status()
+    if not identities_known(status):
+        missing = [b.name for b in status.backends if not b.model.name and b.health != tagging_pb2.BACKEND_HEALTH_DISABLED]
+        say(f"the orchestrator does not know the models of {', '.join(missing)} (not serving): photos are "
+            "keyed without them and will be tagged again once they serve")
     return status
 
 

@@ -42,7 +42,7 @@ def front(smoke_models, tmp_path_factory):
         rampp.wait_status("archivetag.v1.TaggerService", "SERVING", timeout=300)
         siglip.wait_status("archivetag.v1.ViewTypeService", "SERVING", timeout=300)
         targets = ("--rampp-target", rampp.address, "--siglip-target", siglip.address,
-                   "--florence-target", f"127.0.0.1:{free_port()}")  # nothing there: RAM++ answers
+                   "--disabled-backends", "florence")  # as a box without Florence-2 is run: RAM++ answers
         with orchestrator(logs, "--no-auth", "--primary-tagger", "rampp", *targets) as server:
             server.wait_status(TAGGING, "SERVING", timeout=120)
             wait_health(server.address, rampp="SERVING", siglip="SERVING")
