@@ -27,6 +27,7 @@ SAMPLES = sorted(p for p in (REPO / "src" / "archivetag" / "samples").iterdir() 
 class Stack:
     target: str
     log_dir: Path
+    ports: dict[str, int]  # by server name
 
     def pid(self, service: str) -> int:
         return int((self.log_dir / f"{service}.pid").read_text())
@@ -55,7 +56,7 @@ def stack(smoke_models, tmp_path_factory):
 
         wait_for(up_log, until=lambda text: "services are SERVING" in text, timeout=900, interval=0.25,
                  describe="archivetag up to report its services SERVING")
-        yield Stack(f"127.0.0.1:{ports['orchestrator']}", folder / "logs")
+        yield Stack(f"127.0.0.1:{ports['orchestrator']}", folder / "logs", ports)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -21,7 +21,7 @@ from archivetag.runtime.batcher import DynamicBatcher
 from archivetag.runtime.errors import REASON_PREFIX, REASON_STATUS, status_for
 from archivetag.v1 import errors_pb2, tagging_pb2, tagging_pb2_grpc
 from tests.clients.conftest import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, SAMPLES, TOKEN
-from tests.conftest import model_service
+from tests.conftest import model_service, orchestrator
 from tests.support.servers import REPO, ServerProcess, free_port
 from tests.support.waiting import wait_for
 
@@ -70,9 +70,9 @@ def item_error(stack, ids: list[str]) -> ClientError:
     return ClientError.from_item(failed[0].error)
 
 
-def call(stack, token: str | None = TOKEN, **kwargs) -> ClientError:
+def call(target: str, token: str | None = TOKEN, **kwargs) -> ClientError:
     image = kwargs.pop("image")
-    with TaggingClient(stack.target, token or "") as client, pytest.raises(ClientError) as caught:
+    with TaggingClient(target, token or "") as client, pytest.raises(ClientError) as caught:
         client.tag(image, **kwargs)
     return caught.value
 
@@ -86,6 +86,16 @@ def dead_backends_orchestrator(tmp_path_factory):
     argv = [sys.executable, "-m", "archivetag.cli", "serve", "orchestrator", *args]
     with ServerProcess(argv, log_path=tmp_path_factory.mktemp("dead") / "orchestrator.log") as server:
         server.wait_status("archivetag.v1.TaggingService", "SERVING", timeout=60)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def impatient_orchestrator(stack, tmp_path_factory):
+    """An orchestrator in front of the stack's models that gives a caller without a deadline 1 ms."""
+    targets = [a for name in ("florence", "rampp", "siglip") for a in (f"--{name}-target", f"127.0.0.1:{stack.ports[name]}")]
+    with orchestrator(tmp_path_factory.mktemp("impatient"), "--no-auth", "--default-deadline-seconds", "0.001",
+                      *targets) as server:
+        server.wait_status("archivetag.v1.TaggingService", "SERVING", timeout=120)
         yield server
 
 
@@ -173,25 +183,27 @@ def as_client_error(exc: BaseException) -> ClientError:
 
 
 CASES = {
-    "IMAGE_MISSING": lambda s, d, r: _image_missing(s),
-    "IMAGE_EMPTY": lambda s, d, r: call(s, image=b""),
-    "IMAGE_TOO_LARGE": lambda s, d, r: call(s, image=bytes(MAX_IMAGE_BYTES + 1)),
-    "IMAGE_TOO_MANY_PIXELS": lambda s, d, r: call(s, image=png(4000, MAX_IMAGE_PIXELS // 4000 + 1)),
-    "IMAGE_FORMAT_UNSUPPORTED": lambda s, d, r: call(s, image=b"%PDF-1.4\n" + b"0" * 100),
-    "IMAGE_CORRUPT": lambda s, d, r: call(s, image=b"\xff\xd8\xff\xe0" + b"\x07" * 64),
-    "IMAGE_URI_REFUSED": lambda s, d, r: call(s, image=str(SAMPLES[0])),
-    "FIELD_INVALID": lambda s, d, r: call(s, image=SAMPLES[0].read_bytes(), threshold=2.0),
-    "ITEM_ID_INVALID": lambda s, d, r: item_error(s, ["same", "same"]),
-    "TOKEN_MISSING": lambda s, d, r: call(s, token=None, image=SAMPLES[0].read_bytes()),
-    "TOKEN_INVALID": lambda s, d, r: call(s, token="not-the-right-token-at-all", image=SAMPLES[0].read_bytes()),
-    "CLIENT_QUEUE_FULL": lambda s, d, r: queue_full_at_the_orchestrator(),
-    "INFERENCE_QUEUE_FULL": lambda s, d, r: queue_full_at_a_model_service(),
-    "ACCELERATOR_OUT_OF_MEMORY": lambda s, d, r: as_client_error(OutOfMemoryError("CUDA out of memory")),
-    "MODEL_NOT_SERVING": lambda s, d, r: model_not_serving(r),
-    "NO_TAGGER_AVAILABLE": lambda s, d, r: no_tagger(d),
-    # bypass_cache: a photo tagged before is a cache hit, answered well within 50 ms.
-    "DEADLINE_PASSED": lambda s, d, r: call(s, image=SAMPLES[0].read_bytes(), deadline=0.05, bypass_cache=True),
-    "INFERENCE_FAILED": lambda s, d, r: as_client_error(RuntimeError("a bug")),
+    "IMAGE_MISSING": lambda s, d, r, t: _image_missing(s),
+    "IMAGE_EMPTY": lambda s, d, r, t: call(s.target, image=b""),
+    "IMAGE_TOO_LARGE": lambda s, d, r, t: call(s.target, image=bytes(MAX_IMAGE_BYTES + 1)),
+    "IMAGE_TOO_MANY_PIXELS": lambda s, d, r, t: call(s.target, image=png(4000, MAX_IMAGE_PIXELS // 4000 + 1)),
+    "IMAGE_FORMAT_UNSUPPORTED": lambda s, d, r, t: call(s.target, image=b"%PDF-1.4\n" + b"0" * 100),
+    "IMAGE_CORRUPT": lambda s, d, r, t: call(s.target, image=b"\xff\xd8\xff\xe0" + b"\x07" * 64),
+    "IMAGE_URI_REFUSED": lambda s, d, r, t: call(s.target, image=str(SAMPLES[0])),
+    "FIELD_INVALID": lambda s, d, r, t: call(s.target, image=SAMPLES[0].read_bytes(), threshold=2.0),
+    "ITEM_ID_INVALID": lambda s, d, r, t: item_error(s, ["same", "same"]),
+    "TOKEN_MISSING": lambda s, d, r, t: call(s.target, token=None, image=SAMPLES[0].read_bytes()),
+    "TOKEN_INVALID": lambda s, d, r, t: call(s.target, token="not-the-right-token-at-all", image=SAMPLES[0].read_bytes()),
+    "CLIENT_QUEUE_FULL": lambda s, d, r, t: queue_full_at_the_orchestrator(),
+    "INFERENCE_QUEUE_FULL": lambda s, d, r, t: queue_full_at_a_model_service(),
+    "ACCELERATOR_OUT_OF_MEMORY": lambda s, d, r, t: as_client_error(OutOfMemoryError("CUDA out of memory")),
+    "MODEL_NOT_SERVING": lambda s, d, r, t: model_not_serving(r),
+    "NO_TAGGER_AVAILABLE": lambda s, d, r, t: no_tagger(d),
+    # Without a deadline of its own, the caller gets the orchestrator's 1 ms default: the server's
+    # timer, not the caller's racing it, says the deadline passed (and why). bypass_cache: a photo
+    # tagged before would be answered from the cache.
+    "DEADLINE_PASSED": lambda s, d, r, t: call(t.address, token=None, image=SAMPLES[0].read_bytes(), bypass_cache=True),
+    "INFERENCE_FAILED": lambda s, d, r, t: as_client_error(RuntimeError("a bug")),
 }
 
 
@@ -208,7 +220,7 @@ def test_every_reason_has_a_case():
 
 @pytest.mark.parametrize("reason", sorted(REASON_STATUS))
 def test_each_error_path_sets_the_documented_status_and_reason(reason, stack, dead_backends_orchestrator,
-                                                               unloadable_rampp):
-    error = CASES[reason](stack, dead_backends_orchestrator, unloadable_rampp)
+                                                               unloadable_rampp, impatient_orchestrator):
+    error = CASES[reason](stack, dead_backends_orchestrator, unloadable_rampp, impatient_orchestrator)
     assert error.reason_name == reason, error
     assert error.code.name == documented()[reason], error
