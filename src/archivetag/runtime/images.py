@@ -326,9 +326,10 @@ def source_size(image: Image.Image) -> tuple[int, int]:
     return tuple(image.info.get(SOURCE_SIZE_KEY, image.size))
 
 
-def _keep_source_size(decoded: Image.Image, opened: Image.Image, plan: DecodePlan) -> Image.Image:
+def _with_source_size(decoded: Image.Image, orientation: int | None, plan: DecodePlan) -> Image.Image:
+    """The decoded image, carrying the photo's upright stored size (the orientation it was turned by)."""
     width, height = plan.stored_size
-    turned = opened.getexif().get(0x0112) in (5, 6, 7, 8)  # the transposes that swap width and height
+    turned = orientation in (5, 6, 7, 8)  # the transposes that swap width and height
     decoded.info[SOURCE_SIZE_KEY] = (height, width) if turned else (width, height)
     return decoded
 
@@ -347,7 +348,7 @@ def finish_decode(image: Image.Image, plan: DecodePlan) -> Image.Image:
             image = _shrink(image, plan.reduce)
             if orientation in _UPRIGHT:
                 image = image.transpose(_UPRIGHT[orientation])
-            return _to_rgb(image)
+            return _with_source_size(_to_rgb(image), orientation, plan)
     except MemoryError:
         raise QueueFull("not enough memory to decode this image now; retry later") from None
     except Exception as exc:  # noqa: BLE001 - a file Pillow cannot decode is the client's problem, whatever it raises
@@ -391,7 +392,8 @@ def finish_decode_with_torch(data: bytes, image: Image.Image, plan: DecodePlan, 
         raise QueueFull("not enough memory to decode this image now; retry later") from None
     except Exception as exc:  # noqa: BLE001 - as finish_decode: a file the codec cannot decode is the client's problem
         raise InvalidInput(f"image data is truncated or corrupt ({plan.format}): {_reason(exc)}") from None
-    return result.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else result
+    return _with_source_size(result.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else result,
+                             orientation, plan)
 
 
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None) -> Image.Image:
@@ -489,7 +491,6 @@ class ImageDecoder:
             decoded = finish_decode_with_torch(data, image, plan, self.device)
         else:
             decoded = finish_decode(image, plan)
-        decoded = _keep_source_size(decoded, image, plan)
         return then(decoded) if then else decoded
 
     def _timed(self, step: Callable[..., Any], *args: Any) -> Any:
