@@ -94,7 +94,8 @@ def main() -> int:
         os.environ.setdefault("ARCHIVETAG_FLORENCE_NUM_BEAMS", "1")
     metrics_ports = {name: free_port() for name in MODEL_NAMES}
     up_args, ports = stack_arguments(models, scratch / "logs", "--metrics",
-                                     *(a for n, p in metrics_ports.items() for a in (f"--{n}-metrics-port", str(p))))
+                                     *(a for n, p in metrics_ports.items() for a in (f"--{n}-metrics-port", str(p))),
+                                     result_cache=True)
     address = f"127.0.0.1:{ports['orchestrator']}"
     photos = test_images(args.requests * len(DUPLICATE_RATES) + 4)
     rows = []

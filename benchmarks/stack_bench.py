@@ -60,8 +60,14 @@ def test_images(count: int) -> list[bytes]:
     return images
 
 
-def stack_arguments(models: Path, log_dir: Path, *extra: str):
-    """`up`'s settings for a stack of `models` on free loopback ports, and those ports by server name."""
+def stack_arguments(models: Path, log_dir: Path, *extra: str, result_cache: bool = False):
+    """`up`'s settings for a stack of `models` on free loopback ports, and those ports by server name.
+
+    The orchestrator's result cache is off unless asked for: the benchmarks send the same images
+    again and again, and measure the models and the serving path, not answers from a store (nor
+    from the user's own cache file)."""
+    if not result_cache:
+        os.environ["ARCHIVETAG_CACHE"] = "off"  # the stack's orchestrator inherits it
     ports = {name: free_port() for name in SERVER_NAMES}
     up_args = build_parser().parse_args(
         ["up", "--models", str(models), "--log-dir", str(log_dir), "--no-metrics", *extra,

@@ -4,8 +4,8 @@ Photos are streamed through TagImages (archivetag.client) with a bounded window;
 as it arrives, so an interrupted import loses nothing. A re-run skips photos whose
 content (SHA-256) was already tagged by the same models (and with the same OCR option: `--ocr` reads
 the text in each photo too, `--ocr-regions` with where it is, one more Florence-2 pass per photo).
- The database also keeps each photo's
-SigLIP embedding (archivetag.vectors), which `archivetag similar` and `duplicates` search.
+The database also keeps each photo's SigLIP embedding (archivetag.vectors), which `archivetag
+similar` and `duplicates` search.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from google.protobuf.json_format import MessageToDict
 
@@ -131,6 +132,11 @@ class Summary:
     seconds: float = 0.0
 
 
+def say_above(progress, message: str) -> None:
+    """A line above the progress bar, on stderr (tqdm.write defaults to stdout, even with the bar off)."""
+    progress.write(message, file=sys.stderr)
+
+
 class Tagger:
     """One import run: stream the photos, store or print each answer.
 
@@ -148,8 +154,7 @@ class Tagger:
         self.deferred: list[Path] = []  # claimed by another run on the same database
 
     def say(self, message: str) -> None:
-        """A line above the progress bar, on stderr (tqdm.write defaults to stdout, even with the bar off)."""
-        self.progress.write(message, file=sys.stderr)
+        say_above(self.progress, message)
 
     def _advance(self) -> None:
         self.progress.update(1)
@@ -257,7 +262,7 @@ def identities_known(status) -> bool:
                or (b.health == tagging_pb2.BACKEND_HEALTH_SERVING and b.model.name) for b in status.backends)
 
 
-async def settled_status(client: AsyncTaggingClient, say=lambda text: print(text, file=sys.stderr)):
+async def settled_status(client: AsyncTaggingClient, say: Callable[[str], None]):
     """The orchestrator's status once it knows every model: the store's key is their identities,
     and it must not change between runs because the orchestrator had not yet reconnected to a
     backend (just after `up`) or a GetModelInfo timed out under load. After IDENTITY_WAIT_SECONDS,
@@ -278,7 +283,7 @@ async def tag_photos(settings, photos: list[Path], store: ResultStore | None, pr
     # A lost connection is retried with backoff (2 s doubling to 30 s), `--retries` times.
     retry = RetryPolicy(max_attempts=settings.retries + 1, initial_backoff=2.0, max_backoff=30.0)
     async with AsyncTaggingClient.from_settings(settings, retry=retry) as client:
-        status = await settled_status(client)
+        status = await settled_status(client, lambda text: say_above(progress, text))
         key = models_key([b.model for b in status.backends], ocr_mode(settings))
         runner = Tagger(settings, store, key, progress)
         runner.summary.total = len(photos)

@@ -254,16 +254,16 @@ class ResultStore:
             (key, description, _now()),
         )
 
-    def _ok_result(self, sha256: str, key: str) -> int | None:
+    def _ok_result(self, sha256: str, key: str, complete: bool = False) -> int | None:
+        """The content's good result for the model set; complete: only one that needs nothing more (HAS_EMBEDDING)."""
         row = self.db.execute(
-            "SELECT id FROM results WHERE sha256 = ? AND models_key = ? AND status = 'ok'", (sha256, key)
+            "SELECT r.id FROM results r WHERE r.sha256 = ? AND r.models_key = ? AND r.status = 'ok'"
+            + (f" AND {HAS_EMBEDDING}" if complete else ""), (sha256, key)
         ).fetchone()
         return row[0] if row else None
 
     def is_done(self, sha256: str, key: str) -> bool:
-        return self.db.execute(
-            f"SELECT 1 FROM results r WHERE r.sha256 = ? AND r.models_key = ? AND r.status = 'ok' AND {HAS_EMBEDDING}",
-            (sha256, key)).fetchone() is not None
+        return self._ok_result(sha256, key, complete=True) is not None
 
     def path_is_done(self, path: Path, key: str, ok_only: bool = True) -> bool:
         """Done without reading the file: same path, size and mtime as a photo tagged OK
