@@ -31,6 +31,8 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".b
 
 DB_OPTION = Option("db", None, "SQLite database for the results (default: in the user's data directory).",
                    parse_path, metavar="FILE")
+MAX_PHOTO_OPTION = Option("max_photo_mb", 32, "Largest photo sent, in MiB (as the orchestrator's --max-message-mb); "
+                          "larger files are reported, not sent.", int)
 TAG_OPTIONS = OptionGroup(
     "tag",
     (
@@ -38,8 +40,7 @@ TAG_OPTIONS = OptionGroup(
         Option("concurrency", 8, "Photos in flight at once.", int),
         Option("max_tags", 0, "At most this many tags per photo; 0: all.", int),
         Option("retries", 5, "Times a broken connection is retried (with backoff) before giving up.", int),
-        Option("max_photo_mb", 32, "Largest photo sent, in MiB (as the orchestrator's --max-message-mb); "
-               "larger files are reported, not sent.", int),
+        MAX_PHOTO_OPTION,
         Option("ocr", False, "Also read the text in each photo (Florence-2's <OCR>: one more generate pass per "
                "photo), stored and shown.", parse_bool),
         Option("ocr_regions", False, "Read the text with where it is in the photo (<OCR_WITH_REGION>; "

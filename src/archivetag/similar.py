@@ -8,7 +8,6 @@ Only photos embedded by the same SigLIP model are compared (archivetag.vectors).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sqlite3
 import sys
@@ -20,13 +19,15 @@ import numpy as np
 from google.protobuf.json_format import MessageToJson
 
 from archivetag import vectors
-from archivetag.bulk import DB_OPTION, shown
+from archivetag import bulk
+from archivetag.bulk import DB_OPTION, MAX_PHOTO_OPTION, MIB, REQUEST_OVERHEAD, NotSent, Photo, shown
 from archivetag.client import CLIENT_OPTIONS, ClientError, TaggingClient
 from archivetag.results import ResultStore, StoreError, default_db_path, models_key, path_from_key, path_key
 from archivetag.runtime.settings import Option, OptionGroup
 
 STORE_OPTIONS = OptionGroup("results database", (DB_OPTION,))
-SIMILAR_OPTIONS = OptionGroup("similar", (Option("limit", 10, "How many of the closest photos to list.", int),))
+SIMILAR_OPTIONS = OptionGroup("similar", (Option("limit", 10, "How many of the closest photos to list.", int),
+                                          MAX_PHOTO_OPTION))
 OPTION_GROUPS = [CLIENT_OPTIONS, STORE_OPTIONS, SIMILAR_OPTIONS]
 
 
@@ -61,25 +62,26 @@ def model_name(model: dict) -> str:
     return f"{model.get('name', '?')} (revision {model.get('revision', '?')})"
 
 
-def read_photo(path: Path) -> bytes:
+def read_photo(path: Path, max_photo_mb: int) -> Photo:
+    """The photo's bytes, read and size-checked as `tag` reads them."""
     if not path.exists():
         raise CannotAnswer(f"{shown(path)}: no such file")
     if not path.is_file():
         raise CannotAnswer(f"{shown(path)}: not a regular file")
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CannotAnswer(f"{shown(path)}: cannot read it: {exc.strerror}") from None
+        return bulk.read_photo(path, max_photo_mb * MIB - REQUEST_OVERHEAD)
+    except NotSent as exc:
+        raise CannotAnswer(f"{shown(path)}: {exc}") from None
 
 
-def embed(args: argparse.Namespace, store: ResultStore, data: bytes) -> tuple[str, np.ndarray, str, dict]:
+def embed(args: argparse.Namespace, store: ResultStore, photo: Photo) -> tuple[str, np.ndarray, str, dict]:
     """(space, normalised vector, where it came from: "database" or "orchestrator", the SigLIP model)."""
-    stored = vectors.stored_embedding(store.db, hashlib.sha256(data).hexdigest())
+    stored = vectors.stored_embedding(store.db, photo.sha256)
     if stored is not None:
         return stored[0], stored[1], "database", vectors.model_of_space(store.db, stored[0])
     try:
         with TaggingClient.from_settings(args) as client:
-            result = client.tag(data, max_tags=1, include_embedding=True)
+            result = client.tag(photo.data, max_tags=1, include_embedding=True)
     except ClientError as exc:
         if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
             raise CannotAnswer(f"{shown(args.photo)}: the orchestrator cannot use it: {exc.message}") from None
@@ -111,10 +113,10 @@ def answer(args: argparse.Namespace) -> tuple[dict, str]:
     """(the answer, a note for stderr)."""
     if args.limit < 1:
         raise CannotAnswer(f"--limit must be 1 or more, not {args.limit}")
-    data = read_photo(args.photo)
+    photo = read_photo(args.photo, args.max_photo_mb)
     store = open_store(args.db)
     try:
-        space_key, query, source, model = embed(args, store, data)
+        space_key, query, source, model = embed(args, store, photo)
         space = vectors.load_space(store.db, space_key)
         note = other_spaces_note(store.db, space_key)
         if not len(space):

@@ -163,18 +163,21 @@ def test_similar_uses_the_stored_embedding_of_a_tagged_photo_without_the_orchest
     assert str(photo) not in result.stdout  # not itself
 
 
-@pytest.mark.parametrize("kind", ["missing", "not an image", "folder"])
+@pytest.mark.parametrize("kind", ["missing", "not an image", "folder", "too large"])
 def test_similar_with_a_bad_photo_says_what_is_wrong(tagged, tmp_path, kind):
     photo = tmp_path / "photo.jpg"
     if kind == "not an image":
         photo.write_text("name,date\nhall,1901\n")
     elif kind == "folder":
         photo.mkdir()
-    result = run("similar", str(photo), "--db", str(tagged["db"]), "--target", tagged["target"])
+    elif kind == "too large":
+        photo.write_bytes(b"\xff" * (2 * 1024 * 1024))
+    result = run("similar", str(photo), "--db", str(tagged["db"]), "--target", tagged["target"], "--max-photo-mb", "1")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     expected = {"missing": f"{photo}: no such file", "folder": f"{photo}: not a regular file",
-                "not an image": f"{photo}: the orchestrator cannot use it: "}[kind]
+                "not an image": f"{photo}: the orchestrator cannot use it: ",
+                "too large": f"{photo}: 2.0 MiB, over the 1.0 MiB a request may carry"}[kind]
     assert expected in result.stderr
 
 
