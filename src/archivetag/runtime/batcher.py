@@ -104,6 +104,12 @@ class DynamicBatcher:
         self.batches_done = 0
 
     # -- public -------------------------------------------------------------------
+    def resize(self, max_batch_size: int) -> None:
+        """Set the batch size once the device is known (the batcher is built before the model loads)."""
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.max_batch_size = max_batch_size
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")

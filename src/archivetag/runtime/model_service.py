@@ -206,7 +206,7 @@ class ModelServiceApp:
         if self.backend.decodes_with_torch:
             self.decoder.device = self._identity.device or "cpu"
         if not self.settings.max_batch_size:
-            self.batcher.max_batch_size = batch_size_for(self._identity.device)
+            self.batcher.resize(batch_size_for(self._identity.device))
         log.info("model loaded", extra=fields(model=self.backend.family, seconds=round(time.monotonic() - started, 2),
                                                name=self._identity.name, device=self._identity.device))
         await self.health.set(WARMING_UP, "running the warm-up inference")
