@@ -105,7 +105,9 @@ def test_pull_states_the_total_first_and_ends_with_a_table(pulled):
     assert rows[0].split() == ["model", "repository", "revision", "size", "downloaded", "time", "result"]
     for name, repo in REPOS.items():
         row = next(r for r in rows if r.startswith(name))
-        assert repo in row and commit_of(repo)[:12] in row and row.endswith("installed"), row
+        assert repo in row, row
+        assert commit_of(repo)[:12] in row, row
+        assert row.endswith("installed"), row
 
 
 def test_pull_downloads_only_the_files_the_services_load(pulled):

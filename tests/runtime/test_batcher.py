@@ -258,8 +258,7 @@ async def test_requests_still_being_prepared_count_against_the_queue_bound():
         return value
 
     preparing = [asyncio.create_task(batcher.submit(prepare=lambda v=v: slow_decode(v))) for v in (1, 2)]
-    await asyncio.sleep(0.05)
-    assert batcher.preparing == 2
+    await wait_for_async(lambda: batcher.preparing, until=lambda n: n == 2, describe="both requests preparing")
     assert batcher.depth == 0  # nothing has reached the inference queue yet ...
     started_decoding = []
 

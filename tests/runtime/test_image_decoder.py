@@ -20,6 +20,7 @@ from archivetag.v1 import common_pb2
 from tests.support.image_corpus import (
     corpus, encode, fuzz_corpus, hostile_corpus, photo, png_stream, progressive_jpeg, tiff_chain,
 )
+from tests.support.waiting import wait_for_async
 
 CASES = corpus()
 
@@ -251,7 +252,7 @@ def test_decodes_wait_their_turn_for_memory_in_arrival_order():
         await asyncio.sleep(0)
         second = asyncio.create_task(decode("second", 60))
         third = asyncio.create_task(decode("third", 10))  # fits now, but waits behind "second"
-        await asyncio.sleep(0.05)
+        await wait_for_async(lambda: len(memory._waiting), until=lambda n: n == 2, describe="second and third queued")
         assert order == ["first"]
         assert memory.used == 80
         release_first.set()
