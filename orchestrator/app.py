@@ -96,6 +96,7 @@ class OrchestratorApp:
             max_message_bytes=message_limit_bytes(s.max_image_bytes),
             health_check_every=s.health_check_seconds,
             health_check_timeout=s.health_check_timeout_seconds,
+            first_health_wait=s.first_health_wait_seconds,
         )
 
     def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None:

@@ -150,6 +150,7 @@ class Backend:
         max_message_bytes: int,
         health_check_every: float,
         health_check_timeout: float,
+        first_health_wait: float = 10.0,
     ):
         self.spec = spec
         self.name = spec.name
@@ -164,6 +165,7 @@ class Backend:
         self.max_message_bytes = max_message_bytes
         self.health_check_every = health_check_every
         self.health_check_timeout = health_check_timeout
+        self.first_health_wait = first_health_wait
         self.target = parse_target(target) if enabled else None
         self.replicas: dict[str, Replica] = {}
         self.model = common_pb2.ModelIdentity(family=spec.name)
@@ -372,6 +374,23 @@ class Backend:
         if self.target and self.target.dns_name and not statuses and self.last_error:
             return tagging_pb2.BACKEND_HEALTH_UNREACHABLE
         return tagging_pb2.BACKEND_HEALTH_UNSPECIFIED
+
+    async def until_health_known(self, seconds: float) -> None:
+        """Wait while this backend's health is not known yet (at most `seconds`, and at most the
+        first-health wait); no wait once it is.
+
+        A request that arrives before the first health answer (the orchestrator just started,
+        or restarted under a client that reconnected at once) is not refused for a health nobody
+        has seen yet. A reachable replica answers its Watch within milliseconds and a refused
+        connect fails at once, so the wait is only long for a replica that black-holes connects
+        (until the hung check or the connect timeout says so) or a DNS name with no address yet."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(seconds, self.first_health_wait)
+        while self.health() == tagging_pb2.BACKEND_HEALTH_UNSPECIFIED and (left := end - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self.health_changed.wait(), left)
+            except asyncio.TimeoutError:
+                return
 
     def describe_health(self) -> str:
         health = self.health()

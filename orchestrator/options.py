@@ -54,6 +54,11 @@ BACKEND_OPTIONS = OptionGroup(
             "A replica whose Health/Check is unanswered this long counts as UNREACHABLE (hung) until it answers.",
             float,
         ),
+        Option(
+            "first_health_wait_seconds", 10.0,
+            "A request that arrives before a backend's first health answer (just after the orchestrator starts) "
+            "waits this long at most for it, within its deadline, instead of failing over at once.", float,
+        ),
     ),
 )
 

@@ -157,6 +157,7 @@ class Router:
                 passed_over(backend, tagging_pb2.FALLBACK_REASON_DISABLED, "disabled")
                 continue
             has_fallback = any(b.enabled for b in self.taggers[index + 1:])
+            await backend.until_health_known(deadline - time.monotonic() - MIN_CALL_SECONDS)
             left = deadline - time.monotonic()
             timeout = min(backend.deadline, left - (self.fallback_reserve if has_fallback else 0.0))
             if timeout < MIN_CALL_SECONDS:
@@ -203,6 +204,7 @@ class Router:
         backend = self.siglip
         if not backend.enabled:
             return ViewOutcome(unknown, problem=f"{backend.name}: disabled")
+        await backend.until_health_known(deadline - time.monotonic() - MIN_CALL_SECONDS)
         timeout = min(backend.deadline, deadline - time.monotonic())
         why_not = backend.usable()[1] if timeout >= MIN_CALL_SECONDS else "no time left before the caller's deadline"
         if why_not:

@@ -11,12 +11,15 @@ import grpc
 from archivetag.orchestrator.auth import (
     TokenAuthenticator, TokenError, client_without_auth, is_loopback_peer, load_tokens, parse_tokens,
 )
-from archivetag.orchestrator.backends import TargetError, is_backend_fault, parse_target
+from archivetag.orchestrator.backends import (
+    NOT_SERVING, SERVING, UNREACHABLE, Backend, Replica, TargetError, is_backend_fault, parse_target,
+)
 from archivetag.orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler, parse_weights
 from archivetag.runtime.batcher import BULK, INTERACTIVE
 from archivetag.orchestrator.routing import with_image
-from archivetag.v1 import tagger_pb2, view_type_pb2
+from archivetag.runtime.registry import server
+from archivetag.v1 import tagger_pb2, tagging_pb2, view_type_pb2
 from archivetag.runtime.errors import QueueFull
 from tests.support.waiting import wait_for_async
 
@@ -370,3 +373,38 @@ def test_a_request_serialized_around_the_image_reads_back_as_the_same_message(si
         with_image(view_type_pb2.ClassifyRequest(include_embedding=True), image))
     assert classify.image.data == image
     assert classify.include_embedding
+
+
+def backend_connecting(first_health_wait: float) -> Backend:
+    """A Florence-2 backend with one replica whose health watch has not answered yet."""
+    backend = Backend(server("florence"), "127.0.0.1:1", deadline=30, enabled=True, breaker=CircuitBreaker(3, 30),
+                      reconnect_max=5, resolve_every=30, max_message_bytes=MIB, health_check_every=2,
+                      health_check_timeout=3, first_health_wait=first_health_wait)
+    backend.replicas["127.0.0.1:1"] = Replica("127.0.0.1:1")  # what the watch starts with
+    return backend
+
+
+async def test_a_request_before_a_backends_first_health_answer_waits_for_it_then_calls():
+    backend = backend_connecting(first_health_wait=600)
+    assert backend.usable()[0] == tagging_pb2.FALLBACK_REASON_HEALTH_UNKNOWN  # refused, without the wait
+    waiting = asyncio.create_task(backend.until_health_known(600))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    backend._set_replica("127.0.0.1:1", SERVING)  # the watch's first answer
+    await asyncio.wait_for(waiting, 30)
+    assert backend.usable() == (tagging_pb2.FALLBACK_REASON_UNSPECIFIED, "")
+
+
+@pytest.mark.parametrize("status", [NOT_SERVING, UNREACHABLE])
+async def test_a_backend_whose_health_is_known_is_not_waited_for(status):
+    backend = backend_connecting(first_health_wait=600)
+    backend._set_replica("127.0.0.1:1", status)
+    await asyncio.wait_for(backend.until_health_known(600), 30)  # would wait 600 s if it waited
+    assert backend.usable()[0] != tagging_pb2.FALLBACK_REASON_HEALTH_UNKNOWN
+
+
+@pytest.mark.parametrize("option, deadline_left", [(0.05, 600), (600, 0.05)])
+async def test_the_wait_for_a_first_health_answer_ends_at_the_option_or_the_deadline(option, deadline_left):
+    backend = backend_connecting(first_health_wait=option)
+    await asyncio.wait_for(backend.until_health_known(deadline_left), 30)
+    assert backend.usable()[0] == tagging_pb2.FALLBACK_REASON_HEALTH_UNKNOWN  # then failed over, as before
