@@ -108,12 +108,9 @@ class OrchestratorApp:
     async def start(self) -> None:
         for backend in self.backends.values():
             await backend.start()
-        # Give the health watches a moment to report, so the first calls route on real health.
-        waits = [b.health_changed.wait() for b in self.backends.values() if b.enabled]
-        if waits:
-            _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=2.0)
-            for task in pending:
-                task.cancel()
+        # SERVING once every backend's health is known (or the first-health wait is over), so
+        # callers who wait for it route on real health; calls that come sooner wait per request.
+        await asyncio.gather(*(b.until_health_known(b.first_health_wait) for b in self.backends.values()))
         await self.health.set(TAGGING_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info("orchestrator ready", extra=fields(
             backends={n: b.describe_health() for n, b in self.backends.items()}))
