@@ -110,7 +110,7 @@ class OrchestratorApp:
             await backend.start()
         # SERVING once every backend's health is known (or the first-health wait is over), so
         # callers who wait for it route on real health; calls that come sooner wait per request.
-        await asyncio.gather(*(b.until_health_known(b.first_health_wait) for b in self.backends.values()))
+        await asyncio.gather(*(b.until_health_known() for b in self.backends.values()))
         await self.health.set(TAGGING_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info("orchestrator ready", extra=fields(
             backends={n: b.describe_health() for n, b in self.backends.items()}))

@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import random
 import socket
 import statistics
@@ -375,7 +376,7 @@ class Backend:
             return tagging_pb2.BACKEND_HEALTH_UNREACHABLE
         return tagging_pb2.BACKEND_HEALTH_UNSPECIFIED
 
-    async def until_health_known(self, seconds: float) -> None:
+    async def until_health_known(self, seconds: float = math.inf) -> None:
         """Wait while this backend's health is not known yet (at most `seconds`, and at most the
         first-health wait); no wait once it is.
 

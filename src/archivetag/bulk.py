@@ -110,8 +110,10 @@ class NotSent(Exception):
     """A photo that cannot be sent (unreadable, over the size limit); the message says why."""
 
 
-def read_photo(path: Path, max_bytes: int) -> Photo:
-    """The photo's bytes, its size checked before reading (an over-limit file would end the stream)."""
+def read_photo(path: Path, max_photo_mb: int) -> Photo:
+    """The photo's bytes, its size checked before reading (an over-limit file would end the stream):
+    it must leave room for the request's other fields within the --max-photo-mb message."""
+    max_bytes = max_photo_mb * MIB - REQUEST_OVERHEAD
     try:
         stat = path.stat()
         if stat.st_size > max_bytes:
@@ -194,7 +196,6 @@ class Tagger:
 
     async def _stream(self, client: AsyncTaggingClient, photos: list[Path], first_id: int) -> None:
         sent: dict[str, Photo] = {}
-        max_bytes = self.settings.max_photo_mb * MIB - REQUEST_OVERHEAD
 
         async def items():
             for index, path in enumerate(photos, first_id):
@@ -202,7 +203,7 @@ class Tagger:
                     self.deferred.append(path)  # another run on this database is tagging it
                     continue
                 try:
-                    photo = await asyncio.to_thread(read_photo, path, max_bytes)
+                    photo = await asyncio.to_thread(read_photo, path, self.settings.max_photo_mb)
                 except NotSent as exc:
                     self._not_sent(path, str(exc))
                     continue

@@ -20,7 +20,7 @@ from google.protobuf.json_format import MessageToJson
 
 from archivetag import vectors
 from archivetag import bulk
-from archivetag.bulk import DB_OPTION, MAX_PHOTO_OPTION, MIB, REQUEST_OVERHEAD, NotSent, Photo, shown
+from archivetag.bulk import DB_OPTION, MAX_PHOTO_OPTION, NotSent, Photo, shown
 from archivetag.client import CLIENT_OPTIONS, ClientError, TaggingClient
 from archivetag.results import ResultStore, StoreError, default_db_path, models_key, path_from_key, path_key
 from archivetag.runtime.settings import Option, OptionGroup
@@ -69,7 +69,7 @@ def read_photo(path: Path, max_photo_mb: int) -> Photo:
     if not path.is_file():
         raise CannotAnswer(f"{shown(path)}: not a regular file")
     try:
-        return bulk.read_photo(path, max_photo_mb * MIB - REQUEST_OVERHEAD)
+        return bulk.read_photo(path, max_photo_mb)
     except NotSent as exc:
         raise CannotAnswer(f"{shown(path)}: {exc}") from None
 
