@@ -47,8 +47,8 @@ def full_config(size: str):
 def bench_size(size: str, device: torch.device, dtype: torch.dtype, batches, beams_list, tokens: int, repeats: int) -> dict:
     from transformers import Florence2ForConditionalGeneration
 
-    from archivetag.services.florence.loading import load_florence
-    from archivetag.services.florence.smoke import build_tokenizer, smoke_processor
+    from archivetag_florence.loading import load_florence
+    from archivetag_florence.smoke import build_tokenizer, smoke_processor
 
     from archivetag.bundled import smoke_vocabulary
 

@@ -27,7 +27,7 @@ MODES = {"caption": 0, "caption + <OCR>": 1, "caption + <OCR_WITH_REGION>": 2}
 
 def backend_for(models: Path, tokens: int, beams: int, size: str):
     from archivetag.cli import parse_serve_settings
-    from archivetag.services.florence.backend import create_backend
+    from archivetag_florence.backend import create_backend
 
     settings = parse_serve_settings("florence", "--models", str(models), "--florence-max-new-tokens", str(tokens),
                                     "--florence-ocr-max-new-tokens", str(tokens), "--florence-num-beams", str(beams),

@@ -51,7 +51,7 @@ def write_full_florence(target: Path, size: str) -> None:
     from transformers import Florence2ForConditionalGeneration, GenerationConfig
 
     from archivetag.bundled import smoke_vocabulary
-    from archivetag.services.florence.smoke import VOCABULARY_FILE, build_tokenizer, smoke_processor
+    from archivetag_florence.smoke import VOCABULARY_FILE, build_tokenizer, smoke_processor
     from florence_bench import full_config
 
     target.mkdir(parents=True, exist_ok=True)
@@ -69,10 +69,10 @@ def write_full_florence(target: Path, size: str) -> None:
 
 def write_full_rampp(target: Path) -> None:
     from archivetag.bundled import RAMPP_TAG_LIST, RAMPP_THRESHOLDS
-    from archivetag.services.rampp.checkpoint import save_safetensors
-    from archivetag.services.rampp.layout import CONVERTED, TAG_LIST_FILE, THRESHOLD_FILE
-    from archivetag.services.rampp.model import FULL
-    from archivetag.services.rampp.random_checkpoint import random_model
+    from archivetag_rampp.checkpoint import save_safetensors
+    from archivetag_rampp.layout import CONVERTED, TAG_LIST_FILE, THRESHOLD_FILE
+    from archivetag_rampp.model import FULL
+    from archivetag_rampp.random_checkpoint import random_model
 
     target.mkdir(parents=True, exist_ok=True)
     (target / TAG_LIST_FILE).write_bytes(RAMPP_TAG_LIST.read_bytes())

@@ -26,17 +26,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-from archivetag.services.rampp.checkpoint import convert, load_model  # noqa: E402
-from archivetag.services.rampp.model import FULL  # noqa: E402
-from archivetag.services.rampp.preprocess import to_pixels  # noqa: E402
-from archivetag.services.rampp.random_checkpoint import calibration_images, random_model, write_official_checkpoint  # noqa: E402
+from archivetag_rampp.checkpoint import convert, load_model  # noqa: E402
+from archivetag_rampp.model import FULL  # noqa: E402
+from archivetag_rampp.preprocess import to_pixels  # noqa: E402
+from archivetag_rampp.random_checkpoint import calibration_images, random_model, write_official_checkpoint  # noqa: E402
 from timing import median_seconds  # noqa: E402 - benchmarks/timing.py, beside this script
 
 LOAD_PROBE = """
 import re, sys, time
 from pathlib import Path
 import torch
-from archivetag.services.rampp.checkpoint import load_model
+from archivetag_rampp.checkpoint import load_model
 # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (the parent holds a model).
 peak = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
 imported, baseline = time.perf_counter(), peak()

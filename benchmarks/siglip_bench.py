@@ -33,9 +33,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from archivetag.services.siglip import layout  # noqa: E402
-from archivetag.services.siglip.layout import Preprocessor, read_json  # noqa: E402
-from archivetag.services.siglip.scoring import logits_for, normalize  # noqa: E402
+from archivetag_siglip import layout  # noqa: E402
+from archivetag_siglip.layout import Preprocessor, read_json  # noqa: E402
+from archivetag_siglip.scoring import logits_for, normalize  # noqa: E402
 from archivetag.v1 import common_pb2, view_type_pb2, view_type_pb2_grpc  # noqa: E402
 from tests.support.servers import ServerProcess, python_module  # noqa: E402
 
@@ -49,8 +49,8 @@ def full_size_export(workdir: Path) -> Path:
     target = models / "siglip"
     if (target / layout.MANIFEST).exists() and (target / layout.VISION_INT8_ONNX).exists():
         return models
-    from archivetag.services.siglip.export import export_folder
-    from archivetag.services.siglip.smoke import write_random_checkpoint
+    from archivetag_siglip.export import export_folder
+    from archivetag_siglip.smoke import write_random_checkpoint
 
     checkpoint = write_random_checkpoint(workdir / "checkpoint", image_size=224, full_size=True)
     print("exporting the full-size model (ONNX fp32 + int8) ...", file=sys.stderr)

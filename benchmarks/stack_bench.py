@@ -102,7 +102,7 @@ def load_in_process(models: Path) -> dict:
     backends = {}
     for name in ("florence", "siglip"):
         args = build_parser().parse_args(["serve", name, "--models", str(models)])
-        module = __import__(f"archivetag.services.{name}.backend", fromlist=["create_backend"])
+        module = __import__(f"archivetag_{name}.backend", fromlist=["create_backend"])
         backend = module.create_backend(args)
         backend.load()
         backends[name] = backend
@@ -174,7 +174,7 @@ from archivetag.runtime.images import decode_image
 from archivetag.v1 import tagger_pb2, view_type_pb2
 models, path = sys.argv[1], sys.argv[2]
 for name, request in (("florence", tagger_pb2.TagRequest()), ("siglip", view_type_pb2.ClassifyRequest())):
-    module = __import__(f"archivetag.services.{name}.backend", fromlist=["create_backend"])
+    module = __import__(f"archivetag_{name}.backend", fromlist=["create_backend"])
     backend = module.create_backend(build_parser().parse_args(["serve", name, "--models", models]))
     backend.load()
     item = backend.prepare(decode_image(open(path, "rb").read(), min_edge=backend.input_edge), request)

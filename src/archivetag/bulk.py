@@ -16,9 +16,9 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from google.protobuf.json_format import MessageToDict
 
@@ -55,7 +55,8 @@ REQUEST_OVERHEAD = 4096
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photos and folders (recursive)")
-    parser.add_argument("--json", action="store_true", help="print one JSON result per photo instead of writing the database")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON result per photo instead of writing the database")
     parser.add_argument("--all-files", action="store_true", help="send every file, not only known photo extensions")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -86,7 +87,8 @@ def find_photos(paths: list[Path], all_files: bool = False) -> tuple[list[Path],
     found, problems = [], []
     for path in paths:
         if path.is_dir():
-            found += [p for p in sorted(path.rglob("*")) if p.is_file() and (all_files or p.suffix.lower() in PHOTO_SUFFIXES)]
+            found += [p for p in sorted(path.rglob("*"))
+                      if p.is_file() and (all_files or p.suffix.lower() in PHOTO_SUFFIXES)]
         elif path.is_file():
             found.append(path)
         elif path.exists():
@@ -164,15 +166,15 @@ class Tagger:
         self.progress.set_postfix(failed=self.summary.failed + self.summary.unreadable, refresh=False)
 
     def _record(self, photo: Photo, answer: ItemResult) -> None:
-        if answer.ok:
+        error = answer.error
+        if error is None:
             self.summary.tagged += 1
         else:
             self.summary.failed += 1
-            self.say(f"failed: {shown(photo.path)}: {answer.error.code.name} ({answer.error.reason_name}): "
-                     f"{answer.error.message}")
+            self.say(f"failed: {shown(photo.path)}: {error.code.name} ({error.reason_name}): {error.message}")
         if self.store is not None:
             self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, answer.response)
-            if answer.ok and answer.result.HasField("ocr"):
+            if answer.ok and answer.result is not None and answer.result.HasField("ocr"):
                 self.say(ocr_line(photo.path, answer.result.ocr, answer.result.tagger))
         else:
             print(json.dumps({"path": str(photo.path), "sha256": photo.sha256, **MessageToDict(answer.response)}),
@@ -228,6 +230,7 @@ class Tagger:
 
     async def _take_deferred(self) -> list[Path]:
         """Photos another run had claimed: done by it now, or ours once it lets them go."""
+        assert self.store is not None  # only claims in a database defer photos
         waiting, self.deferred = self.deferred, []
         announced = False
         while waiting:
@@ -250,6 +253,7 @@ class Tagger:
         return []
 
     async def _renew_claims(self) -> None:
+        assert self.store is not None  # started only with a database
         while True:
             await asyncio.sleep(CLAIM_SECONDS / 3)
             self.store.renew_claims()
@@ -275,7 +279,8 @@ async def settled_status(client: AsyncTaggingClient, say: Callable[[str], None])
         await asyncio.sleep(0.5)
         status = await client.status()
     if not identities_known(status):
-        missing = [b.name for b in status.backends if not b.model.name and b.health != tagging_pb2.BACKEND_HEALTH_DISABLED]
+        missing = [b.name for b in status.backends
+                   if not b.model.name and b.health != tagging_pb2.BACKEND_HEALTH_DISABLED]
         say(f"the orchestrator does not know the models of {', '.join(missing)} (not serving): photos are "
             "keyed without them and will be tagged again once they serve")
     return status

@@ -1,6 +1,6 @@
 """The `archivetag` command.
 
-    archivetag serve {florence,rampp,siglip,orchestrator}   one server
+    archivetag serve SERVER                                 one installed server (florence, rampp, siglip, orchestrator)
     archivetag up                                           the whole stack on this machine
     archivetag tag PATH...                                  tag photos into SQLite
     archivetag similar PHOTO                                the closest photos already tagged
@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
+from archivetag.runtime import registry
 from archivetag.runtime.options import MODEL_SERVICE_OPTIONS, server_options
-from archivetag.runtime.registry import SERVERS, server
 from archivetag.runtime.settings import OptionGroup, add_option_groups, settings_from
+from archivetag.runtime.specs import load
 
 # Commands beside `serve`: each module has a docstring, OPTION_GROUPS, add_arguments(parser), run(args).
 COMMAND_MODULES = {
@@ -40,10 +42,9 @@ COMMAND_MODULES = {
 
 def serve_option_groups(name: str) -> list[OptionGroup]:
     """Every option of `archivetag serve <name>`, in the order --help shows them."""
-    spec = server(name)
-    own = spec.module("options").OPTION_GROUPS
+    spec = registry.server(name)
     shared = [MODEL_SERVICE_OPTIONS] if spec.is_model else []
-    return [server_options(spec), *shared, *own]
+    return [server_options(spec), *shared, *spec.option_groups()]
 
 
 def serve_settings(name: str, args: Any) -> Any:
@@ -58,40 +59,41 @@ def parse_serve_settings(name: str, *argv: str) -> Any:
 
 def all_option_groups() -> Iterator[tuple[str, list[OptionGroup]]]:
     """Every command's settings, for docs/configuration.md."""
-    for spec in SERVERS:
+    for spec in registry.servers():
         yield f"serve {spec.name}", serve_option_groups(spec.name)
     for command, module_name in COMMAND_MODULES.items():
         groups = list(getattr(importlib.import_module(module_name), "OPTION_GROUPS", []))
         if groups:
             yield command, groups
-    from archivetag.pull import OPTION_GROUPS as PULL_OPTION_GROUPS
+    from archivetag.pull import pull_option_groups
 
-    yield "models pull", PULL_OPTION_GROUPS
+    yield "models pull", pull_option_groups()
 
 
 def run_server(args: argparse.Namespace) -> int:
     from archivetag.runtime.logs import configure_logging
     from archivetag.runtime.server import run
 
-    spec = server(args.server)
+    spec = registry.server(args.server)
     settings = serve_settings(spec.name, args)
     configure_logging(settings.log_level, settings.log_format)
     if not spec.is_model:
-        return run(spec.module("app").create_app(settings), settings)
+        return run(load(spec.app)(settings), settings)
     from archivetag.runtime.model_service import ModelServiceApp
 
-    return run(ModelServiceApp(spec.module("backend").create_backend(settings), settings), settings)
+    return run(ModelServiceApp(spec, load(spec.app)(settings), settings), settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="archivetag", description="Tag archive photographs with Florence-2, RAM++ and SigLIP over gRPC."
+        prog="archivetag",
+        description="Tag archive photographs with vision models (Florence-2, RAM++, SigLIP) over gRPC.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run one server")
     servers = serve.add_subparsers(dest="server", required=True, metavar="SERVER")
-    for spec in SERVERS:
+    for spec in registry.servers():
         sub = servers.add_parser(spec.name, help=f"the {spec.title} server",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_option_groups(sub, serve_option_groups(spec.name))
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command, module_name in COMMAND_MODULES.items():
         module = importlib.import_module(module_name)
+        assert module.__doc__, f"{module_name} has no docstring: its first line is the command's help"
         sub = commands.add_parser(command, help=module.__doc__.strip().splitlines()[0])
         add_option_groups(sub, getattr(module, "OPTION_GROUPS", []))
         module.add_arguments(sub)

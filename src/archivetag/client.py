@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 
@@ -32,8 +33,10 @@ CLIENT_OPTIONS = OptionGroup(
     (
         Option("target", "127.0.0.1:50051", "The orchestrator, host:port."),
         Option("token", "", "Bearer token for the orchestrator (empty when its auth is off)."),
-        Option("tls_ca", None, "PEM CA bundle: connect with TLS and verify the server against it.", parse_path, metavar="FILE"),
-        Option("tls_client_cert", None, "PEM client certificate, when the server asks for one.", parse_path, metavar="FILE"),
+        Option("tls_ca", None, "PEM CA bundle: connect with TLS and verify the server against it.", parse_path,
+               metavar="FILE"),
+        Option("tls_client_cert", None, "PEM client certificate, when the server asks for one.", parse_path,
+               metavar="FILE"),
         Option("tls_client_key", None, "PEM key of --tls-client-cert.", parse_path, metavar="FILE"),
     ),
 )
@@ -81,14 +84,15 @@ class ClientError(Exception):
         )
 
     @classmethod
-    def from_call(cls, call: grpc.RpcError) -> "ClientError":
+    def from_call(cls, call: grpc.RpcError) -> ClientError:
         error = read_call_error(call)
         names = errors_pb2.ErrorReason.keys()
-        reason = errors_pb2.ErrorReason.Value(REASON_PREFIX + error.reason) if REASON_PREFIX + error.reason in names else 0
+        full_name = REASON_PREFIX + error.reason
+        reason = errors_pb2.ErrorReason.Value(full_name) if full_name in names else 0
         return cls(error.code, error.message, reason, error.metadata, error.field)
 
     @classmethod
-    def from_item(cls, error: tagging_pb2.ItemError) -> "ClientError":
+    def from_item(cls, error: tagging_pb2.ItemError) -> ClientError:
         code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
         return cls(code, error.message, error.reason, dict(error.metadata), error.field)
 
@@ -124,10 +128,12 @@ class ItemResult:
 
 def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float | None = None,
                 include_embedding: bool = False, context: dict[str, str] | None = None,
-                ocr: int = common_pb2.OCR_MODE_UNSPECIFIED, bypass_cache: bool = False) -> tagging_pb2.TagImageRequest:
+                ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
+                bypass_cache: bool = False) -> tagging_pb2.TagImageRequest:
     request = tagging_pb2.TagImageRequest(
         max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {})),
-        ocr=ocr, bypass_cache=bypass_cache,
+        # protoc's .pyi types an enum field as its enum class; any int is a valid (open) proto3 enum value
+        ocr=cast(common_pb2.OcrMode, ocr), bypass_cache=bypass_cache,
     )
     if isinstance(image, (bytes, bytearray, memoryview)):
         request.image.data = bytes(image)
@@ -222,7 +228,7 @@ class AsyncTaggingClient(_Base):
                         if self._credentials else grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS))
         self.stub = tagging_pb2_grpc.TaggingServiceStub(self.channel)
 
-    async def __aenter__(self) -> "AsyncTaggingClient":
+    async def __aenter__(self) -> AsyncTaggingClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -275,7 +281,7 @@ class AsyncTaggingClient(_Base):
         for attempt in range(1, self.retry.max_attempts + 1):
             slots = asyncio.Semaphore(max(1, window))
 
-            async def requests(resend: list[TagItem]):
+            async def requests(resend: list[TagItem], slots: asyncio.Semaphore):
                 nonlocal done
                 for item in resend:
                     await slots.acquire()
@@ -290,7 +296,8 @@ class AsyncTaggingClient(_Base):
                     yield _item_request(ids.add(item))
 
             timeout = _time_left(deadline_at)
-            call = self.stub.TagImages(requests(list(ids.unanswered.values())), metadata=self.metadata, timeout=timeout)
+            call = self.stub.TagImages(requests(list(ids.unanswered.values()), slots), metadata=self.metadata,
+                                       timeout=timeout)
             try:
                 async for response in call:
                     item = ids.unanswered.pop(response.id, None)
@@ -323,7 +330,7 @@ class TaggingClient(_Base):
                         if self._credentials else grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS))
         self.stub = tagging_pb2_grpc.TaggingServiceStub(self.channel)
 
-    def __enter__(self) -> "TaggingClient":
+    def __enter__(self) -> TaggingClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -362,7 +369,8 @@ class TaggingClient(_Base):
         status, _ = health_client.check(self.channel, TAGGING_SERVICE, deadline)
         return status
 
-    def tag_many(self, items: Iterable[TagItem], *, window: int = 16, deadline: float | None = None) -> Iterator[ItemResult]:
+    def tag_many(self, items: Iterable[TagItem], *, window: int = 16,
+                 deadline: float | None = None) -> Iterator[ItemResult]:
         """As AsyncTaggingClient.tag_many, blocking."""
         source = iter(items)
         ids = _Ids()
@@ -372,11 +380,11 @@ class TaggingClient(_Base):
         for attempt in range(1, self.retry.max_attempts + 1):
             slots = threading.Semaphore(max(1, window))
 
-            def requests(resend: list[TagItem]):
+            def requests(resend: list[TagItem], slots: threading.Semaphore):
                 nonlocal done
-                for item in resend:
+                for resent in resend:
                     slots.acquire()
-                    yield _item_request(item)
+                    yield _item_request(resent)
                 while not done:
                     slots.acquire()
                     item = next(source, None)
@@ -390,7 +398,7 @@ class TaggingClient(_Base):
             with lock:
                 resend = list(ids.unanswered.values())
             timeout = _time_left(deadline_at)
-            call = self.stub.TagImages(requests(resend), metadata=self.metadata, timeout=timeout)
+            call = self.stub.TagImages(requests(resend, slots), metadata=self.metadata, timeout=timeout)
             try:
                 for response in call:
                     with lock:

@@ -24,7 +24,8 @@ OPTION_GROUPS = [UP_OPTIONS]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="photos or folders (default: the bundled samples)")
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help="photos or folders (default: the bundled samples)")
     parser.add_argument("--db", type=Path, help="keep the results in this SQLite file (default: a temporary one)")
 
 
@@ -35,7 +36,8 @@ def sample_photos() -> Path:
 def results_table(db_path: Path) -> str:
     db = sqlite3.connect(db_path)
     rows = db.execute(
-        "SELECT f.path, r.status, r.view_type, r.view_confidence, r.tagger, r.caption, r.error_status, r.error_message, "
+        "SELECT f.path, r.status, r.view_type, r.view_confidence, r.tagger, r.caption, "
+        "r.error_status, r.error_message, "
         "(SELECT group_concat(name || ' ' || printf('%.2f', confidence), ', ') FROM "
         " (SELECT name, confidence FROM tags t WHERE t.result_id = r.id ORDER BY confidence DESC LIMIT 5)) "
         "FROM files f JOIN results r ON r.id = f.result_id ORDER BY f.path"

@@ -16,7 +16,7 @@ from archivetag import vectors
 from archivetag.bulk import shown
 from archivetag.results import path_from_key
 from archivetag.runtime.settings import Option, OptionGroup
-from archivetag.similar import STORE_OPTIONS, CannotAnswer, answer_command, other_spaces_note, open_store
+from archivetag.similar import STORE_OPTIONS, CannotAnswer, answer_command, open_store, other_spaces_note
 
 DUPLICATES_OPTIONS = OptionGroup("duplicates", (
     Option("threshold", 0.95, "Cosine similarity from which two photos count as near-duplicates (0 to 1). Not "

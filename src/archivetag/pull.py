@@ -1,5 +1,9 @@
 """`archivetag models pull`: the real weights, at pinned commits, into the models directory.
 
+What each model pulls is declared in its spec (`pull=PullSource(...)` in
+services/<model>/archivetag_<model>/spec.py): the hub repository, the files its service loads,
+the commit pinned, and the function that makes the download a model folder. Today:
+
     <models>/rampp/      xinyu1205/recognize-anything-plus-model: ram_plus_swin_large_14m.pth,
                          converted once to model.safetensors; ram_tag_list(_threshold).txt
     <models>/florence/   florence-community/Florence-2-{base,large} (native transformers layout)
@@ -34,28 +38,18 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from archivetag.runtime import registry
 from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.errors import ModelLoadError
 from archivetag.runtime.model_card import CARD_FILE, ModelCard
 from archivetag.runtime.model_files import make_readable
 from archivetag.runtime.options import MODELS_OPTION
 from archivetag.runtime.settings import Option, OptionGroup, parse_list
+from archivetag.runtime.specs import PullSource, load
 
 STAGING = ".staging"  # inside the models directory: same disk, renamed into place; never a model name
 PART = ".part"
 CHUNK = 1 << 20  # written to disk every MiB, so a killed pull loses at most this much
-
-RAMPP_REPO = "xinyu1205/recognize-anything-plus-model"
-FLORENCE_REPOS = {"base": "florence-community/Florence-2-base", "large": "florence-community/Florence-2-large"}
-SIGLIP_REPO = "google/siglip-base-patch16-224"
-
-# The commits pulled unless --revision says otherwise. Florence-2 (florence-community) has no
-# commit recorded yet: it is pulled at `main`, and the commit that resolves to is what the
-# model card records and the pull prints (pin it here once verified against the hub).
-PINNED = {
-    RAMPP_REPO: "84d4aee3a0265c4e0df1f714f0572011d1bf2ec3",
-    SIGLIP_REPO: "7fd15f0689c79d79e38b1c2e2e2370a7bf2761ed",
-}
 
 # Tag list and thresholds: xinyu1205/recognize-anything at this commit (Apache-2.0).
 RAMPP_DATA_COMMIT = "7cb804a8609e9f4b1a50b7f31436d2df40bb9481"
@@ -69,14 +63,19 @@ TAG_DATA_DIR = "ram-data"  # <models>/.staging/ram-data: the tag list, shared by
 
 PULL_OPTIONS = OptionGroup("pull", (
     Option("revision", [], "Pull these commits instead of the pinned ones: NAME=COMMIT[,NAME=COMMIT] "
-           "(names: florence, rampp, siglip).", parse_list, metavar="NAME=COMMIT"),
+           "(NAME: a model, e.g. florence).", parse_list, metavar="NAME=COMMIT"),
     Option("rampp_tag_list_url", RAMPP_DATA_URL, "Folder URL holding ram_tag_list.txt and "
            "ram_tag_list_threshold.txt (xinyu1205/recognize-anything's ram/data at the pinned commit, or a "
            "mirror of it); both are checked against the SHA-256 recorded in archivetag.", metavar="URL"),
     Option("keep_free_mb", 1024, "Free space the pull leaves on the models disk, in MiB: it stops before "
            "downloading when the downloads and conversions would leave less.", int),
 ))
-OPTION_GROUPS = [OptionGroup("models", (MODELS_OPTION,)), PULL_OPTIONS]
+
+
+def pull_option_groups() -> list[OptionGroup]:
+    """The pull's own options and each installed model's (its spec's PullSource.options)."""
+    own = [g for spec in registry.models() if spec.pull for g in spec.pull.options]
+    return [OptionGroup("models", (MODELS_OPTION,)), PULL_OPTIONS, *own]
 
 
 class PullError(RuntimeError):
@@ -86,24 +85,25 @@ class PullError(RuntimeError):
 # -- what to pull ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Source:
-    """One model: where it comes from and which of its files the service needs."""
+    """One model to pull: its name (<models>/<name>), the repository chosen, and its spec's PullSource."""
 
-    name: str  # the registry name and <models>/<name>
+    name: str
     repo: str
-    patterns: tuple[str, ...]  # files the service loads (allow patterns)
-    required: tuple[str, ...]  # patterns that must match at least one file
-    converted: bool  # the build writes a converted copy of the weights (needs their size again)
+    pull: PullSource
+
+    @property
+    def converted(self) -> bool:
+        return self.pull.converted
+
+    @property
+    def pinned(self) -> str | None:
+        return self.pull.pinned.get(self.repo)
 
 
-def sources(florence_variant: str = "base", siglip_repo: str = SIGLIP_REPO) -> dict[str, Source]:
-    return {
-        # RAM++ first: Florence-2 takes its tag vocabulary from the same list.
-        "rampp": Source("rampp", RAMPP_REPO, ("ram_plus_swin_large_14m.pth",), ("*.pth",), converted=True),
-        "florence": Source("florence", FLORENCE_REPOS[florence_variant], ("*.json", "*.txt", "*.safetensors"),
-                           ("config.json", "*.safetensors"), converted=False),
-        "siglip": Source("siglip", siglip_repo, ("*.json", "*.model", "*.safetensors"),
-                         ("config.json", "*.safetensors"), converted=True),
-    }
+def sources(options) -> dict[str, Source]:
+    """Every installed model that declares a pull, its repository chosen by the parsed options."""
+    return {spec.name: Source(spec.name, spec.pull.repo(options), spec.pull)
+            for spec in registry.models() if spec.pull is not None}
 
 
 @dataclass
@@ -141,12 +141,12 @@ class Plan:
         return self.to_download + (self.size if self.source.converted else 0)
 
 
-def parse_revisions(items: list[str]) -> dict[str, str]:
+def parse_revisions(items: list[str], names: list[str]) -> dict[str, str]:
     revisions = {}
     for item in items:
         name, sep, commit = item.partition("=")
-        if not sep or not commit or name not in sources():
-            raise PullError(f"--revision {item!r}: expected NAME=COMMIT with NAME one of {', '.join(sources())}")
+        if not sep or not commit or name not in names:
+            raise PullError(f"--revision {item!r}: expected NAME=COMMIT with NAME one of {', '.join(names)}")
         revisions[name] = commit
     return revisions
 
@@ -156,7 +156,7 @@ def plan(source: Source, models: Path, revision: str | None) -> Plan:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    wanted = revision or PINNED.get(source.repo) or "main"
+    wanted = revision or source.pinned or "main"
     try:
         info = HfApi().model_info(source.repo, revision=wanted, files_metadata=True)
     except HfHubHTTPError as exc:
@@ -167,14 +167,15 @@ def plan(source: Source, models: Path, revision: str | None) -> Plan:
         HubFile(s.rfilename, s.lfs.size if s.lfs else (s.size or 0), s.lfs.sha256 if s.lfs else None,
                 None if s.lfs else s.blob_id)
         for s in info.siblings or []
-        if any(fnmatch.fnmatch(s.rfilename, p) for p in source.patterns)
+        if any(fnmatch.fnmatch(s.rfilename, p) for p in source.pull.patterns)
     ]
     unsafe = [f.name for f in files if Path(f.name).is_absolute() or ".." in Path(f.name).parts]
     if unsafe:
         raise PullError(f"{source.repo} at {info.sha} lists files outside the repository ({unsafe[0]!r}): refused")
-    for pattern in source.required:
+    for pattern in source.pull.required:
         if not any(fnmatch.fnmatch(f.name, pattern) for f in files):
             raise PullError(f"{source.repo} at {info.sha} has no {pattern}: not the checkpoint this service loads")
+    assert info.sha is not None  # the hub names the commit it answered for
     result = Plan(source, info.sha, pinned=wanted == info.sha, files=files,
                   folder=models / STAGING / source.name / info.sha)
     result.have = sum(downloaded_bytes(result.folder, f) for f in files)
@@ -293,28 +294,12 @@ def fetch_tag_list(models: Path, base_url: str) -> Path:
 
 
 # -- building and installing ----------------------------------------------------------------
-def build_rampp(p: Plan, build: Path, tag_data: Path) -> None:
-    from archivetag.services.rampp.commands import convert_checkpoint_file
-
-    convert_checkpoint_file(p.folder / p.files[0].name, build)
+# Each model's spec names its builder (PullSource.build): builder(plan, build_folder, tag_data) makes
+# the model folder from plan.folder (the checked downloads), with these helpers.
+def copy_tag_data(tag_data: Path, build: Path, names: dict[str, str] | None = None) -> None:
+    """The RAM++ tag list and thresholds into the build folder (names: the file name to give each)."""
     for name in RAMPP_DATA_FILES:
-        shutil.copyfile(tag_data / name, build / name)
-
-
-def build_florence(p: Plan, build: Path, tag_data: Path) -> None:
-    from archivetag.services.florence.layout import VOCABULARY_FILE
-
-    for file in p.files:
-        (build / file.name).parent.mkdir(parents=True, exist_ok=True)
-        link_or_copy(p.folder / file.name, build / file.name)
-    shutil.copyfile(tag_data / TAG_LIST, build / VOCABULARY_FILE)
-
-
-def build_siglip(p: Plan, build: Path, tag_data: Path) -> None:
-    from archivetag.services.siglip.export import export_folder
-
-    write_hub_commit(p.folder, p.commit)
-    export_folder(str(p.folder), build, model_id=p.source.repo)
+        shutil.copyfile(tag_data / name, build / (names or {}).get(name, name))
 
 
 def write_hub_commit(folder: Path, commit: str) -> None:
@@ -322,9 +307,6 @@ def write_hub_commit(folder: Path, commit: str) -> None:
     metadata = folder / ".cache" / "huggingface" / "download" / "config.json.metadata"
     metadata.parent.mkdir(parents=True, exist_ok=True)
     metadata.write_text(f"{commit}\n\n{time.time()}\n", encoding="utf-8")
-
-
-BUILDERS = {"rampp": build_rampp, "florence": build_florence, "siglip": build_siglip}
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -358,14 +340,14 @@ def install(build: Path, target: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def pull_one(p: Plan, models: Path, tag_data: Path) -> None:
+def pull_one(p: Plan, models: Path, tag_data: Path | None) -> None:
     started = time.monotonic()
     for file in p.files:
         p.downloaded += fetch(p.source, p.commit, file, p.folder)
     build = models / STAGING / p.source.name / "build"
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
-    BUILDERS[p.source.name](p, build, tag_data)
+    load(p.source.pull.build)(p, build, tag_data)
     p.installed_bytes = write_card(p, build)
     install(build, models / p.source.name)
     shutil.rmtree(models / STAGING / p.source.name, ignore_errors=True)
@@ -414,13 +396,16 @@ def print_summary(plans: list[Plan]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-def pull(models: Path, which: list[str], florence_variant: str = "base", siglip_repo: str = SIGLIP_REPO,
-         revisions: list[str] | None = None, tag_list_url: str = RAMPP_DATA_URL, keep_free_mb: int = 1024) -> int:
+def pull(models: Path, which: list[str], options, revisions: list[str] | None = None,
+         tag_list_url: str = RAMPP_DATA_URL, keep_free_mb: int = 1024) -> int:
+    """options: the parsed `models pull` arguments (each model's PullSource.options among them)."""
     models = Path(models).expanduser()
     models.mkdir(parents=True, exist_ok=True)
-    chosen = [s for name, s in sources(florence_variant, siglip_repo).items() if name in which]
+    available = sources(options)
+    # Those that take the tag list first: whatever they build from it is there before the others.
+    chosen = sorted((s for name, s in available.items() if name in which), key=lambda s: not s.pull.needs_tag_data)
     try:
-        pins = parse_revisions(revisions or [])
+        pins = parse_revisions(revisions or [], list(available))
         plans = [plan(s, models, pins.get(s.name)) for s in chosen]
         print_plan(plans)
         check_disk_space(models, plans, keep_free_mb * 1024 * 1024)
@@ -433,7 +418,7 @@ def pull(models: Path, which: list[str], florence_variant: str = "base", siglip_
     try:
         for p in plans:
             try:
-                if tag_data is None and p.source.name in ("rampp", "florence"):
+                if tag_data is None and p.source.pull.needs_tag_data:
                     tag_data = fetch_tag_list(models, tag_list_url)
                 pull_one(p, models, tag_data)
             except PullError as exc:

@@ -26,9 +26,9 @@ import socket
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import platformdirs
 from google.protobuf.json_format import MessageToJson
@@ -118,7 +118,7 @@ def default_db_path() -> Path:
 def models_key(models: list[common_pb2.ModelIdentity], ocr: int = common_pb2.OCR_MODE_UNSPECIFIED) -> str:
     """A short key for a set of models and what was asked of them: same names, revisions and weights (and
     OCR mode) → same key. Without OCR the key is what it was before OCR existed."""
-    identity = sorted((m.family, m.name, m.revision, m.weights_sha256) for m in models)
+    identity: list[tuple[str, ...]] = sorted((m.family, m.name, m.revision, m.weights_sha256) for m in models)
     if ocr != common_pb2.OCR_MODE_UNSPECIFIED:
         identity.append(("ocr", common_pb2.OcrMode.Name(ocr)))
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
@@ -241,7 +241,8 @@ class ResultStore:
 
     def renew_claims(self) -> None:
         with self._writing():
-            self.db.execute("UPDATE claims SET expires_at = ? WHERE owner = ?", (time.time() + CLAIM_SECONDS, self.owner))
+            self.db.execute("UPDATE claims SET expires_at = ? WHERE owner = ?",
+                            (time.time() + CLAIM_SECONDS, self.owner))
 
     def remember_models(self, key: str, models: list[common_pb2.ModelIdentity]) -> None:
         with self._writing():
@@ -320,6 +321,7 @@ class ResultStore:
                      answer.SerializeToString(), _now()),
                 )
                 result_id = cursor.lastrowid
+                assert result_id is not None  # set by the INSERT
                 self.db.executemany(
                     "INSERT INTO tags (result_id, name, confidence, source_model) VALUES (?, ?, ?, ?)",
                     [(result_id, t.name, t.confidence, t.source_model) for t in r.tags],
@@ -329,7 +331,8 @@ class ResultStore:
                     [(result_id, s.name, s.probability, s.logit) for s in r.view_type.scores],
                 )
                 self.db.executemany(
-                    "INSERT INTO result_models (result_id, family, name, revision, weights_sha256, device, dtype, smoke) "
+                    "INSERT INTO result_models "
+                    "(result_id, family, name, revision, weights_sha256, device, dtype, smoke) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(result_id, m.family, m.name, m.revision, m.weights_sha256, m.device, m.dtype, int(m.smoke))
                      for m in r.models],
@@ -340,19 +343,23 @@ class ResultStore:
             else:
                 e = answer.error
                 cursor = self.db.execute(
-                    "INSERT INTO results (sha256, models_key, status, error_status, error_message, response, tagged_at) "
+                    "INSERT INTO results "
+                    "(sha256, models_key, status, error_status, error_message, response, tagged_at) "
                     "VALUES (?, ?, 'error', ?, ?, ?, ?)",
                     (sha256, key, e.status, e.message, answer.SerializeToString(), _now()),
                 )
                 result_id = cursor.lastrowid
+                assert result_id is not None  # set by the INSERT
             self._upsert_file(path, sha256, size, mtime, result_id)
             # Other paths with the same content follow the newest result.
-            self.db.execute("UPDATE files SET result_id = ? WHERE sha256 = ? AND result_id IS NULL", (result_id, sha256))
+            self.db.execute("UPDATE files SET result_id = ? WHERE sha256 = ? AND result_id IS NULL",
+                            (result_id, sha256))
         return result_id
 
     def _record_ocr(self, result_id: int, ocr: common_pb2.OcrResult) -> None:
         status = common_pb2.OcrStatus.Name(ocr.status).removeprefix("OCR_STATUS_").lower()
-        self.db.execute("INSERT INTO ocr_texts (result_id, status, text) VALUES (?, ?, ?)", (result_id, status, ocr.text))
+        self.db.execute("INSERT INTO ocr_texts (result_id, status, text) VALUES (?, ?, ?)",
+                        (result_id, status, ocr.text))
         self.db.executemany(
             "INSERT INTO ocr_regions (result_id, position, text, quad) VALUES (?, ?, ?, ?)",
             [(result_id, i, region.text, json.dumps([round(v, 1) for v in region.quad]))
@@ -361,7 +368,7 @@ class ResultStore:
 
     def _store_embedding(self, result_id: int, answer: tagging_pb2.TagImagesResponse, embedding: list[float]) -> None:
         """Keep the embedding under the SigLIP model that made it (inside record's transaction)."""
-        model = vectors.siglip_model(answer.result)
+        model = vectors.embedding_model(answer.result)
         if model is None or not embedding:
             return
         space = models_key([model])

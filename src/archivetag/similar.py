@@ -11,15 +11,14 @@ import argparse
 import json
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToJson
 
-from archivetag import vectors
-from archivetag import bulk
+from archivetag import bulk, vectors
 from archivetag.bulk import DB_OPTION, MAX_PHOTO_OPTION, NotSent, Photo, shown
 from archivetag.client import CLIENT_OPTIONS, ClientError, TaggingClient
 from archivetag.results import ResultStore, StoreError, default_db_path, models_key, path_from_key, path_key
@@ -86,7 +85,7 @@ def embed(args: argparse.Namespace, store: ResultStore, photo: Photo) -> tuple[s
         if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
             raise CannotAnswer(f"{shown(args.photo)}: the orchestrator cannot use it: {exc.message}") from None
         raise CannotAnswer(f"{args.target}: {exc} (the photo is not in the database, so it must be embedded)") from None
-    model = vectors.siglip_model(result)
+    model = vectors.embedding_model(result)
     blob = vectors.as_blob(result.embedding)
     if model is None or blob is None:
         why = "; ".join(result.degraded_reasons) or "no embedding in the answer"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -25,14 +26,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 
-from archivetag.orchestrator.auth import is_loopback_host
+from archivetag.runtime.channels import is_loopback_host
 from archivetag.runtime.health_client import check_async
 from archivetag.runtime.options import MODELS_OPTION
 from archivetag.runtime.registry import MODEL_NAMES, MODELS, ORCHESTRATOR, SERVERS, ServerSpec
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
+
 MISSING_MODELS_HELP = (
     "run `archivetag models pull` (the real weights; needs network) "
     "or `archivetag models smoke` (small random models, offline; meaningless tags)"
@@ -42,10 +45,12 @@ UP_OPTIONS = OptionGroup(
     "up",
     (
         MODELS_OPTION,
-        Option("orchestrator_host", "127.0.0.1", "Address the orchestrator listens on; the model services stay on loopback."),
+        Option("orchestrator_host", "127.0.0.1",
+               "Address the orchestrator listens on; the model services stay on loopback."),
         *(Option(f"{spec.name}_port", spec.port, f"{spec.title} port.", int) for spec in SERVERS),
         Option("metrics", True, "Serve Prometheus metrics (on the --*-metrics-port ports).", parse_bool),
-        *(Option(f"{spec.name}_metrics_port", spec.metrics_port, f"Prometheus metrics port of {spec.title}; 0: none.", int)
+        *(Option(f"{spec.name}_metrics_port", spec.metrics_port, f"Prometheus metrics port of {spec.title}; 0: none.",
+                 int)
           for spec in SERVERS),
         Option(
             "api_tokens_file", None,
@@ -135,7 +140,8 @@ class Stack:
         s.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in SERVERS:
             metrics = getattr(s, f"{spec.name}_metrics_port") if s.metrics else 0
-            argv = archivetag_command("serve", spec.name, "--port", str(ports[spec.name]), "--metrics-port", str(metrics))
+            argv = archivetag_command("serve", spec.name, "--port", str(ports[spec.name]),
+                                      "--metrics-port", str(metrics))
             if spec is ORCHESTRATOR:
                 argv += ["--host", s.orchestrator_host]
                 for backend in MODELS:
@@ -211,7 +217,8 @@ class Stack:
             if status == "SERVING" or not service.spec.is_model:
                 return status, "serving" if status == "SERVING" else "starting"
             try:
-                state = (await service.spec.stub(channel).GetModelInfo(service.spec.model_info_request(), timeout=2)).state
+                info = await service.spec.stub(channel).GetModelInfo(service.spec.model_info_request(), timeout=2)
+                state = info.state
             except grpc.aio.AioRpcError:
                 return status, "starting"
             if state.phase == "failed":
@@ -231,7 +238,8 @@ class Stack:
                 return
             if time.monotonic() - started > timeout:
                 waiting = [s.name for s, (st, _) in zip(self.services, states) if st != "SERVING"]
-                raise StackError(f"not SERVING after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.settings.log_dir})")
+                raise StackError(
+                    f"not SERVING after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.settings.log_dir})")
             await asyncio.sleep(0.5)
 
     def endpoints_text(self) -> str:
@@ -253,7 +261,7 @@ class Stack:
 
 async def run_stack(settings) -> int:
     # Line by line even into a pipe or file: a supervisor watching for "SERVING" must see it when it happens.
-    sys.stdout.reconfigure(line_buffering=True)
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)  # typeshed: a TextIO, which has none
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator, Set
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -34,14 +34,14 @@ CREATE INDEX IF NOT EXISTS embeddings_by_space ON embeddings(space);
 CREATE INDEX IF NOT EXISTS files_by_result ON files(result_id);  -- a match's paths
 """
 
-SIGLIP = "siglip"
 # Beyond this many linked pairs `duplicates` stops: the threshold is far below near-duplicates.
 MAX_PAIRS = 2_000_000
 
 
-def siglip_model(result: tagging_pb2.TagImageResponse) -> common_pb2.ModelIdentity | None:
-    """The SigLIP model that answered, if it did."""
-    return next((m for m in result.models if m.family == SIGLIP), None)
+def embedding_model(result: tagging_pb2.TagImageResponse) -> common_pb2.ModelIdentity | None:
+    """The model that makes the answer's embedding: the view-type provider, the answering model that is not
+    the tagger (None when none answered)."""
+    return next((m for m in result.models if m.family != result.tagger), None)
 
 
 def as_blob(embedding) -> bytes | None:
@@ -72,7 +72,7 @@ class Space:
     def __len__(self) -> int:
         return len(self.result_ids)
 
-    def nearest(self, query: np.ndarray, limit: int, exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+    def nearest(self, query: np.ndarray, limit: int, exclude: Set[int] = frozenset()) -> list[tuple[int, float]]:
         """The `limit` results most similar to `query` (normalised): (result id, cosine), closest first."""
         if not len(self) or limit <= 0:
             return []

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from archivetag.client import NO_RETRY, ClientError, TaggingClient
-from archivetag.orchestrator.fairness import FairScheduler
+from archivetag_orchestrator.fairness import FairScheduler
 from archivetag.runtime.batcher import DynamicBatcher
 from archivetag.runtime.errors import REASON_PREFIX, REASON_STATUS, status_for
 from archivetag.v1 import errors_pb2, tagging_pb2, tagging_pb2_grpc

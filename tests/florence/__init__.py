@@ -12,7 +12,7 @@ from pathlib import Path
 @functools.lru_cache(maxsize=None)
 def tiny_models_dir() -> Path:
     """A models directory whose florence/ holds the smoke Florence-2 (real architecture, tiny, random)."""
-    from archivetag.services.florence.smoke import write_smoke_model
+    from archivetag_florence.smoke import write_smoke_model
 
     models = Path(tempfile.mkdtemp(prefix="florence-tests-"))
     atexit.register(shutil.rmtree, models, ignore_errors=True)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from archivetag.runtime.errors import InvalidInput
-from archivetag.services.florence.backend import create_backend
+from archivetag_florence.backend import create_backend
 from archivetag.v1 import tagger_pb2
 from tests.florence import settings, tiny_models_dir
 

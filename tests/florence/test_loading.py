@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from archivetag.stack import archivetag_command
 from archivetag.runtime.errors import ModelLoadError
-from archivetag.services.florence.convert import ORIGINAL_VOCAB, to_original_state_dict
-from archivetag.services.florence.loading import load_florence
+from archivetag_florence.convert import ORIGINAL_VOCAB, to_original_state_dict
+from archivetag_florence.loading import load_florence
 from tests.florence import tiny_models_dir
 
 REPO = Path(__file__).resolve().parents[2]

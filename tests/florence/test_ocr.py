@@ -10,8 +10,8 @@ import pytest
 
 from archivetag.runtime.errors import InvalidInput
 from archivetag.runtime.images import ImageDecoder, ImageLimits, source_size
-from archivetag.services.florence.backend import create_backend
-from archivetag.services.florence.smoke import bias_towards, word_token_ids
+from archivetag_florence.backend import create_backend
+from archivetag_florence.smoke import bias_towards, word_token_ids
 from archivetag.v1 import common_pb2, tagger_pb2
 from tests.florence import settings, tiny_models_dir
 from tests.support.text_photo import text_photo, text_photo_jpeg

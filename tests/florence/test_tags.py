@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from archivetag.services.florence.tags import PhraseIndex, find_phrases, fold, tag_confidences
+from archivetag_florence.tags import PhraseIndex, find_phrases, fold, tag_confidences
 
 VOCAB = PhraseIndex.from_names(["window", "stained glass window", "glass", "church", "staircase", "ceiling", "ivy"])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from archivetag.orchestrator.cache import NOT_IN_KEY, identity_bytes, options_bytes
+from archivetag_orchestrator.cache import NOT_IN_KEY, identity_bytes, options_bytes
 from archivetag.v1 import common_pb2, tagging_pb2
 
 ANSWER_FIELDS = [f for f in tagging_pb2.TagImageRequest.DESCRIPTOR.fields if f.name not in NOT_IN_KEY]

@@ -311,7 +311,7 @@ def test_a_flooding_client_does_not_starve_another_clients_single_photos(service
     photo gets the next free slot, so it is answered after a few of the import's photos, not
     after the queue ahead of it. Measured by the order of answers, not by time."""
     flood_size = 120
-    args = (*TOKEN_ARGS, "--primary-tagger", "rampp", "--disabled-backends", "florence,siglip",
+    args = (*TOKEN_ARGS, "--taggers", "rampp,florence", "--disabled-backends", "florence,siglip",
             "--max-in-flight", "2", "--client-max-in-flight", "2", "--stream-window", "40",
             *targets(rampp=services["rampp"].address))
     with orchestrator(tmp_path, *args) as server:

@@ -8,16 +8,16 @@ import pytest
 
 import grpc
 
-from archivetag.orchestrator.auth import (
+from archivetag_orchestrator.auth import (
     TokenAuthenticator, TokenError, client_without_auth, is_loopback_peer, load_tokens, parse_tokens,
 )
-from archivetag.orchestrator.backends import (
+from archivetag_orchestrator.backends import (
     NOT_SERVING, SERVING, UNREACHABLE, Backend, Replica, TargetError, is_backend_fault, parse_target,
 )
-from archivetag.orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from archivetag.orchestrator.fairness import MIB, ByteBudget, FairScheduler, parse_weights
+from archivetag_orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from archivetag_orchestrator.fairness import MIB, ByteBudget, FairScheduler, parse_weights
 from archivetag.runtime.batcher import BULK, INTERACTIVE
-from archivetag.orchestrator.routing import with_image
+from archivetag_orchestrator.routing import with_image
 from archivetag.runtime.registry import server
 from archivetag.v1 import tagger_pb2, tagging_pb2, view_type_pb2
 from archivetag.runtime.errors import QueueFull

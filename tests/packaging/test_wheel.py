@@ -1,10 +1,12 @@
-"""What a user installs: the built wheel in a fresh venv (no editable install, no checkout on the
-path), run from the repository root (where a source folder could shadow the package) and from an
-empty folder: smoke models, `up`, one photo tagged through the orchestrator, the stack stopped.
+"""What a user installs: the built wheels (the core, each model service, the orchestrator) in a fresh
+venv (no editable install, no checkout on the path), run from the repository root (where a source
+folder could shadow the package) and from an empty folder: smoke models, `up`, one photo tagged
+through the orchestrator, the stack stopped. And what each role's install pulls: the client and
+CLI, the orchestrator and the SigLIP service without torch.
 
 The venv's third-party dependencies (torch alone is 5 GB) come from the test's own environment
-through a .pth file; archivetag itself is only the wheel, and the test checks that it is the
-wheel's copy that runs."""
+through a .pth file; archivetag itself is only the wheels, and the test checks that it is the
+wheels' copy that runs."""
 
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ from tests.support.waiting import wait_for
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "src" / "archivetag" / "samples" / "coffee-table.jpg"
 SERVERS = ("florence", "rampp", "siglip", "orchestrator")
+# Each distribution's folder; the core at the root.
+DISTRIBUTIONS = {"archivetag": REPO, "archivetag-florence": REPO / "services" / "florence",
+                 "archivetag-rampp": REPO / "services" / "rampp", "archivetag-siglip": REPO / "services" / "siglip",
+                 "archivetag-orchestrator": REPO / "orchestrator"}
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +40,16 @@ def installed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wheel")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"),
-         str(REPO)], capture_output=True, text=True, timeout=600)
+         *map(str, DISTRIBUTIONS.values())], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
-    (wheel,) = (root / "dist").glob("archivetag-*.whl")
+    wheels = sorted((root / "dist").glob("archivetag*.whl"))
+    assert len(wheels) == len(DISTRIBUTIONS), wheels
     venv.create(root / "venv", with_pip=False)
     site = Path(sysconfig.get_path("purelib", vars={"base": str(root / "venv"), "platbase": str(root / "venv")}))
     (site / "_archivetag_test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     python = root / "venv" / "bin" / "python"
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
-                           "-q", str(wheel)], capture_output=True, text=True, timeout=600)
+                           "-q", *map(str, wheels)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return python.parent
 
@@ -52,11 +59,12 @@ def archivetag(bin_dir: Path, *args: str, cwd: Path, **kwargs) -> subprocess.Com
                           timeout=600, **kwargs)
 
 
-def test_the_wheel_not_the_checkout_is_what_runs(installed, tmp_path):
-    where = subprocess.run([str(installed / "python"), "-c", "import archivetag.services.rampp as m; print(m.__file__)"],
-                           cwd=REPO, capture_output=True, text=True)
-    assert where.returncode == 0, where.stderr
-    assert str(installed.parent) in where.stdout
+def test_the_wheels_not_the_checkout_are_what_runs(installed, tmp_path):
+    for module in ("archivetag", "archivetag_rampp", "archivetag_orchestrator"):
+        where = subprocess.run([str(installed / "python"), "-c", f"import {module} as m; print(m.__file__)"],
+                               cwd=REPO, capture_output=True, text=True)
+        assert where.returncode == 0, where.stderr
+        assert str(installed.parent) in where.stdout, (module, where.stdout)
     data = subprocess.run([str(installed / "python"), "-c",
                            "from archivetag.bundled import RAMPP_TAG_LIST as p; print(len(p.read_text().splitlines()))"],
                           cwd=tmp_path, capture_output=True, text=True)
@@ -93,3 +101,49 @@ def test_installed_wheel_tags_a_photo_through_the_whole_stack(installed, where, 
         code = up.wait(120)
     assert code == 0, out.read_text()
     assert "stopped" in out.read_text()
+
+
+# Run in the wheels' venv, so each role's requirements are read from its wheel's own metadata (and their
+# dependencies' from the environment the venv borrows).
+REQUIREMENTS_WALK = """
+import json, re, sys
+from importlib.metadata import distribution
+
+def requirements(name, extras):
+    found, todo = set(), [(name, frozenset(extras))]
+    while todo:
+        current, wanted = todo.pop()
+        key = re.sub(r"[-_.]+", "-", current).lower()
+        if key in found:
+            continue
+        found.add(key)
+        for requirement in distribution(current).requires or []:
+            spec, _, marker = requirement.partition(";")
+            extra = re.search(r"extra\\s*==\\s*[\\"']([^\\"']+)", marker)
+            if (extra and extra.group(1) not in wanted) or (marker.strip() and not extra):
+                continue  # another extra's, or a platform marker (none of ours pulls torch)
+            todo.append((re.split(r"[\\s\\[<>=!~(]", spec.strip(), maxsplit=1)[0], frozenset()))
+    return sorted(found)
+
+print(json.dumps(requirements(sys.argv[1], sys.argv[2:])))
+"""
+
+
+def requirements(bin_dir: Path, name: str, *extras: str) -> set[str]:
+    """Every distribution an install of `name` (with extras) pulls."""
+    done = subprocess.run([str(bin_dir / "python"), "-c", REQUIREMENTS_WALK, name, *extras], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout))
+
+
+@pytest.mark.parametrize("role", ["archivetag", "archivetag-orchestrator", "archivetag-siglip"])
+def test_the_client_the_orchestrator_and_siglip_install_without_torch(installed, role):
+    pulled = requirements(installed, role)
+    assert "torch" not in pulled and "transformers" not in pulled, sorted(pulled)
+    assert "grpcio" in pulled  # the walk does see dependencies
+
+
+def test_the_torch_services_and_the_siglip_exporter_do_pull_torch(installed):
+    for role, extras in (("archivetag-florence", ()), ("archivetag-rampp", ()), ("archivetag-siglip", ("export",))):
+        assert "torch" in requirements(installed, role, *extras), role

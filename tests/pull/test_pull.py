@@ -16,7 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from archivetag.pull import FLORENCE_REPOS, PINNED, RAMPP_REPO, SIGLIP_REPO, STAGING
+from archivetag.pull import STAGING
+from tests.support.pulled_repos import FLORENCE_REPOS, PINNED, RAMPP_REPO, SIGLIP_REPO
 from archivetag.runtime.model_card import CARD_FILE, ModelCard
 from archivetag.runtime.registry import MODELS, server
 from archivetag.v1 import tagging_pb2, tagging_pb2_grpc

@@ -16,12 +16,12 @@ from PIL import Image
 from torchvision import transforms
 
 from archivetag.runtime.errors import ModelLoadError
-from archivetag.services.rampp.checkpoint import (
+from archivetag_rampp.checkpoint import (
     RECOMPUTED, convert, load_model, official_state_dict, required_official_shapes,
 )
-from archivetag.services.rampp.model import FULL, RamPlus, tiny_config
-from archivetag.services.rampp.preprocess import to_array, to_pixels
-from archivetag.services.rampp.random_checkpoint import random_model, write_official_checkpoint
+from archivetag_rampp.model import FULL, RamPlus, tiny_config
+from archivetag_rampp.preprocess import to_array, to_pixels
+from archivetag_rampp.random_checkpoint import random_model, write_official_checkpoint
 from archivetag.bundled import RAMPP_TAG_LIST, RAMPP_THRESHOLDS
 from archivetag.runtime.tags import TagVocabulary, select_tags
 

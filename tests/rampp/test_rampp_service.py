@@ -11,8 +11,8 @@ import torch
 from PIL import Image, ImageOps
 
 from archivetag.runtime.registry import TAGGER_SERVICE
-from archivetag.services.rampp.model import tiny_config
-from archivetag.services.rampp.random_checkpoint import random_model, write_official_checkpoint
+from archivetag_rampp.model import tiny_config
+from archivetag_rampp.random_checkpoint import random_model, write_official_checkpoint
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.conftest import model_service
 from tests.support.servers import health_status

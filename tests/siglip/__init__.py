@@ -30,8 +30,8 @@ class TinyExports:
 @functools.lru_cache(maxsize=1)
 def tiny_exports() -> TinyExports:
     from archivetag.runtime.model_card import ModelCard
-    from archivetag.services.siglip.export import export_folder
-    from archivetag.services.siglip.smoke import write_random_checkpoint
+    from archivetag_siglip.export import export_folder
+    from archivetag_siglip.smoke import write_random_checkpoint
 
     root = Path(tempfile.mkdtemp(prefix="siglip-tests-"))
     atexit.register(shutil.rmtree, root, True)

@@ -14,9 +14,10 @@ from archivetag.stack import archivetag_command
 from archivetag.cli import parse_serve_settings
 from archivetag.runtime.errors import ModelLoadError
 from archivetag.runtime.model_card import ModelCard
-from archivetag.services.siglip import layout
-from archivetag.services.siglip.backend import SiglipBackend
-from archivetag.services.siglip.layout import read_json, sha256_file, write_json
+from archivetag_siglip import layout
+from archivetag_siglip.backend import SiglipBackend
+from archivetag.runtime.checksums import sha256_file
+from archivetag_siglip.layout import read_json, write_json
 from tests.siglip import tiny_exports
 
 

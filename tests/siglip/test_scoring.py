@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from archivetag.services.siglip.scoring import UNKNOWN, Thresholds, softmax, view_types
+from archivetag_siglip.scoring import UNKNOWN, Thresholds, softmax, view_types
 
 CLASSES = ["interior", "exterior", "aerial", "detail"]
 LOGIT_SCALE = math.log(112.0)  # roughly google/siglip-base-patch16-224's

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archivetag.runtime.model_card import ModelCard
 from archivetag.runtime.registry import VIEW_TYPE_SERVICE
-from archivetag.services.siglip import layout
-from archivetag.services.siglip.layout import read_json
+from archivetag_siglip import layout
+from archivetag_siglip.layout import read_json
 from archivetag.v1 import common_pb2, view_type_pb2, view_type_pb2_grpc
 from tests.conftest import model_service
 from tests.siglip import models_dir_with, tiny_exports

@@ -43,7 +43,7 @@ def front(smoke_models, tmp_path_factory):
         siglip.wait_status("archivetag.v1.ViewTypeService", "SERVING", timeout=300)
         targets = ("--rampp-target", rampp.address, "--siglip-target", siglip.address,
                    "--disabled-backends", "florence")  # as a box without Florence-2 is run: RAM++ answers
-        with orchestrator(logs, "--no-auth", "--primary-tagger", "rampp", *targets) as server:
+        with orchestrator(logs, "--no-auth", "--taggers", "rampp,florence", *targets) as server:
             server.wait_status(TAGGING, "SERVING", timeout=120)
             wait_health(server.address, rampp="SERVING", siglip="SERVING")
             yield server

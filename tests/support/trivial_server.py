@@ -32,10 +32,14 @@ from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, Model
 from archivetag.runtime.options import MODEL_SERVICE_OPTIONS, SERVER_OPTIONS
 from archivetag.runtime.server import run
 from archivetag.runtime.settings import add_option_groups
+from archivetag.runtime.specs import TAGGER, ServerSpec
 from archivetag.v1 import common_pb2
 
 
 NAMES = ("red", "green", "blue")
+# Its declaration, as a model folder's spec.py holds one; not registered (tests start it directly).
+SPEC = ServerSpec(name="trivial", title="dominant colour (runtime tests)", capability=TAGGER, port=0, metrics_port=0,
+                  app="tests.support.trivial_server:DominantColourBackend")
 
 
 class DominantColourBackend(ModelBackend):
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     backend = DominantColourBackend(args.load_gate_file, args.fail_file, args.hang_file, args.batch_log,
                                     args.decode_hang_file)
-    return run(ModelServiceApp(backend, args), args)
+    return run(ModelServiceApp(SPEC, backend, args), args)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Same repo ids, file names and folders as the hub repositories; the weights are random, of the
 real architectures, in the upstream formats, made by the same builders as the smoke models:
-RAM++ `{'model': state_dict}` .pth (services/rampp/random_checkpoint.py), Florence-2 native
-transformers layout (services/florence/smoke.py), SigLIP transformers checkpoint with its
-SentencePiece tokenizer (services/siglip/smoke.py). Files upstream has and the services do not
+RAM++ `{'model': state_dict}` .pth (services/rampp/archivetag_rampp/random_checkpoint.py), Florence-2 native
+transformers layout (services/florence/archivetag_florence/smoke.py), SigLIP transformers checkpoint with its
+SentencePiece tokenizer (services/siglip/archivetag_siglip/smoke.py). Files upstream has and the services do not
 load (README, .gitattributes, RAM++'s separate tag-embedding file) are there too, so a test can
 see that a pull leaves them alone.
 """
@@ -15,7 +15,8 @@ import hashlib
 from pathlib import Path
 
 from archivetag.bundled import RAMPP_TAG_LIST, RAMPP_THRESHOLDS
-from archivetag.pull import FLORENCE_REPOS, PINNED, RAMPP_DATA_COMMIT, RAMPP_REPO, SIGLIP_REPO
+from archivetag.pull import RAMPP_DATA_COMMIT
+from tests.support.pulled_repos import FLORENCE_REPOS, PINNED, RAMPP_REPO, SIGLIP_REPO
 
 # Upstream's files, byte for byte (the package ships them; pull checks them against its SHA-256).
 TAG_DATA = {"ram_tag_list.txt": RAMPP_TAG_LIST, "ram_tag_list_threshold.txt": RAMPP_THRESHOLDS}
@@ -47,8 +48,8 @@ def _extras(folder: Path, title: str) -> None:
 def write_rampp_repo(folder: Path) -> None:
     import torch
 
-    from archivetag.services.rampp.model import tiny_config
-    from archivetag.services.rampp.random_checkpoint import random_model, write_official_checkpoint
+    from archivetag_rampp.model import tiny_config
+    from archivetag_rampp.random_checkpoint import random_model, write_official_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     model = random_model(tiny_config(len(tag_names())), target_share=0.08)
@@ -58,14 +59,14 @@ def write_rampp_repo(folder: Path) -> None:
 
 
 def write_florence_repo(folder: Path) -> None:
-    from archivetag.services.florence.smoke import write_random_checkpoint
+    from archivetag_florence.smoke import write_random_checkpoint
 
     write_random_checkpoint(folder, tag_names())
     _extras(folder, FLORENCE_REPOS["base"])
 
 
 def write_siglip_repo(folder: Path) -> None:
-    from archivetag.services.siglip.smoke import write_random_checkpoint
+    from archivetag_siglip.smoke import write_random_checkpoint
 
     write_random_checkpoint(folder)
     _extras(folder, SIGLIP_REPO)

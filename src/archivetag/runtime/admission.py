@@ -12,11 +12,13 @@ Health/Watch streams locked out every call, Health/Check too. Here instead:
 
 from __future__ import annotations
 
-import inspect
 from collections import Counter
-from typing import Any, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
+
+from archivetag.runtime.interceptors import CallInterceptor
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
@@ -30,52 +32,36 @@ def peer_address(context: grpc.aio.ServicerContext) -> str:
     return peer
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+class AdmissionInterceptor(CallInterceptor):
     def __init__(self, max_calls: int, max_streams_per_peer: int):
         self.max_calls = max_calls  # 0: no limit
         self.max_streams_per_peer = max_streams_per_peer  # 0: no limit
         self.calls = 0
         self.streams: Counter[str] = Counter()
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or details.method == HEALTH_CHECK:
-            return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._admit_call(handler.unary_unary),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._admit_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                self._admit_stream(handler.stream_stream),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
-            )
-        return handler
+    def applies(self, method: str) -> bool:
+        return method != HEALTH_CHECK
 
-    def _admit_call(self, inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]):
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if self.max_calls and self.calls >= self.max_calls:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the server is handling {self.calls} calls, its limit; retry later "
-                    "(limit: ARCHIVETAG_MAX_CONCURRENT_RPCS)",
-                )
-            self.calls += 1
+    @asynccontextmanager
+    async def around(self, method: str, context: grpc.aio.ServicerContext, streaming: bool) -> AsyncIterator[None]:
+        if streaming:
+            peer = await self._open_stream(context)
             try:
-                return await inner(request, context)
+                yield
             finally:
-                self.calls -= 1
-
-        return call
+                self._close_stream(peer)
+            return
+        if self.max_calls and self.calls >= self.max_calls:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is handling {self.calls} calls, its limit; retry later "
+                "(limit: ARCHIVETAG_MAX_CONCURRENT_RPCS)",
+            )
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
 
     async def _open_stream(self, context: grpc.aio.ServicerContext) -> str:
         peer = peer_address(context)
@@ -92,26 +78,3 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.streams[peer] -= 1
         if self.streams[peer] <= 0:
             del self.streams[peer]
-
-    def _admit_stream(self, inner: Callable[..., Any]):
-        # A streaming handler is either an async generator or a coroutine that writes
-        # through context.write (the health Watch); the wrapper keeps the same shape.
-        if inspect.isasyncgenfunction(inner):
-            async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                peer = await self._open_stream(context)
-                try:
-                    async for response in inner(request, context):
-                        yield response
-                finally:
-                    self._close_stream(peer)
-
-            return generator
-
-        async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            peer = await self._open_stream(context)
-            try:
-                return await inner(request, context)
-            finally:
-                self._close_stream(peer)
-
-        return writer

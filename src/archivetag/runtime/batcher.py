@@ -11,8 +11,8 @@ keeps one place for it (with max_batch_size 1, every second batch is bulk's).
 Items whose caller went away (cancelled) or whose deadline passed
 are dropped before inference. The queue is bounded: a full queue raises QueueFull
 (RESOURCE_EXHAUSTED). The bound admits a request once, before its item is prepared
-(decoding), so requests still decoding count against it too. Inference runs on a dedicated thread, off the event loop, one
-batch at a time (a GPU runs one batch at a time anyway). If a batch raises, its items
+(decoding), so requests still decoding count against it too. Inference runs on a dedicated
+thread, off the event loop, one batch at a time (a GPU runs one batch at a time anyway). If a batch raises, its items
 are retried one by one, so a poison item fails only itself.
 """
 
@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from archivetag.runtime import metrics
 from archivetag.runtime.errors import DeadlineExpired, InvalidInput, NotServing, QueueFull

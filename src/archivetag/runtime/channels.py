@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 MIB = 1024 * 1024
@@ -66,3 +67,14 @@ def server_channel_options(settings) -> list[tuple[str, Any]]:
             ("grpc.max_connection_age_grace_ms", int(settings.grace_seconds * 1000)),
         ]
     return options
+
+
+def is_loopback_host(host: str) -> bool:
+    """Is a listen or peer address (an IP or 'localhost') reachable from this machine only?"""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback

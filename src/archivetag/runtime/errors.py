@@ -9,13 +9,14 @@ for a bad field, a BadRequest. TagImages items carry the same reason in ItemErro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from archivetag.v1 import errors_pb2, tagging_pb2
+from archivetag.v1 import tagging_pb2
 
 DOMAIN = "archivetag.v1"
 REASON_PREFIX = "ERROR_REASON_"
@@ -128,7 +129,8 @@ class ErrorStatus:
     def item_error(self) -> tagging_pb2.ItemError:
         return tagging_pb2.ItemError(
             code=self.code.value[0], status=self.code.name, message=self.message,
-            reason=errors_pb2.ErrorReason.Value(REASON_PREFIX + self.reason), metadata=self.metadata, field=self.field,
+            reason=REASON_PREFIX + self.reason,  # the enum by name: the constructor looks it up
+            metadata=self.metadata, field=self.field,
         )
 
 
@@ -146,9 +148,10 @@ def status_for(exc: BaseException) -> ErrorStatus:
     return ErrorStatus(grpc.StatusCode.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}", "INFERENCE_FAILED")
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
     status = status_for(exc).rpc_status()
     await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+    raise AssertionError("unreachable: ServicerContext.abort always raises")  # grpc is untyped
 
 
 @dataclass(frozen=True)

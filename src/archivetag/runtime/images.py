@@ -19,10 +19,11 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -42,8 +43,9 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency; kept for 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF") + (("HEIF",) if HEIF_AVAILABLE else ())
 _FORMAT_NAMES = "JPEG, PNG, WebP, TIFF, BMP, GIF" + (", HEIC/HEIF" if HEIF_AVAILABLE else "")
 
-# Our own pixel limit is checked first with a clear message; PIL's bomb guard stays as a
-# backstop for formats whose size is only known while decoding.
+# Pillow's own bomb guard is off: our pixel limit (ARCHIVETAG_MAX_IMAGE_PIXELS) is checked from the
+# header before any decode, with a clear message, and Pillow's fixed 179 MP error would refuse images
+# an operator's setting allows. Every accepted format states its size in the header.
 Image.MAX_IMAGE_PIXELS = None
 
 _SNIFF = (
@@ -176,6 +178,7 @@ def _plan(image: Image.Image, stored_size: tuple[int, int], min_edge: int | None
     factor = max(1, min(width, height) // min_edge) if min_edge and width * height > SHRINK_ABOVE_PIXELS else 1
     premultiplied = decoded if factor > 1 and image.mode in ("LA", "RGBA") else 0  # Pillow's copy while reducing
     output = -(-width // factor) * -(-height // factor) * 4 * _OUTPUT_COPIES
+    assert image.format is not None  # set by Image.open, which identified the file
     return DecodePlan(image.format, (width, height), image.mode, factor,
                       decoded + codec + premultiplied + output + _FIXED_OVERHEAD, stored_size)
 
@@ -192,12 +195,9 @@ def check_image_size(data: bytes, max_bytes: int) -> None:
         )
 
 
-def _too_many_pixels(exc: Exception) -> InvalidInput:
-    return InvalidInput(f"image is too large to decode: {exc}", reason="IMAGE_TOO_MANY_PIXELS",
-                        metadata={"setting": "ARCHIVETAG_MAX_IMAGE_PIXELS"})
-
-
-def open_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None) -> tuple[Image.Image, DecodePlan]:
+def open_image(
+    data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None,
+) -> tuple[Image.Image, DecodePlan]:
     """Read the header only: check the limits and plan the decode. Raises InvalidInput."""
     check_image_size(data, limits.max_bytes)
     try:
@@ -210,8 +210,6 @@ def open_image(data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int |
             f"image format not recognised: {what}; accepted formats: {_FORMAT_NAMES}",
             reason="IMAGE_CORRUPT" if what.startswith("a corrupt") else "IMAGE_FORMAT_UNSUPPORTED",
         ) from None
-    except Image.DecompressionBombError as exc:
-        raise _too_many_pixels(exc) from None
     except MemoryError:
         raise QueueFull("not enough memory to read this image's header now; retry later") from None
     except Exception as exc:  # noqa: BLE001 - whatever a hostile header makes Pillow raise is the file's fault
@@ -469,7 +467,7 @@ class ImageDecoder:
 
     def __init__(
         self, limits: ImageLimits, threads: int = 2, min_edge: int | None = None,
-        allowed_roots: list[Path] | list[str] = (), device: str = "cpu",
+        allowed_roots: Sequence[Path | str] = (), device: str = "cpu",
     ):
         self.limits = limits
         self.device = device  # where the model runs: JPEGs are decoded there when it is CUDA
@@ -527,7 +525,8 @@ class ImageDecoder:
 def _uri_path(uri: str) -> str:
     path_text = uri[len("file://"):] if uri.startswith("file://") else uri
     if "://" in path_text:
-        raise InvalidInput(f"image.uri {uri!r}: only local paths and file:// URIs are accepted", reason="IMAGE_URI_REFUSED", field="image.uri")
+        raise InvalidInput(f"image.uri {uri!r}: only local paths and file:// URIs are accepted",
+                           reason="IMAGE_URI_REFUSED", field="image.uri")
     return path_text
 
 
@@ -535,7 +534,7 @@ _READ_CHUNK = 1024 * 1024
 
 
 def read_image_source(
-    image_proto, allowed_roots: list[Path] | list[str], max_bytes: int = ImageLimits.max_bytes,
+    image_proto, allowed_roots: Sequence[Path | str], max_bytes: int = ImageLimits.max_bytes,
     deadline: float | None = None,
 ) -> bytes:
     """The bytes of an archivetag.v1.Image: its data, or a regular file under an allowed root.
@@ -561,17 +560,20 @@ def read_image_source(
         path = Path(os.path.realpath(_uri_path(uri)))
         roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
         if not any(path.is_relative_to(root) for root in roots):
-            raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots", reason="IMAGE_URI_REFUSED", field="image.uri")
+            raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots",
+                               reason="IMAGE_URI_REFUSED", field="image.uri")
         # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the resolved
         # path must not have become a link since.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as exc:  # ELOOP (a symlink loop), ENOENT, EACCES, a NUL in the path
-        raise InvalidInput(f"image.uri {uri!r} cannot be opened: {getattr(exc, 'strerror', None) or exc}", reason="IMAGE_URI_REFUSED", field="image.uri") from None
+        raise InvalidInput(f"image.uri {uri!r} cannot be opened: {getattr(exc, 'strerror', None) or exc}",
+                           reason="IMAGE_URI_REFUSED", field="image.uri") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
         os.close(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise InvalidInput(f"image.uri {uri!r} is not a regular file ({_file_kind(info.st_mode)})", reason="IMAGE_URI_REFUSED", field="image.uri")
+            raise InvalidInput(f"image.uri {uri!r} is not a regular file ({_file_kind(info.st_mode)})",
+                               reason="IMAGE_URI_REFUSED", field="image.uri")
         raise InvalidInput(
             f"image.uri {uri!r} is {info.st_size} bytes; the limit is {max_bytes} bytes "
             "(set ARCHIVETAG_MAX_IMAGE_BYTES)"
@@ -583,10 +585,12 @@ def read_image_source(
                 chunks.append(chunk)
                 size += len(chunk)
                 if size > max_bytes:
-                    raise InvalidInput(f"image.uri {uri!r} grew past the limit of {max_bytes} bytes while being read", reason="IMAGE_URI_REFUSED", field="image.uri")
+                    raise InvalidInput(f"image.uri {uri!r} grew past the limit of {max_bytes} bytes while being read",
+                                       reason="IMAGE_URI_REFUSED", field="image.uri")
                 _check_deadline(deadline, f"image.uri {uri!r} was read")
         except OSError as exc:
-            raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror or exc}", reason="IMAGE_URI_REFUSED", field="image.uri") from None
+            raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror or exc}",
+                               reason="IMAGE_URI_REFUSED", field="image.uri") from None
         return b"".join(chunks)
 
 
@@ -602,7 +606,7 @@ _FILE_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-read")
 
 
 async def read_image_source_async(
-    image_proto, allowed_roots: list[Path] | list[str], max_bytes: int = ImageLimits.max_bytes,
+    image_proto, allowed_roots: Sequence[Path | str], max_bytes: int = ImageLimits.max_bytes,
     deadline: float | None = None,
 ) -> bytes:
     """read_image_source in a pool of its own, so slow disks never hold the event loop's default pool."""

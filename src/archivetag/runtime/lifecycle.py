@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
@@ -49,9 +49,11 @@ class ModelHealth:
         if self.phase == DRAINING or (self.phase == phase and self.reason == reason):
             return
         level = logging.WARNING if phase in (UNHEALTHY, FAILED) else logging.INFO
-        log.log(level, f"model {phase}", extra=fields(model=self.model, phase=phase, previous=self.phase, reason=reason))
+        log.log(level, f"model {phase}",
+                extra=fields(model=self.model, phase=phase, previous=self.phase, reason=reason))
         self.phase, self.reason = phase, reason
-        status = health_pb2.HealthCheckResponse.SERVING if phase == SERVING else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (health_pb2.HealthCheckResponse.SERVING if phase == SERVING
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(self.service_name, status)
         metrics.MODEL_SERVING.labels(self.model).set(1 if phase == SERVING else 0)
         self.changed.set()
@@ -62,7 +64,8 @@ class InferenceWatchdog:
     """Turns the model NOT_SERVING when inference stalls or keeps failing, and back.
 
     Stalled: work is waiting and no batch finished for `stall_seconds` (a hung GPU call,
-    a deadlock), or one decode step has run that long (a wedged decoder or file read). Failing: `max_failures` batches failed in a row (e.g. repeated CUDA
+    a deadlock), or one decode step has run that long (a wedged decoder or file read).
+    Failing: `max_failures` batches failed in a row (e.g. repeated CUDA
     out-of-memory); while so, `probe` (the warm-up inference) is retried every
     `probe_interval` seconds, and its success brings the model back.
     """
@@ -142,5 +145,5 @@ class InferenceWatchdog:
             await asyncio.sleep(interval)
             try:
                 await self.check()
-            except Exception:  # noqa: BLE001 - the watchdog must outlive its own bugs
+            except Exception:  # the watchdog must outlive its own bugs
                 log.exception("watchdog check failed")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from archivetag.runtime.interceptors import CallInterceptor
 from archivetag.runtime.logs import fields
 
 log = logging.getLogger("archivetag.metrics")
@@ -16,7 +18,8 @@ log = logging.getLogger("archivetag.metrics")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 QUEUE_WAIT = Histogram(
-    "archivetag_queue_wait_seconds", "Time a request waited in the batch queue.", ["model", "lane"], buckets=_LATENCY_BUCKETS
+    "archivetag_queue_wait_seconds", "Time a request waited in the batch queue.", ["model", "lane"],
+    buckets=_LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "archivetag_batch_size", "Requests per inference batch.", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64)
@@ -47,53 +50,19 @@ def _code_name(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> s
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-class RequestMetricsInterceptor(grpc.aio.ServerInterceptor):
+class RequestMetricsInterceptor(CallInterceptor):
     """Counts every archivetag call by method and final status code."""
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or not method.startswith("/archivetag."):
-            return handler
+    def applies(self, method: str) -> bool:
+        return method.startswith("/archivetag.")
 
-        def record(context: grpc.aio.ServicerContext, started: float, failed: bool) -> None:
+    @asynccontextmanager
+    async def around(self, method: str, context: grpc.aio.ServicerContext, streaming: bool) -> AsyncIterator[None]:
+        started, failed = time.perf_counter(), True
+        try:
+            yield
+            failed = False
+        finally:
             code = _code_name(context, grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
             REQUESTS.labels(method, code).inc()
             REQUEST_SECONDS.labels(method).observe(time.perf_counter() - started)
-
-        if handler.unary_unary:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, failed = time.perf_counter(), True
-                try:
-                    response = await inner(request, context)
-                    failed = False
-                    return response
-                finally:
-                    record(context, started, failed)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            inner_stream = handler.stream_stream
-
-            async def stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, failed = time.perf_counter(), True
-                try:
-                    async for response in inner_stream(request_iterator, context):
-                        yield response
-                    failed = False
-                finally:
-                    record(context, started, failed)
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler

@@ -36,7 +36,7 @@ class ModelCard:
         return f"archivetag/{family}-{SMOKE_MARK}"
 
     @classmethod
-    def for_smoke(cls, family: str) -> "ModelCard":
+    def for_smoke(cls, family: str) -> ModelCard:
         return cls(family=family, name=cls.smoke_name(family), revision="random-weights", smoke=True,
                    source="archivetag models smoke")
 
@@ -48,7 +48,7 @@ class ModelCard:
         return path
 
     @classmethod
-    def read(cls, folder: Path) -> "ModelCard | None":
+    def read(cls, folder: Path) -> ModelCard | None:
         """The folder's card, or None when it has none; ModelLoadError when it is damaged."""
         path = Path(folder) / CARD_FILE
         if not path.exists():

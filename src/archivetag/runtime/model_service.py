@@ -1,9 +1,10 @@
 """A model service: one ModelBackend on the shared runtime.
 
-A backend (services/florence, services/rampp, services/siglip) implements a few hooks:
-load the weights, give a warm-up input, prepare one decoded image, infer a batch, say
-who it is. The runtime owns everything else: gRPC, health, decoding, batching, the
-watchdog, metrics and errors. Adding a model means writing one backend.
+A backend (services/<model>/archivetag_<model>/backend.py) implements a few hooks: load the
+weights, give a warm-up input, prepare one decoded image, infer a batch, say who it is. Its
+spec (services/<model>/archivetag_<model>/spec.py) declares its capability, and the runtime
+serves that capability's API with the generic servicer (runtime/servicers.py) and owns
+everything else: gRPC, health, decoding, batching, the watchdog, metrics and errors.
 """
 
 from __future__ import annotations
@@ -12,24 +13,34 @@ import abc
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1.health import aio as health_aio
 from PIL import Image
 
 from archivetag.runtime.batcher import DynamicBatcher, lane_from_metadata
-from archivetag.runtime.errors import InvalidInput, ModelLoadError, NotServing, abort_with
+from archivetag.runtime.errors import InvalidInput, ModelLoadError, NotServing
 from archivetag.runtime.images import ImageDecoder, ImageLimits
 from archivetag.runtime.lifecycle import (
-    DRAINING, FAILED, SERVING, WARMING_UP, InferenceWatchdog, ModelHealth,
+    DRAINING,
+    FAILED,
+    SERVING,
+    WARMING_UP,
+    InferenceWatchdog,
+    ModelHealth,
 )
 from archivetag.runtime.logs import fields
 from archivetag.runtime.model_files import check_readable
-from archivetag.runtime.registry import TAGGER_SERVICE, VIEW_TYPE_SERVICE
-from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
+from archivetag.runtime.specs import TAGGER, VIEW_TYPE, ServerSpec, load
+from archivetag.v1 import common_pb2
+
+# Backends name the service they implement through these (their spec is the source of truth).
+TAGGER_SERVICE = TAGGER.service
+VIEW_TYPE_SERVICE = VIEW_TYPE.service
 
 log = logging.getLogger("archivetag.model_service")
 
@@ -71,7 +82,7 @@ class TagOptions:
     ocr: int = common_pb2.OCR_MODE_UNSPECIFIED  # an OcrMode: which text reading is asked for
 
     @classmethod
-    def of(cls, request) -> "TagOptions":
+    def of(cls, request) -> TagOptions:
         if request is None:
             return cls(None, 0, [])
         threshold = float(request.threshold) if request.HasField("threshold") else None
@@ -116,8 +127,8 @@ def batch_size_for(device: str) -> int:
 class ModelBackend(abc.ABC):
     """The hooks a model implements. Everything here runs off the event loop."""
 
-    family: str  # "florence", "rampp", "siglip": also the metrics label
-    service: str  # TAGGER_SERVICE or VIEW_TYPE_SERVICE
+    family: str  # the spec's name: <models>/<family>, the metrics label
+    service: str  # the gRPC service it implements: its capability's (spec.capability.service)
     input_edge: int | None = None  # model input edge, for reduced-scale JPEG decoding
 
     @abc.abstractmethod
@@ -156,7 +167,13 @@ class ModelBackend(abc.ABC):
 class ModelServiceApp:
     """The ServerApp that serves one backend."""
 
-    def __init__(self, backend: ModelBackend, settings):
+    def __init__(self, spec: ServerSpec, backend: ModelBackend, settings):
+        assert spec.capability is not None, f"{spec.name} is not a model service"
+        if backend.service != spec.capability.service or backend.family != spec.name:
+            raise ValueError(f"{type(backend).__name__} serves {backend.service} as {backend.family!r}; its spec "
+                             f"declares {spec.capability.service} as {spec.name!r}")
+        self.spec = spec
+        self.capability = spec.capability
         self.backend = backend
         self.settings = settings
         self.name = backend.family
@@ -182,12 +199,7 @@ class ModelServiceApp:
     # -- ServerApp ------------------------------------------------------------------
     def register(self, server: grpc.aio.Server, health: health_aio.HealthServicer) -> None:
         self.health = ModelHealth(health, self.backend.service, self.backend.family)
-        if self.backend.service == TAGGER_SERVICE:
-            tagger_pb2_grpc.add_TaggerServiceServicer_to_server(TaggerServicer(self), server)
-        elif self.backend.service == VIEW_TYPE_SERVICE:
-            view_type_pb2_grpc.add_ViewTypeServiceServicer_to_server(ViewTypeServicer(self), server)
-        else:
-            raise ValueError(f"unknown service {self.backend.service}")
+        self.capability.add_servicer(load(self.capability.servicer)(self), server)
 
     async def start(self) -> None:
         assert self.health is not None
@@ -198,7 +210,7 @@ class ModelServiceApp:
         except ModelLoadError as exc:
             await self.health.set(FAILED, str(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - whatever breaks, say so and stay NOT_SERVING
+        except Exception as exc:  # whatever breaks, say so and stay NOT_SERVING
             log.exception("model load crashed")
             await self.health.set(FAILED, f"loading the model failed: {type(exc).__name__}: {exc}")
             return
@@ -213,7 +225,7 @@ class ModelServiceApp:
         self.batcher.start()
         try:
             await self.warmup()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("warm-up failed")
             await self.health.set(FAILED, f"warm-up inference failed: {type(exc).__name__}: {exc}")
             return
@@ -285,59 +297,4 @@ class ModelServiceApp:
         assert self.health is not None
         return common_pb2.ServiceState(
             serving=self.health.serving, phase=self.health.phase, reason=self.health.reason
-        )
-
-
-class TaggerServicer(tagger_pb2_grpc.TaggerServiceServicer):
-    def __init__(self, app: ModelServiceApp):
-        self.app = app
-
-    async def Tag(self, request: tagger_pb2.TagRequest, context: grpc.aio.ServicerContext) -> tagger_pb2.TagResponse:
-        try:
-            result, timings = await self.app.infer(request.image, request, context)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place (errors.py)
-            await abort_with(context, exc)
-        identity = self.app.identity()
-        return tagger_pb2.TagResponse(
-            tags=[common_pb2.Tag(name=n, confidence=c, source_model=identity.name) for n, c in result.tags],
-            caption=result.caption,
-            model=identity,
-            context=request.context,
-            timings=timings,
-            ocr=ocr_answer(request.ocr, result.ocr),
-        )
-
-    async def GetModelInfo(self, request, context) -> tagger_pb2.TaggerServiceGetModelInfoResponse:
-        return tagger_pb2.TaggerServiceGetModelInfoResponse(
-            model=self.app.identity(),
-            state=self.app.state(),
-            vocabulary_size=len(self.app.backend.vocabulary()),
-            settings=self.app.settings_in_effect(),
-        )
-
-
-class ViewTypeServicer(view_type_pb2_grpc.ViewTypeServiceServicer):
-    def __init__(self, app: ModelServiceApp):
-        self.app = app
-
-    async def Classify(self, request: view_type_pb2.ClassifyRequest, context) -> view_type_pb2.ClassifyResponse:
-        try:
-            result, timings = await self.app.infer(request.image, request, context)
-        except Exception as exc:  # noqa: BLE001
-            await abort_with(context, exc)
-        return view_type_pb2.ClassifyResponse(
-            view_type=result.view_type,
-            confidence=result.confidence,
-            scores=[view_type_pb2.ClassScore(name=n, probability=p, logit=l) for n, p, l in result.scores],
-            embedding=result.embedding if request.include_embedding else [],
-            model=self.app.identity(),
-            timings=timings,
-        )
-
-    async def GetModelInfo(self, request, context) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:
-        return view_type_pb2.ViewTypeServiceGetModelInfoResponse(
-            model=self.app.identity(),
-            state=self.app.state(),
-            classes=self.app.backend.vocabulary(),
-            settings=self.app.settings_in_effect(),
         )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from archivetag.runtime.registry import ServerSpec
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
+from archivetag.runtime.specs import ServerSpec
 
 # A string: argparse expands it through parse_path, and the docs show it as written.
 DEFAULT_MODELS_DIR = "~/.cache/archivetag/models"
@@ -55,7 +55,8 @@ SERVER_OPTIONS = OptionGroup(
             parse_list,
         ),
         Option("log_level", "info", "Log level.", choices=("debug", "info", "warning", "error")),
-        Option("log_format", "json", "Log line format: one JSON object per line, or plain text.", choices=("json", "text")),
+        Option("log_format", "json", "Log line format: one JSON object per line, or plain text.",
+               choices=("json", "text")),
     ),
 )
 

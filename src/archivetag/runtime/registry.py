@@ -1,93 +1,100 @@
-"""The one registry of servers: every model service and the orchestrator, in one table.
+"""The one registry of servers, built from the declarations the installed servers register.
 
-Everything that lists models reads it: the CLI (`serve`, `models`), `up`, the orchestrator's
-backends and options, `models pull`, the docs and the deployment checks. Adding a fourth model
-means one folder under services/ (backend, options, smoke model, commands) and one entry here.
+Each server's distribution registers one `ServerSpec` (runtime/specs.py) under the
+`archivetag.servers` entry point group:
 
-This module imports only the generated protobuf code: no torch, no model code. A service's
-Python modules are named here and imported only when that service is actually used.
+    [project.entry-points."archivetag.servers"]
+    florence = "archivetag_florence.spec:SPEC"
+
+and nothing else names a model: the CLI (`serve`, `models`), `up`, the orchestrator's backends
+and options, `models pull`, docs/configuration.md and the generated deployment files read the
+specs from here. A fourth model is one folder (its spec, its backend, its pyproject.toml with
+that one entry point), installed. An installation holds the servers it installed: the client
+alone holds none, a SigLIP container only SigLIP.
+
+Loading reads only the spec modules (no torch, no model code); a server's heavy modules are
+named in its spec and imported when that server is actually used.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from types import ModuleType
+import functools
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
-from archivetag.v1 import tagger_pb2, tagger_pb2_grpc, tagging_pb2, view_type_pb2, view_type_pb2_grpc
-
-TAGGER_SERVICE = tagger_pb2.DESCRIPTOR.services_by_name["TaggerService"].full_name
-VIEW_TYPE_SERVICE = view_type_pb2.DESCRIPTOR.services_by_name["ViewTypeService"].full_name
-TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
-
-TAGGER = "tagger"
-VIEW_TYPE = "view type"
-ORCHESTRATOR_ROLE = "orchestrator"
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """One server: its name on the command line, what it does, where it listens."""
-
-    name: str  # `archivetag serve <name>`, the models sub-folder, the metrics label
-    title: str  # for people: "Florence-2"
-    role: str  # TAGGER, VIEW_TYPE or ORCHESTRATOR_ROLE
-    port: int  # default gRPC port
-    metrics_port: int  # default Prometheus port
-    health_service: str  # the health name that is SERVING once the model is ready
-    package: str  # the Python package holding the server's modules
-    needs_torch: bool = False  # its backend imports torch (the control plane never does)
-
-    @property
-    def is_model(self) -> bool:
-        return self.role != ORCHESTRATOR_ROLE
-
-    def module(self, name: str) -> ModuleType:
-        """One of the service's modules ("backend", "options", "smoke", "commands"), imported now."""
-        return importlib.import_module(f"{self.package}.{name}")
-
-    def stub(self, channel) -> Any:
-        """A client stub for the service's own API (TaggerService or ViewTypeService)."""
-        if self.health_service == TAGGER_SERVICE:
-            return tagger_pb2_grpc.TaggerServiceStub(channel)
-        if self.health_service == VIEW_TYPE_SERVICE:
-            return view_type_pb2_grpc.ViewTypeServiceStub(channel)
-        raise ValueError(f"{self.name} has no model-service stub")
-
-    def model_info_request(self) -> Any:
-        if self.health_service == TAGGER_SERVICE:
-            return tagger_pb2.TaggerServiceGetModelInfoRequest()
-        if self.health_service == VIEW_TYPE_SERVICE:
-            return view_type_pb2.ViewTypeServiceGetModelInfoRequest()
-        raise ValueError(f"{self.name} has no GetModelInfo")
-
-
-MODELS: tuple[ServerSpec, ...] = (
-    ServerSpec("florence", "Florence-2", TAGGER, 50052, 9152, TAGGER_SERVICE,
-               "archivetag.services.florence", needs_torch=True),
-    ServerSpec("rampp", "RAM++", TAGGER, 50053, 9153, TAGGER_SERVICE,
-               "archivetag.services.rampp", needs_torch=True),
-    ServerSpec("siglip", "SigLIP", VIEW_TYPE, 50054, 9154, VIEW_TYPE_SERVICE,
-               "archivetag.services.siglip"),
+from archivetag.runtime.specs import (  # noqa: F401 - re-exported: the names callers use
+    TAGGER,
+    TAGGING_SERVICE,
+    VIEW_TYPE,
+    Capability,
+    ServerSpec,
 )
-ORCHESTRATOR = ServerSpec("orchestrator", "orchestrator", ORCHESTRATOR_ROLE, 50051, 9151, TAGGING_SERVICE,
-                          "archivetag.orchestrator")
-SERVERS: tuple[ServerSpec, ...] = (*MODELS, ORCHESTRATOR)
 
-MODEL_NAMES: tuple[str, ...] = tuple(spec.name for spec in MODELS)
-TAGGER_NAMES: tuple[str, ...] = tuple(spec.name for spec in MODELS if spec.role == TAGGER)
-SERVER_NAMES: tuple[str, ...] = tuple(spec.name for spec in SERVERS)
+ENTRY_POINT_GROUP = "archivetag.servers"
+ORCHESTRATOR_NAME = "orchestrator"
+TAGGER_SERVICE = TAGGER.service
+VIEW_TYPE_SERVICE = VIEW_TYPE.service
+
+
+class RegistryError(RuntimeError):
+    """The installed servers' declarations do not fit together."""
+
+
+@functools.cache
+def servers() -> tuple[ServerSpec, ...]:
+    """Every installed server: model services by default port, then the orchestrator."""
+    found: dict[str, ServerSpec] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        spec = entry.load()
+        if not isinstance(spec, ServerSpec) or spec.name != entry.name:
+            raise RegistryError(f"entry point {entry.name} = {entry.value} is not a ServerSpec named {entry.name!r}")
+        if spec.name in found:
+            continue  # the same distribution seen twice on sys.path (an editable install beside a wheel)
+        found[spec.name] = spec
+    specs = sorted(found.values(), key=lambda s: (not s.is_model, s.port, s.name))
+    for attribute in ("port", "metrics_port"):
+        values = [getattr(s, attribute) for s in specs]
+        clash = {v for v in values if values.count(v) > 1}
+        if clash:
+            raise RegistryError(f"two servers declare the same default {attribute}: {sorted(clash)}")
+    return tuple(specs)
+
+
+def models() -> tuple[ServerSpec, ...]:
+    return tuple(s for s in servers() if s.is_model)
+
+
+def with_capability(capability: Capability) -> tuple[ServerSpec, ...]:
+    """The models of one capability; taggers in their default order (priority, then name)."""
+    return tuple(sorted((s for s in models() if s.capability == capability), key=lambda s: (s.priority, s.name)))
 
 
 def server(name: str) -> ServerSpec:
-    for spec in SERVERS:
+    for spec in servers():
         if spec.name == name:
             return spec
-    raise KeyError(f"no server named {name!r}; known: {', '.join(SERVER_NAMES)}")
+    known = ", ".join(s.name for s in servers()) or "none (install archivetag-florence, archivetag-orchestrator, ...)"
+    raise KeyError(f"no server named {name!r} is installed; installed: {known}")
 
 
-def view_type_model() -> ServerSpec:
-    """The one model that answers the view type."""
-    (spec,) = [s for s in MODELS if s.role == VIEW_TYPE]
-    return spec
+def orchestrator() -> ServerSpec:
+    return server(ORCHESTRATOR_NAME)
+
+
+# The tables as module attributes, computed when first read (PEP 562), so importing this module
+# costs nothing and reads no entry point.
+_TABLES: dict[str, Callable[[], Any]] = {
+    "SERVERS": servers,
+    "MODELS": models,
+    "SERVER_NAMES": lambda: tuple(s.name for s in servers()),
+    "MODEL_NAMES": lambda: tuple(s.name for s in models()),
+    "TAGGER_NAMES": lambda: tuple(s.name for s in with_capability(TAGGER)),
+    "ORCHESTRATOR": orchestrator,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TABLES:
+        return _TABLES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

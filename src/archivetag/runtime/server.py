@@ -3,7 +3,8 @@
 It registers grpc.health.v1 ("" = the process is alive; each service's full name = its
 model is ready) and server reflection, applies message-size and keepalive limits and
 admission (runtime/admission.py: calls and streams counted apart), serves Prometheus
-metrics, and on SIGTERM/SIGINT turns everything NOT_SERVING, refuses new calls, lets in-flight calls finish within the grace period and returns 0.
+metrics, and on SIGTERM/SIGINT turns everything NOT_SERVING, refuses new calls, lets in-flight
+calls finish within the grace period and returns 0.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def _enable_reflection(server: grpc.aio.Server, service_names: list[str]) -> Non
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),))
 
 
 async def serve(app: ServerApp, settings) -> int:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 ENV_PREFIX = "ARCHIVETAG_"
 
@@ -79,7 +80,7 @@ class OptionGroup:
     title: str
     options: tuple[Option, ...] = field(default_factory=tuple)
 
-    def with_defaults(self, **defaults: Any) -> "OptionGroup":
+    def with_defaults(self, **defaults: Any) -> OptionGroup:
         """The same options with other defaults (e.g. each service's own port)."""
         unknown = set(defaults) - {o.name for o in self.options}
         if unknown:

@@ -8,9 +8,9 @@ candidate. Most confident first, ties in vocabulary order; at most max_tags (0: 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class TagVocabulary:
 
     @classmethod
     def read(cls, tag_list: Path, thresholds: Path | None = None, default_threshold: float = 0.0,
-             what: str = "tag list") -> "TagVocabulary":
+             what: str = "tag list") -> TagVocabulary:
         """Read a tag list (and a thresholds file beside it, one number per tag); ModelLoadError saying why not."""
         try:
             text = Path(tag_list).read_text(encoding="utf-8")

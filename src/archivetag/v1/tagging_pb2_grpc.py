@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class TaggingServiceStub:
-    """The one service archive apps call. It tags with Florence-2 (failing over to
-    RAM++), asks SigLIP for the view type, and answers with both.
+    """The one service archive apps call. It tags with the primary tagger (by default
+    Florence-2), failing over to the next configured tagger (by default RAM++), asks
+    a view-type service (SigLIP) for the view type, and answers with both.
     Health name: "archivetag.v1.TaggingService". Clients authenticate with
     "authorization: Bearer <token>" metadata unless the server runs without auth.
     """
@@ -56,8 +57,9 @@ class TaggingServiceStub:
 
 
 class TaggingServiceServicer:
-    """The one service archive apps call. It tags with Florence-2 (failing over to
-    RAM++), asks SigLIP for the view type, and answers with both.
+    """The one service archive apps call. It tags with the primary tagger (by default
+    Florence-2), failing over to the next configured tagger (by default RAM++), asks
+    a view-type service (SigLIP) for the view type, and answers with both.
     Health name: "archivetag.v1.TaggingService". Clients authenticate with
     "authorization: Bearer <token>" metadata unless the server runs without auth.
     """
@@ -121,8 +123,9 @@ def add_TaggingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TaggingService:
-    """The one service archive apps call. It tags with Florence-2 (failing over to
-    RAM++), asks SigLIP for the view type, and answers with both.
+    """The one service archive apps call. It tags with the primary tagger (by default
+    Florence-2), failing over to the next configured tagger (by default RAM++), asks
+    a view-type service (SigLIP) for the view type, and answers with both.
     Health name: "archivetag.v1.TaggingService". Clients authenticate with
     "authorization: Bearer <token>" metadata unless the server runs without auth.
     """

@@ -861,8 +861,9 @@ export const BreakerStateSchema: GenEnum<BreakerState> = /*@__PURE__*/
   enumDesc(file_archivetag_v1_tagging, 2);
 
 /**
- * The one service archive apps call. It tags with Florence-2 (failing over to
- * RAM++), asks SigLIP for the view type, and answers with both.
+ * The one service archive apps call. It tags with the primary tagger (by default
+ * Florence-2), failing over to the next configured tagger (by default RAM++), asks
+ * a view-type service (SigLIP) for the view type, and answers with both.
  * Health name: "archivetag.v1.TaggingService". Clients authenticate with
  * "authorization: Bearer <token>" metadata unless the server runs without auth.
  *

@@ -1,0 +1,227 @@
+"""One image through the backends: tagger with deadline and failover, SigLIP beside it.
+
+    the taggers in the configured order (--taggers; default by their specs' priority: Florence-2,
+    then RAM++): the primary, if SERVING and its breaker allows,
+        with deadline = min(its setting, the caller's time left − a reserve for the fallback)
+    on DEADLINE_EXCEEDED, UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN (any failure but
+        INVALID_ARGUMENT), or when not SERVING / breaker open → the fallback tagger, and say why;
+        only the backend's own faults count against its breaker (backends.is_backend_fault)
+    INVALID_ARGUMENT → the image's fault: back to the caller (with the backend's reason), no failover
+    no tagger answered → DEADLINE_EXCEEDED if the caller's deadline is what stopped one, else UNAVAILABLE
+    the view-type providers (SigLIP) run concurrently, the first that can answer; if none can, the
+        result is degraded, not an error
+    OCR asked of a tagger that cannot read text (RAM++) → its tags, ocr NOT_AVAILABLE, degraded
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter
+
+from archivetag.runtime.batcher import INTERACTIVE
+from archivetag.runtime.errors import DeadlineExpired, NotServing, reraise_from_call
+from archivetag.runtime.logs import fields
+from archivetag.v1 import common_pb2, tagger_pb2, tagging_pb2, view_type_pb2
+from archivetag_orchestrator.backends import Backend
+
+log = logging.getLogger("archivetag.orchestrator.routing")
+
+FAILOVERS = Counter("archivetag_failovers_total", "Images answered by the fallback tagger.", ["primary", "fallback"])
+DEGRADED = Counter("archivetag_degraded_total", "Answers missing a part (e.g. the view type).", ["backend"])
+
+# What a failed call to the primary means for the fallback reason (others: CALL_FAILED).
+CALL_FALLBACK = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: tagging_pb2.FALLBACK_REASON_DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: tagging_pb2.FALLBACK_REASON_OVERLOADED,
+}
+
+# Below this, a call cannot usefully start.
+MIN_CALL_SECONDS = 0.05
+
+
+def with_image(message, image: bytes) -> bytes:
+    """A TagRequest or ClassifyRequest with `image` as its image bytes, serialized once for every attempt."""
+    message.image.data = image
+    return message.SerializeToString()
+
+
+@dataclass
+class ViewOutcome:
+    view: tagging_pb2.ViewType
+    seconds: float = 0.0
+    problem: str = ""  # why there is no view type; '' when a provider answered
+    backend: str = "view type"  # the provider that answered, or the last one tried
+    model: common_pb2.ModelIdentity | None = None
+    embedding: tuple[float, ...] = ()
+
+
+@dataclass
+class TaggerOutcome:
+    response: tagger_pb2.TagResponse
+    tagger: str
+    fallback_reason: str
+    tagger_seconds: float
+    failover_seconds: float
+    fallback: tagging_pb2.FallbackReason  # FallbackReason of the primary; UNSPECIFIED when it answered
+    primary_health: tagging_pb2.BackendHealth  # BackendHealth of the primary when the call was routed
+    primary_breaker: tagging_pb2.BreakerState  # BreakerState of the primary when the call was routed
+
+
+class Router:
+    def __init__(self, taggers: list[Backend], view_types: list[Backend], fallback_reserve: float):
+        self.taggers = taggers  # primary first
+        self.view_types = view_types  # tried in order
+        self.fallback_reserve = fallback_reserve
+
+    def view_type_provider(self) -> Backend | None:
+        """The view-type backend a request would be sent to now (enabled and usable by health), if any."""
+        return next((b for b in self.view_types
+                     if b.enabled and b.health() == tagging_pb2.BACKEND_HEALTH_SERVING), None)
+
+    async def tag_image(
+        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, admission_seconds: float = 0.0,
+        lane: str = INTERACTIVE,
+    ) -> tagging_pb2.TagImageResponse:
+        """lane: the batcher lane the backends queue this image in (runtime/batcher.py)."""
+        started = time.monotonic()
+        view_task = asyncio.create_task(self._view_type(image, request, deadline, lane))
+        try:
+            outcome = await self._tag_with_failover(request, image, deadline, lane)
+        except BaseException:
+            view_task.cancel()
+            await asyncio.gather(view_task, return_exceptions=True)
+            raise
+        view = await view_task
+        response = tagging_pb2.TagImageResponse(
+            tags=outcome.response.tags,
+            caption=outcome.response.caption,
+            tagger=outcome.tagger,
+            fallback_reason=outcome.fallback_reason,
+            fallback=outcome.fallback,
+            primary_health=outcome.primary_health,
+            primary_breaker=outcome.primary_breaker,
+            view_type=view.view,
+            models=[outcome.response.model, *([view.model] if view.model else [])],
+            context=request.context,
+            timings=tagging_pb2.StageTimings(
+                total_seconds=time.monotonic() - started + admission_seconds,
+                tagger_seconds=outcome.tagger_seconds,
+                view_type_seconds=view.seconds,
+                failover_seconds=outcome.failover_seconds,
+                admission_seconds=admission_seconds,
+            ),
+        )
+        if view.problem:
+            response.degraded = True
+            response.degraded_reasons.append(view.problem)
+            DEGRADED.labels(view.backend).inc()
+        response.embedding.extend(view.embedding)
+        if outcome.response.HasField("ocr"):
+            response.ocr.CopyFrom(outcome.response.ocr)
+            if response.ocr.status == common_pb2.OCR_STATUS_NOT_AVAILABLE:
+                response.degraded = True
+                response.degraded_reasons.append(f"ocr: not available ({outcome.tagger} cannot read text)")
+                DEGRADED.labels(self.taggers[0].name).inc()  # the primary's part (the text) is missing
+        response.tagged_at.GetCurrentTime()
+        return response
+
+    # -- tagging ----------------------------------------------------------------------
+    async def _tag_with_failover(
+        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, lane: str
+    ) -> TaggerOutcome:
+        reasons: list[str] = []  # for a person
+        fallbacks: dict[str, tagging_pb2.FallbackReason] = {}  # tagger → FallbackReason, for programs
+        out_of_time = False  # a tagger was skipped or cut off because the caller's deadline was near
+        failover_seconds = 0.0
+        primary = self.taggers[0]
+        primary_state = (primary.health(), primary.breaker_state())
+        tag_request = tagger_pb2.TagRequest(context=request.context, max_tags=request.max_tags, ocr=request.ocr)
+        if request.HasField("threshold"):
+            tag_request.threshold = request.threshold
+        tag_bytes = with_image(tag_request, image)  # once for both taggers and their retries
+
+        def passed_over(backend: Backend, fallback: tagging_pb2.FallbackReason, why: str) -> None:
+            fallbacks[backend.name] = fallback
+            reasons.append(f"{backend.name}: {why}")
+
+        for index, backend in enumerate(self.taggers):
+            if not backend.enabled:
+                passed_over(backend, tagging_pb2.FALLBACK_REASON_DISABLED, "disabled")
+                continue
+            has_fallback = any(b.enabled for b in self.taggers[index + 1:])
+            await backend.until_health_known(deadline - time.monotonic() - MIN_CALL_SECONDS)
+            left = deadline - time.monotonic()
+            timeout = min(backend.deadline, left - (self.fallback_reserve if has_fallback else 0.0))
+            if timeout < MIN_CALL_SECONDS:
+                out_of_time = True
+                passed_over(backend, tagging_pb2.FALLBACK_REASON_NO_TIME_LEFT,
+                            f"skipped, {left:.1f} s left before the caller's deadline")
+                continue
+            fallback, why_not = backend.usable()
+            if why_not:
+                passed_over(backend, fallback, why_not)
+                continue
+            attempt_started = time.monotonic()
+            try:
+                tag = backend.raw_method("Tag", tagger_pb2.TagResponse)
+                response = await backend.call(tag, tag_bytes, timeout, timeout >= backend.deadline, lane)
+            except grpc.aio.AioRpcError as exc:
+                spent = time.monotonic() - attempt_started
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise reraise_from_call(exc) from None
+                failover_seconds += spent
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    out_of_time = out_of_time or timeout < backend.deadline
+                passed_over(backend, CALL_FALLBACK.get(exc.code(), tagging_pb2.FALLBACK_REASON_CALL_FAILED),
+                            f"{exc.code().name} after {spent:.1f} s ({exc.details()})")
+                log.warning("tagger failed", extra=fields(backend=backend.name, code=exc.code().name,
+                                                          seconds=round(spent, 3), detail=exc.details()))
+                continue
+            if index > 0 or reasons:
+                FAILOVERS.labels(primary.name, backend.name).inc()
+            return TaggerOutcome(
+                response, backend.name, "; ".join(reasons), time.monotonic() - attempt_started, failover_seconds,
+                fallbacks.get(primary.name, tagging_pb2.FALLBACK_REASON_UNSPECIFIED), *primary_state,
+            )
+        states = {name: tagging_pb2.FallbackReason.Name(value) for name, value in fallbacks.items()}
+        if out_of_time or time.monotonic() >= deadline:
+            raise DeadlineExpired("deadline passed before a tagger answered: " + "; ".join(reasons), metadata=states)
+        raise NotServing("no tagger could answer: " + "; ".join(reasons), reason="NO_TAGGER_AVAILABLE", metadata=states)
+
+    # -- view type --------------------------------------------------------------------
+    async def _view_type(self, image: bytes, request: tagging_pb2.TagImageRequest, deadline: float,
+                         lane: str) -> ViewOutcome:
+        """The view type from the first provider that answers, or 'unknown' with why none did. Never raises."""
+        problems: list[str] = []
+        started = time.monotonic()
+        classify = with_image(view_type_pb2.ClassifyRequest(include_embedding=request.include_embedding), image)
+        last = "view type"
+        for backend in self.view_types:
+            last = backend.name
+            if not backend.enabled:
+                problems.append(f"{backend.name}: disabled")
+                continue
+            await backend.until_health_known(deadline - time.monotonic() - MIN_CALL_SECONDS)
+            timeout = min(backend.deadline, deadline - time.monotonic())
+            why_not = (backend.usable()[1] if timeout >= MIN_CALL_SECONDS
+                       else "no time left before the caller's deadline")
+            if why_not:
+                problems.append(f"{backend.name}: {why_not}")
+                continue
+            attempt = time.monotonic()
+            try:
+                method = backend.raw_method("Classify", view_type_pb2.ClassifyResponse)
+                reply = await backend.call(method, classify, timeout, timeout >= backend.deadline, lane)
+            except grpc.aio.AioRpcError as exc:
+                spent = time.monotonic() - attempt
+                problems.append(f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")
+                continue
+            view = tagging_pb2.ViewType(name=reply.view_type, confidence=reply.confidence, scores=reply.scores)
+            return ViewOutcome(view, time.monotonic() - started, "", backend.name, reply.model, tuple(reply.embedding))
+        return ViewOutcome(tagging_pb2.ViewType(name="unknown"), time.monotonic() - started,
+                           "; ".join(problems) or "no view-type service is installed", last)

@@ -1,0 +1,283 @@
+"""The Florence-2 tagger: a caption per image, tags from the caption with token probabilities, and on
+request the text in the image (the `<OCR>` and `<OCR_WITH_REGION>` tasks).
+
+Concurrent requests arrive as one batch: one processor call on the list of images, one
+`generate` call for the captions; the items that ask for OCR get one more generate pass per
+OCR task, in the same batch (a task token is the whole prompt, so each task is its own pass).
+A stopping criterion ends generation as soon as every caller of the batch has gone. Tag
+confidences come from the generation scores (tags.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from archivetag.bundled import RAMPP_TAG_LIST as RAMPP_TAG_LIST_BUNDLED
+from archivetag.runtime.checksums import sha256_file
+from archivetag.runtime.errors import ModelLoadError
+from archivetag.runtime.images import source_size
+from archivetag.runtime.model_card import model_identity
+from archivetag.runtime.model_service import TAGGER_SERVICE, ModelBackend, OcrText, TagOptions, TagResult
+from archivetag.runtime.tags import TagVocabulary, select_tags
+from archivetag.v1 import common_pb2
+from archivetag_florence import tags as tagging
+from archivetag_florence.layout import VOCABULARY_FILE
+
+log = logging.getLogger("archivetag.florence")
+
+MODEL_DIR = "florence"
+RAMPP_TAG_LIST = Path("rampp") / "ram_tag_list.txt"
+DEFAULT_EDGE = 768
+# The Florence-2 task of each OcrMode that reads text.
+OCR_TASKS = {common_pb2.OCR_MODE_TEXT: "<OCR>", common_pb2.OCR_MODE_TEXT_WITH_REGIONS: "<OCR_WITH_REGION>"}
+
+
+@dataclass
+class FlorenceItem:
+    image: Image.Image
+    threshold: float | None
+    max_tags: int
+    allowed: frozenset[str] | None
+    ocr: int  # the OcrMode asked for
+    size: tuple[int, int]  # the photo's size as stored: OCR regions are in its pixels
+
+
+def default_vocabulary_path(models: Path) -> Path:
+    """The model folder's own vocabulary, else RAM++'s beside it, else the RAM++ list shipped with archivetag:
+    either way both taggers speak the same tags."""
+    for path in (models / MODEL_DIR / VOCABULARY_FILE, models / RAMPP_TAG_LIST):
+        if path.exists():
+            return path
+    return RAMPP_TAG_LIST_BUNDLED
+
+
+def processor_edge(folder: Path) -> int:
+    """The processor's input edge, read without loading anything heavy (for reduced-size decoding)."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        settings = settings.get("image_processor", settings)
+        size = settings.get("size") or {}
+        edge = size.get("height") or size.get("shortest_edge")
+        if edge:
+            return int(edge)
+    return DEFAULT_EDGE
+
+
+def _stop_when(abandoned: Callable[[], bool]):
+    """A StoppingCriteria that ends the whole batch's generation once every caller has gone."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopWhenAbandoned(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), bool(abandoned()), dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenAbandoned()
+
+
+class FlorenceBackend(ModelBackend):
+    family = "florence"
+    decodes_with_torch = True
+    service = TAGGER_SERVICE
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.folder = Path(settings.models) / MODEL_DIR
+        self.task = settings.florence_task
+        self.max_new_tokens = settings.florence_max_new_tokens
+        self.ocr_max_new_tokens = settings.florence_ocr_max_new_tokens
+        self.num_beams = settings.florence_num_beams
+        self.min_confidence = settings.florence_min_confidence
+        self.input_edge = processor_edge(self.folder)
+        self.model = None
+        self.processor = None
+        self.device = None
+        self.dtype = None
+        self.vocab: TagVocabulary | None = None
+        self.phrases: tagging.PhraseIndex | None = None
+        self.vocabulary_path: Path | None = None
+        self._identity: common_pb2.ModelIdentity | None = None
+
+    # -- loading --------------------------------------------------------------------
+    def load(self) -> None:
+        from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
+        from archivetag_florence.loading import load_florence
+
+        if self.max_new_tokens < 1 or self.ocr_max_new_tokens < 1 or self.num_beams < 1:
+            raise ModelLoadError("--florence-max-new-tokens, --florence-ocr-max-new-tokens and --florence-num-beams "
+                                 "must be at least 1")
+        try:
+            self.device = pick_device(self.settings.device)
+            self.dtype = pick_dtype(self.settings.dtype, self.device)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        set_threads(self.settings.torch_threads)
+        self.vocabulary_path = (self.settings.florence_tag_vocabulary
+                                or default_vocabulary_path(Path(self.settings.models)))
+        # Florence-2 has no per-tag thresholds: every tag's own threshold is the minimum confidence.
+        self.vocab = TagVocabulary.read(Path(self.vocabulary_path), default_threshold=self.min_confidence,
+                                        what="tag vocabulary")
+        self.phrases = tagging.PhraseIndex.from_names(self.vocab.names)
+        loaded = load_florence(self.folder, self.device, self.dtype, self.settings.florence_attn_implementation)
+        self.model, self.processor = loaded.model, loaded.processor
+        self.input_edge = int(self.processor.image_processor.size.get("height", self.input_edge))
+        self._identity = self._make_identity(dtype_name(self.dtype))
+
+    def _make_identity(self, dtype: str) -> common_pb2.ModelIdentity:
+        name = getattr(self.model.config, "_name_or_path", "")
+        if not name or name == str(self.folder):
+            name = f"florence-2 ({self.folder.name})"
+        weights = self.folder / "model.safetensors"
+        return model_identity(self.family, self.folder, default_name=name,
+                              weights_sha256=sha256_file(weights) if weights.exists() else "",
+                              device=str(self.device), dtype=dtype)
+
+    def identity(self) -> common_pb2.ModelIdentity:
+        return self._identity or common_pb2.ModelIdentity(family=self.family)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "task": self.task, "max_new_tokens": str(self.max_new_tokens), "num_beams": str(self.num_beams),
+            "ocr_tasks": " ".join(OCR_TASKS.values()), "ocr_max_new_tokens": str(self.ocr_max_new_tokens),
+            "tag_vocabulary": str(self.vocabulary_path or ""), "min_confidence": str(self.min_confidence),
+            "attn_implementation": self.settings.florence_attn_implementation, "folder": str(self.folder),
+        }
+
+    def vocabulary(self) -> list[str]:
+        return list(self.phrases.names) if self.phrases else []
+
+    # -- requests -------------------------------------------------------------------
+    def warmup_input(self):
+        from archivetag.v1 import tagger_pb2
+
+        return Image.new("RGB", (64, 48), (120, 110, 100)), tagger_pb2.TagRequest()
+
+    def prepare(self, image: Image.Image, request) -> FlorenceItem:
+        options = TagOptions.of(request)
+        allowed = None
+        if options.vocabulary:
+            assert self.vocab is not None  # load() ran
+            allowed = frozenset(self.vocab.names[i] for i in self.vocab.subset(options.vocabulary, "Florence-2"))
+        return FlorenceItem(image.convert("RGB"), options.threshold, options.max_tags, allowed, options.ocr,
+                            source_size(image))
+
+    # -- inference ------------------------------------------------------------------
+    def _generate(self, task: str, images: list[Image.Image], abandoned: Callable[[], bool], max_new_tokens: int,
+                  scores: bool):
+        """One generate call of `task` for the images (the output, with scores if asked)."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        inputs = self.processor(text=[task] * len(images), images=images, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            return self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, num_beams=self.num_beams, do_sample=False,
+                output_scores=scores, return_dict_in_generate=True,
+                stopping_criteria=StoppingCriteriaList([_stop_when(abandoned)]),
+            )
+
+    def generate(self, images: list[Image.Image], abandoned: Callable[[], bool] = lambda: False):
+        """One caption generate call for the batch: (sequences, per-token log-probabilities)."""
+        import torch
+
+        out = self._generate(self.task, images, abandoned, self.max_new_tokens, scores=True)
+        with torch.inference_mode():
+            if self.num_beams > 1:
+                logp = self.model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
+                                                            normalize_logits=False)
+            else:
+                logp = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        return out.sequences.cpu(), logp.float().cpu()
+
+    def describe_sequence(self, sequence, logprobs, image_size) -> TagResult:
+        """Caption and scored tags of one generated sequence."""
+        tokenizer = self.processor.tokenizer
+        ids = sequence.tolist()
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        caption = self.processor.post_process_generation(text, task=self.task, image_size=image_size)[self.task]
+        if not isinstance(caption, str):
+            caption = ""
+        specials = self._special_ids()
+        pieces, values, scored = [], [], []
+        # logprobs[j] belongs to ids[j + 1]; ids[0] is the decoder start token.
+        for token_id, lp in zip(ids[1:], logprobs.tolist()):
+            if token_id == tokenizer.pad_token_id:
+                break
+            special = token_id in specials
+            pieces.append(
+                "" if special else tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens([token_id])))
+            values.append(lp)
+            scored.append(not special and lp > float("-inf"))
+        assert self.phrases is not None  # load() ran
+        found = tagging.tag_confidences("".join(pieces), pieces, values, self.phrases, scored)
+        return TagResult(tags=found, caption=caption)
+
+    def read_text(self, items: list[FlorenceItem], abandoned: Callable[[], bool]) -> dict[int, OcrText]:
+        """The text of the items that ask for OCR, by their index: one generate pass per OCR task."""
+        read: dict[int, OcrText] = {}
+        for mode, task in OCR_TASKS.items():
+            asking = [i for i, item in enumerate(items) if item.ocr == mode]
+            if not asking:
+                continue
+            out = self._generate(task, [items[i].image for i in asking], abandoned, self.ocr_max_new_tokens,
+                                 scores=False)
+            for i, sequence in zip(asking, out.sequences.cpu()):
+                read[i] = self.ocr_of_sequence(task, sequence, items[i].size)
+        return read
+
+    def ocr_of_sequence(self, task: str, sequence, image_size: tuple[int, int]) -> OcrText:
+        """The text (and regions, in the photo's pixels) of one generated OCR sequence, by transformers'
+        own post-processing."""
+        text = self.processor.tokenizer.decode(sequence.tolist(), skip_special_tokens=False)
+        parsed = self.processor.post_process_generation(text, task=task, image_size=image_size)[task]
+        if isinstance(parsed, str):
+            return OcrText(parsed)
+        regions = [(label, [float(v) for v in quad])
+                   for label, quad in zip(parsed.get("labels", []), parsed.get("quad_boxes", []))]
+        return OcrText("\n".join(label for label, _ in regions), regions)
+
+    def _special_ids(self) -> frozenset[int]:
+        """Ids that spell no caption text: <s>, </s>, <pad>, task and location tokens, <image>."""
+        if getattr(self, "_specials", None) is None:
+            tokenizer = self.processor.tokenizer
+            self._specials = frozenset(tokenizer.all_special_ids) | frozenset(tokenizer.added_tokens_decoder)
+        return self._specials
+
+    def select(self, found: list[tuple[str, float]], item: FlorenceItem) -> list[tuple[str, float]]:
+        """The request's tags among those the caption spells, by the one tag-selection rule."""
+        assert self.vocab is not None  # load() ran
+        vocab = self.vocab
+        candidates = sorted((vocab.index[n], n, c) for n, c in found
+                            if item.allowed is None or n in item.allowed)
+        names = [n for _, n, _ in candidates]
+        confidences = np.array([c for _, _, c in candidates], dtype=np.float32)
+        return select_tags(names, confidences, self.min_confidence, item.threshold, item.max_tags)
+
+    def infer_batch(self, items: list[FlorenceItem], abandoned: Callable[[], bool]):
+        sequences, logprobs = self.generate([item.image for item in items], abandoned)
+        read = self.read_text(items, abandoned)
+        results = []
+        for index, (item, sequence, logp) in enumerate(zip(items, sequences, logprobs)):
+            described = self.describe_sequence(sequence, logp, item.image.size)
+            results.append(TagResult(tags=self.select(described.tags, item), caption=described.caption,
+                                     ocr=read.get(index)))
+        return results
+
+
+def create_backend(settings) -> FlorenceBackend:
+    return FlorenceBackend(settings)

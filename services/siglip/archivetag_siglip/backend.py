@@ -1,0 +1,285 @@
+"""The SigLIP view-type backend: an ONNX Runtime vision tower + stamped class text embeddings.
+
+load() refuses to serve (ModelLoadError, the reason shown in health and GetModelInfo) unless
+the folder is an export of one model, unchanged: the ONNX file's SHA-256 and the text
+embeddings' SHA-256 match the manifest, the text embeddings are stamped with the manifest's
+model, and the probe image re-embeds to the manifest's embedding. No torch in this path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from archivetag.runtime.checksums import sha256_file
+from archivetag.runtime.errors import ModelLoadError, abandoned_batch
+from archivetag.runtime.logs import fields
+from archivetag.runtime.model_card import model_identity
+from archivetag.runtime.model_service import VIEW_TYPE_SERVICE, ModelBackend
+from archivetag.v1 import common_pb2, view_type_pb2
+from archivetag_siglip import layout
+from archivetag_siglip.layout import Preprocessor, read_json
+from archivetag_siglip.scoring import Thresholds, logits_for, view_types
+
+log = logging.getLogger("archivetag.siglip")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+TEXT_LOGIT_TOLERANCE = 1e-3  # stored probe embedding x loaded text embeddings vs the manifest's logits
+
+
+def refuse_old_app_files(folder: Path) -> None:
+    """The old app's trio is recognised and refused: it cannot be scored correctly."""
+    present = [name for name in layout.OLD_APP_FILES if (folder / name).exists()]
+    if present and not (folder / layout.MANIFEST).exists():
+        raise ModelLoadError(
+            f"{folder} holds the old app's SigLIP files ({', '.join(present)}). They cannot be served: "
+            "their text embeddings are not stamped with the model they came from, were tokenized without "
+            "padding=\"max_length\", and carry no logit_scale/logit_bias, so their scores were wrong "
+            f"(\"unknown\" at 100%). Re-export the model with `{layout.EXPORT_COMMAND}` "
+            f"(or `{layout.PULL_COMMAND}`)."
+        )
+
+
+class SiglipBackend(ModelBackend):
+    family = "siglip"
+    service = VIEW_TYPE_SERVICE
+
+    def __init__(self, settings):
+        self.folder = Path(settings.models) / self.family
+        self.device_setting = settings.device
+        self.thresholds = Thresholds(unknown=settings.siglip_unknown_threshold,
+                                     min_match=settings.siglip_min_match_probability)
+        self.ort_threads = settings.siglip_ort_threads
+        self.precision = settings.siglip_precision
+        self.probe_tolerance = settings.siglip_probe_tolerance
+        self.manifest: dict[str, Any] = {}
+        self.session = None
+        self.providers: list[str] = []
+        self.classes: list[str] = []
+        self.class_embeddings = np.zeros((0, 0), np.float32)
+        self.logit_scale = 0.0
+        self.logit_bias = 0.0
+        self.preprocess: Preprocessor | None = None
+        self.onnx_sha256 = ""
+        self.probe_cosine = float("nan")
+        size = self._peek_image_size()
+        self.input_edge = max(size) if size else None
+
+    # -- loading --------------------------------------------------------------------------
+    def _peek_image_size(self) -> tuple[int, int] | None:
+        try:
+            return tuple(read_json(self.folder / layout.MANIFEST)["image"]["size"])
+        except Exception:  # noqa: BLE001 - load() says what is wrong
+            return None
+
+    def load(self) -> None:
+        folder = self.folder
+        if not folder.is_dir():
+            raise ModelLoadError(f"no SigLIP model at {folder}: export one with `{layout.EXPORT_COMMAND}` "
+                                 f"(or `{layout.PULL_COMMAND}`, or `archivetag models smoke` to try the stack)")
+        refuse_old_app_files(folder)
+        manifest_path = folder / layout.MANIFEST
+        if not manifest_path.exists():
+            raise ModelLoadError(f"{folder} has no {layout.MANIFEST}: it is not an archivetag SigLIP export; "
+                                 f"re-export with `{layout.EXPORT_COMMAND}`")
+        try:
+            self.manifest = manifest = read_json(manifest_path)
+            if manifest.get("format") != layout.FORMAT:
+                raise ModelLoadError(f"{manifest_path} has format {manifest.get('format')!r}, this service reads "
+                                     f"{layout.FORMAT!r}; re-export with `{layout.EXPORT_COMMAND}`")
+            self.preprocess = Preprocessor(manifest["image"])
+            self._load_text(manifest)
+            onnx_path = self._check_onnx_file(manifest)
+        except ModelLoadError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ModelLoadError(f"{folder}: the export is incomplete or damaged ({type(exc).__name__}: {exc}); "
+                                 f"re-export with `{layout.EXPORT_COMMAND}`") from None
+        self.session, self.providers = self._open_session(onnx_path)
+        self._check_probe(manifest)
+        log.info("siglip model checked", extra=fields(
+            model=manifest["model"]["id"], providers=",".join(self.providers), precision=self.precision,
+            probe_cosine=round(self.probe_cosine, 6), classes=",".join(self.classes),
+        ))
+
+    def _load_text(self, manifest: dict[str, Any]) -> None:
+        """Class embeddings, only if they are the ones exported with this manifest's model."""
+        text_path = self.folder / manifest["text"]["file"]
+        if not text_path.exists():
+            raise ModelLoadError(f"{text_path} is missing; re-export with `{layout.EXPORT_COMMAND}`")
+        actual = sha256_file(text_path)
+        if actual != manifest["text"]["sha256"]:
+            raise ModelLoadError(
+                f"text embeddings {text_path.name} do not match the manifest (SHA-256 {actual[:12]}…, manifest "
+                f"{manifest['text']['sha256'][:12]}…): they were changed or come from another export; "
+                f"re-export with `{layout.EXPORT_COMMAND}`"
+            )
+        text = read_json(text_path)
+        if text.get("model", {}).get("fingerprint") != manifest["model"]["fingerprint"]:
+            raise ModelLoadError(
+                f"text embeddings {text_path.name} are stamped with model {text.get('model', {}).get('id')!r} "
+                f"({str(text.get('model', {}).get('fingerprint'))[:12]}…), not the manifest's "
+                f"{manifest['model']['id']!r} ({manifest['model']['fingerprint'][:12]}…); "
+                f"re-export with `{layout.EXPORT_COMMAND}`"
+            )
+        if text.get("tokenizer", {}).get("padding") != "max_length":
+            raise ModelLoadError(f"text embeddings {text_path.name} were not tokenized with padding=\"max_length\"; "
+                                 f"re-export with `{layout.EXPORT_COMMAND}`")
+        self.classes = list(text["classes"])
+        if self.classes != list(manifest["classes"]):
+            raise ModelLoadError(f"text embeddings classes {self.classes} differ from the manifest's "
+                                 f"{list(manifest['classes'])}; re-export with `{layout.EXPORT_COMMAND}`")
+        self.class_embeddings = np.asarray(text["embeddings"], dtype=np.float32)
+        self.logit_scale = float(text["logit_scale"])
+        self.logit_bias = float(text["logit_bias"])
+        # The text side alone must reproduce the probe's logits recorded at export.
+        stored = np.asarray(manifest["probe"]["embedding"], dtype=np.float32)[None]
+        logits = logits_for(stored, self.class_embeddings, self.logit_scale, self.logit_bias)[0]
+        expected = np.asarray(manifest["probe"]["logits"])
+        if logits.shape != expected.shape or not np.allclose(logits, expected, atol=TEXT_LOGIT_TOLERANCE, rtol=0):
+            raise ModelLoadError("the text embeddings do not reproduce the probe's class logits recorded at export: "
+                                 f"they belong to another model; re-export with `{layout.EXPORT_COMMAND}`")
+
+    def _check_onnx_file(self, manifest: dict[str, Any]) -> Path:
+        entry = manifest["vision"] if self.precision == "fp32" else manifest.get("vision_int8")
+        if entry is None:
+            raise ModelLoadError(f"--siglip-precision int8 asked for, but this export has no int8 vision tower; "
+                                 f"re-export with `{layout.EXPORT_COMMAND} --int8`")
+        path = self.folder / entry["file"]
+        if not path.exists():
+            raise ModelLoadError(f"{path} is missing; re-export with `{layout.EXPORT_COMMAND}`")
+        self.onnx_sha256 = sha256_file(path)
+        if self.onnx_sha256 != entry["sha256"]:
+            raise ModelLoadError(
+                f"{path.name} has SHA-256 {self.onnx_sha256[:12]}…, the manifest says {entry['sha256'][:12]}…: "
+                f"the vision tower is not the one exported with these text embeddings; "
+                f"re-export with `{layout.EXPORT_COMMAND}`"
+            )
+        return path
+
+    def _providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        setting = self.device_setting
+        if setting.startswith("cuda"):
+            if CUDA not in available:
+                raise ModelLoadError(f"--device {setting} asked for, but ONNX Runtime has no CUDA provider here "
+                                     f"(available: {', '.join(available)}); "
+                                     "install onnxruntime-gpu or use --device cpu")
+            return [CUDA, CPU]
+        if setting == "auto" and CUDA in available:
+            return [CUDA, CPU]
+        return [CPU]
+
+    def _cuda_options(self) -> dict[str, str]:
+        setting = self.device_setting
+        return {"device_id": setting.split(":", 1)[1]} if setting.startswith("cuda:") else {}
+
+    def _open_session(self, path: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.ort_threads > 0:
+            options.intra_op_num_threads = self.ort_threads
+        wanted = self._providers()
+        providers = [(p, self._cuda_options()) if p == CUDA else p for p in wanted]
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own kinds
+            raise ModelLoadError(f"ONNX Runtime cannot load {path.name}: {exc}") from None
+        return session, session.get_providers()
+
+    def _check_probe(self, manifest: dict[str, Any]) -> None:
+        """Re-embed the probe image: the vision tower and preprocessing must still give its embedding."""
+        probe = manifest["probe"]
+        path = self.folder / probe["file"]
+        if not path.exists() or sha256_file(path) != probe["sha256"]:
+            raise ModelLoadError(f"the probe image {path.name} is missing or changed; re-export with "
+                                 f"`{layout.EXPORT_COMMAND}`")
+        assert self.preprocess is not None  # load() set it first
+        with Image.open(path) as image:
+            pixels = self.preprocess(image.convert("RGB"))[None]
+        got = self._embed(pixels)[0]
+        key = "probe_embedding" if self.precision == "int8" else None
+        expected = np.asarray(manifest["vision_int8"][key] if key else probe["embedding"], dtype=np.float64)
+        got = got.astype(np.float64)
+        self.probe_cosine = float(got @ expected / max(np.linalg.norm(got) * np.linalg.norm(expected), 1e-12))
+        if not self.probe_cosine >= self.probe_tolerance:
+            message = (
+                f"the probe image's embedding does not match the manifest (cosine {self.probe_cosine:.5f} < "
+                f"{self.probe_tolerance}): the vision tower or preprocessing is not the one these text embeddings "
+                f"were exported with; re-export with `{layout.EXPORT_COMMAND}`"
+            )
+            log.error("siglip probe mismatch", extra=fields(cosine=self.probe_cosine, tolerance=self.probe_tolerance))
+            raise ModelLoadError(message)
+
+    # -- inference ------------------------------------------------------------------------
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def warmup_input(self) -> tuple[Image.Image, Any]:
+        return layout.probe_image(), view_type_pb2.ClassifyRequest(include_embedding=True)
+
+    def prepare(self, image: Image.Image, request: Any) -> tuple[np.ndarray, bool]:
+        include = bool(getattr(request, "include_embedding", False))
+        assert self.preprocess is not None  # load() ran
+        return self.preprocess(image), include
+
+    def infer_batch(self, items: list[tuple[np.ndarray, bool]], abandoned: Callable[[], bool]) -> Sequence[Any]:
+        if abandoned():
+            return abandoned_batch(len(items))
+        pixels = np.stack([pixels for pixels, _ in items])
+        embeddings = self._embed(pixels)
+        results = view_types(embeddings, self.class_embeddings, self.classes, self.logit_scale, self.logit_bias,
+                             self.thresholds)
+        for result, (_, include) in zip(results, items):
+            if not include:
+                result.embedding = []
+        if log.isEnabledFor(logging.DEBUG):  # raw logits: thresholds depend on the checkpoint
+            log.debug("siglip batch", extra=fields(
+                size=len(items), logits=[{n: round(logit, 3) for n, _, logit in r.scores} for r in results]))
+        return results
+
+    # -- identity ---------------------------------------------------------------------------
+    def identity(self) -> common_pb2.ModelIdentity:
+        model = self.manifest.get("model", {})
+        return model_identity(
+            self.family, self.folder, default_name=model.get("id", "siglip"),
+            default_revision=model.get("revision", ""), weights_sha256=self.onnx_sha256,
+            device=self._device_name(), dtype="int8" if self.precision == "int8" else "float32",
+        )
+
+    def _device_name(self) -> str:
+        if CUDA not in self.providers:
+            return "cpu"
+        return f"cuda:{self._cuda_options().get('device_id', '0')}"
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "unknown_threshold": str(self.thresholds.unknown),
+            "min_match_probability": str(self.thresholds.min_match),
+            "precision": self.precision,
+            "providers": ",".join(self.providers),
+            "ort_threads": str(self.ort_threads),
+            "probe_cosine": f"{self.probe_cosine:.6f}",
+            "probe_tolerance": str(self.probe_tolerance),
+            "logit_scale": f"{self.logit_scale:.6f}",
+            "logit_bias": f"{self.logit_bias:.6f}",
+            "manifest": str(self.folder / layout.MANIFEST),
+            "text_padding": "max_length",
+        }
+
+    def vocabulary(self) -> list[str]:
+        return list(self.classes)
+
+
+def create_backend(settings) -> SiglipBackend:
+    return SiglipBackend(settings)

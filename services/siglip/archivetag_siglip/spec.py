@@ -1,0 +1,65 @@
+"""SigLIP, view type: the one declaration of this model service (runtime/specs.py)."""
+
+from archivetag.runtime.settings import Option, OptionGroup
+from archivetag.runtime.specs import VIEW_TYPE, Deployment, PullSource, ServerSpec
+
+OPTIONS = OptionGroup(
+    "siglip",
+    (
+        Option(
+            "siglip_unknown_threshold", 0.4,
+            "Answer 'unknown' when the top class's softmax probability is below this (ambiguous photo; "
+            "chance is 1 / number of classes). 0 turns it off.",
+            float,
+        ),
+        Option(
+            "siglip_min_match_probability", 0.0,
+            "Answer 'unknown' when the top class's sigmoid probability (does the description fit at all) "
+            "is below this. Depends on the checkpoint; 0 turns it off.",
+            float,
+        ),
+        Option("siglip_ort_threads", 0, "ONNX Runtime intra-op threads; 0: the library's default.", int),
+        Option(
+            "siglip_precision", "fp32",
+            "Vision tower to run: fp32 (vision.onnx) or int8 (vision-int8.onnx, made by "
+            "`archivetag models export-siglip --int8`; faster on CPU, check it on your checkpoint first).",
+            choices=("fp32", "int8"),
+        ),
+        Option(
+            "siglip_probe_tolerance", 0.995,
+            "At start the probe image is re-embedded; refuse to serve when its cosine to the exported "
+            "embedding is below this (fp16 on a GPU still passes).",
+            float,
+        ),
+    ),
+)
+
+
+DEFAULT_MODEL = "google/siglip-base-patch16-224"
+PULL_OPTIONS = OptionGroup("siglip", (
+    Option("siglip_model", DEFAULT_MODEL, "SigLIP checkpoint (hub id) to pull and export.", metavar="REPO"),
+))
+
+SPEC = ServerSpec(
+    name="siglip",
+    title="SigLIP",
+    capability=VIEW_TYPE,
+    port=50054,
+    metrics_port=9154,
+    app="archivetag_siglip.backend:create_backend",
+    options=(OPTIONS,),
+    distribution="archivetag-siglip",
+    smoke="archivetag_siglip.smoke:write_smoke_model",
+    commands="archivetag_siglip.commands:add_commands",
+    pull=PullSource(
+        repo=lambda options: options.siglip_model,
+        patterns=("*.json", "*.model", "*.safetensors"),
+        required=("config.json", "*.safetensors"),
+        build="archivetag_siglip.commands:build_pulled",
+        pinned={DEFAULT_MODEL: "7fd15f0689c79d79e38b1c2e2e2370a7bf2761ed"},
+        converted=True,
+        options=(PULL_OPTIONS,),
+    ),
+    deployment=Deployment(start_seconds=300, memory_request="2Gi", memory_limit="4Gi"),
+    extras=("export",),
+)
