@@ -38,6 +38,7 @@ from archivetag.models import write_smoke_models  # noqa: E402
 from archivetag.runtime.images import ImageLimits, decode_image, finish_decode_with_torch, open_image  # noqa: E402
 from archivetag.runtime.model_card import ModelCard  # noqa: E402
 from archivetag.runtime.registry import server  # noqa: E402
+from archivetag.runtime.specs import load  # noqa: E402
 from archivetag.v1 import tagger_pb2, view_type_pb2  # noqa: E402
 
 BATCHES = (1, 8, 16)
@@ -144,7 +145,7 @@ def model_speed(name: str, models: Path, device: str, batches, seconds: float, s
     """The service's backend (load, prepare, infer_batch) on `device` at fp16 (SigLIP: its ONNX export)."""
     args = build_parser().parse_args(["serve", name, "--models", str(models), "--device", device,
                                       "--dtype", "float16" if device.startswith("cuda") else "float32"])
-    backend = server(name).module("backend").create_backend(args)
+    backend = load(server(name).app)(args)
     started = time.perf_counter()
     backend.load()
     load_seconds = time.perf_counter() - started

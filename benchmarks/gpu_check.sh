@@ -42,7 +42,8 @@ if ! usable "$python"; then
   python=.gpu-venv/bin/python
   source_args=()
   [ -n "$wheelhouse" ] && source_args=(--no-index --find-links "$wheelhouse")
-  "$python" -m pip install --quiet "${source_args[@]}" -e '.[dev]'
+  "$python" -m pip install --quiet "${source_args[@]}" -e '.[dev]' -e services/florence -e services/rampp \
+    -e 'services/siglip[export]' -e orchestrator
 fi
 
 if [ -z "$dry" ]; then

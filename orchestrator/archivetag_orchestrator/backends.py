@@ -13,7 +13,6 @@ import ipaddress
 import json
 import logging
 import math
-import random
 import socket
 import statistics
 import time
@@ -26,6 +25,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from archivetag.runtime.backoff import backoff_seconds
 from archivetag.runtime.batcher import INTERACTIVE, LANE_METADATA_KEY
 from archivetag.runtime.channels import client_channel_options
 from archivetag.runtime.logs import fields
@@ -337,7 +337,7 @@ class Backend:
                 await self._model_info(info_stub, SERVING)
 
     async def _watch_stream(self, address: str, channel: grpc.aio.Channel) -> None:
-        backoff = 0.2
+        failures = 0
         health = health_pb2_grpc.HealthStub(channel)
         info_stub = self.spec.stub(channel)
         while True:
@@ -350,12 +350,12 @@ class Backend:
                     else:
                         detail = await self._model_info(info_stub, status)
                     self._set_replica(address, status, detail)
-                    backoff = 0.2
+                    failures = 0
                 self._set_replica(address, UNREACHABLE, "health stream ended (server shutting down)")
             except grpc.aio.AioRpcError as exc:
                 self._set_replica(address, UNREACHABLE, f"{exc.code().name}: {exc.details()}")
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(backoff * 2, self.reconnect_max)
+            failures += 1
+            await asyncio.sleep(backoff_seconds(failures, 0.2, self.reconnect_max))
 
     async def _model_info(self, stub: Any, status: str) -> str:
         """Refresh the model identity; return why the replica does not serve ('' if it does)."""

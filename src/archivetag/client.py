@@ -12,7 +12,6 @@ UNAVAILABLE, and RESOURCE_EXHAUSTED that the server explains ("retry later").
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -23,6 +22,7 @@ from typing import cast
 import grpc
 
 from archivetag.runtime import health_client
+from archivetag.runtime.backoff import backoff_seconds
 from archivetag.runtime.channels import message_limits
 from archivetag.runtime.errors import REASON_PREFIX, read_call_error
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
@@ -54,7 +54,7 @@ class RetryPolicy:
     max_backoff: float = 5.0
 
     def backoff(self, attempt: int) -> float:
-        return min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+        return backoff_seconds(attempt, self.initial_backoff, self.max_backoff)
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)

@@ -5,7 +5,7 @@ The model services listen on loopback only. `up` waits until every one is SERVIN
 prints the endpoints, and stops all of them cleanly on Ctrl-C / SIGTERM.
 
 Restarts: a service that exits (crash, kill, out of memory) is started again after 1 s,
-then 2, 4, ... up to 60 s between tries; the wait starts afresh once it ran 60 s. Each
+then 2, 4, ... up to 60 s between tries (each ±20%, runtime/backoff.py); the wait starts afresh once it ran 60 s. Each
 restart is printed with the service's log file. A service that is hung (not exited) is
 not restarted: the orchestrator fails over around it (see `archivetag status`).
 
@@ -30,6 +30,7 @@ from typing import cast
 
 import grpc
 
+from archivetag.runtime.backoff import backoff_seconds
 from archivetag.runtime.channels import is_loopback_host
 from archivetag.runtime.health_client import check_async
 from archivetag.runtime.options import MODELS_OPTION
@@ -116,7 +117,7 @@ class Service:
     log_path: Path
     process: subprocess.Popen | None = None
     restarts: int = 0
-    backoff: float = 1.0
+    exits: int = 0  # exits since it last ran a minute: the backoff's attempt
     restart_at: float | None = None
     started_at: float = field(default_factory=time.monotonic)
 
@@ -180,12 +181,12 @@ class Stack:
             for service in self.services:
                 code = service.process.poll() if service.process else None
                 if code is not None and service.restart_at is None:
-                    if now - service.started_at > 60:
-                        service.backoff = 1.0  # it ran for a while: start the backoff afresh
-                    service.restart_at = now + service.backoff
-                    self.say(f"{service.name} exited with code {code}; restarting in {service.backoff:.0f} s "
+                    # It ran for a while: start the backoff afresh.
+                    service.exits = 1 if now - service.started_at > 60 else service.exits + 1
+                    wait = backoff_seconds(service.exits, 1.0, 60.0)
+                    service.restart_at = now + wait
+                    self.say(f"{service.name} exited with code {code}; restarting in {wait:.0f} s "
                              f"(log: {service.log_path})")
-                    service.backoff = min(service.backoff * 2, 60.0)
                 elif service.restart_at is not None and now >= service.restart_at:
                     service.restart_at = None
                     service.restarts += 1

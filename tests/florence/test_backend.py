@@ -94,7 +94,8 @@ def test_unknown_vocabulary_names_and_bad_thresholds_are_invalid_input(backend):
 
 
 def test_an_abandoned_batch_stops_generating_after_one_token(backend):
-    sequences, _ = backend.generate(images(2), abandoned=lambda: True)
+    pixels = [backend.prepare(image, tagger_pb2.TagRequest()).pixels for image in images(2)]
+    sequences, _ = backend.generate(pixels, abandoned=lambda: True)
     assert sequences.shape[1] <= 3  # decoder start + one token, not max_new_tokens
 
 

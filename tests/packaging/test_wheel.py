@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,9 +39,21 @@ DISTRIBUTIONS = {"archivetag": REPO, "archivetag-florence": REPO / "services" / 
 def installed(tmp_path_factory) -> Path:
     """A fresh venv holding the wheel built from this checkout; returns its bin/ folder."""
     root = tmp_path_factory.mktemp("wheel")
+    # Built from copies: an in-tree build would leave build/ and *.egg-info folders in the checkout.
+    sources = []
+    for name, folder in DISTRIBUTIONS.items():
+        copy = root / "src" / name
+        if folder == REPO:
+            copy.mkdir(parents=True)
+            shutil.copy(REPO / "pyproject.toml", copy)
+            shutil.copy(REPO / "README.md", copy)
+            shutil.copytree(REPO / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+        sources.append(str(copy))
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"),
-         *map(str, DISTRIBUTIONS.values())], capture_output=True, text=True, timeout=600)
+         *sources], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
     wheels = sorted((root / "dist").glob("archivetag*.whl"))
     assert len(wheels) == len(DISTRIBUTIONS), wheels

@@ -23,7 +23,9 @@ SAMPLES = Path(__file__).resolve().parents[2] / "src" / "archivetag" / "samples"
 
 @pytest.fixture(scope="module")
 def rampp(smoke_models, tmp_path_factory):
-    with model_service("rampp", smoke_models, tmp_path_factory.mktemp("rampp-logs")) as server:
+    # Full-size JPEG decodes: the EXIF test compares a JPEG's probabilities with a PNG's of the same pixels, and the
+    # smoke model's 64-pixel input would otherwise let the decoder read the JPEG at 1/8 scale.
+    with model_service("rampp", smoke_models, tmp_path_factory.mktemp("rampp-logs"), "--no-jpeg-draft") as server:
         server.wait_status(TAGGER_SERVICE, "SERVING", timeout=120)
         yield server
 

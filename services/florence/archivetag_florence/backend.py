@@ -10,11 +10,11 @@ confidences come from the generation scores (tags.py).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -34,19 +34,19 @@ log = logging.getLogger("archivetag.florence")
 
 MODEL_DIR = "florence"
 RAMPP_TAG_LIST = Path("rampp") / "ram_tag_list.txt"
-DEFAULT_EDGE = 768
 # The Florence-2 task of each OcrMode that reads text.
 OCR_TASKS = {common_pb2.OCR_MODE_TEXT: "<OCR>", common_pb2.OCR_MODE_TEXT_WITH_REGIONS: "<OCR_WITH_REGION>"}
 
 
 @dataclass
 class FlorenceItem:
-    image: Image.Image
+    pixels: Any  # the processor's pixel_values of this image, (1, 3, H, W) float32, made in the decode pool
     threshold: float | None
     max_tags: int
     allowed: frozenset[str] | None
     ocr: int  # the OcrMode asked for
     size: tuple[int, int]  # the photo's size as stored: OCR regions are in its pixels
+    decoded_size: tuple[int, int]  # the decoded image's size (a large JPEG is decoded reduced)
 
 
 def default_vocabulary_path(models: Path) -> Path:
@@ -56,24 +56,6 @@ def default_vocabulary_path(models: Path) -> Path:
         if path.exists():
             return path
     return RAMPP_TAG_LIST_BUNDLED
-
-
-def processor_edge(folder: Path) -> int:
-    """The processor's input edge, read without loading anything heavy (for reduced-size decoding)."""
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        path = folder / name
-        if not path.exists():
-            continue
-        try:
-            settings = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            continue
-        settings = settings.get("image_processor", settings)
-        size = settings.get("size") or {}
-        edge = size.get("height") or size.get("shortest_edge")
-        if edge:
-            return int(edge)
-    return DEFAULT_EDGE
 
 
 def _stop_when(abandoned: Callable[[], bool]):
@@ -101,7 +83,6 @@ class FlorenceBackend(ModelBackend):
         self.ocr_max_new_tokens = settings.florence_ocr_max_new_tokens
         self.num_beams = settings.florence_num_beams
         self.min_confidence = settings.florence_min_confidence
-        self.input_edge = processor_edge(self.folder)
         self.model = None
         self.processor = None
         self.device = None
@@ -133,7 +114,14 @@ class FlorenceBackend(ModelBackend):
         self.phrases = tagging.PhraseIndex.from_names(self.vocab.names)
         loaded = load_florence(self.folder, self.device, self.dtype, self.settings.florence_attn_implementation)
         self.model, self.processor = loaded.model, loaded.processor
-        self.input_edge = int(self.processor.image_processor.size.get("height", self.input_edge))
+        self.input_edge = int(self.processor.image_processor.size["height"])
+        # A task's text inputs do not depend on the image (its <image> tokens are a fixed number): made once,
+        # so preparing a request runs only the image processor.
+        probe = Image.new("RGB", (self.input_edge, self.input_edge))
+        self.prompts = {}
+        for task in (self.task, *OCR_TASKS.values()):
+            encoded = self.processor(text=[task], images=[probe], return_tensors="pt")
+            self.prompts[task] = {k: v for k, v in encoded.items() if k != "pixel_values"}
         self._identity = self._make_identity(dtype_name(self.dtype))
 
     def _make_identity(self, dtype: str) -> common_pb2.ModelIdentity:
@@ -160,30 +148,26 @@ class FlorenceBackend(ModelBackend):
         return list(self.phrases.names) if self.phrases else []
 
     # -- requests -------------------------------------------------------------------
-    def warmup_input(self):
-        from archivetag.v1 import tagger_pb2
-
-        return Image.new("RGB", (64, 48), (120, 110, 100)), tagger_pb2.TagRequest()
-
     def prepare(self, image: Image.Image, request) -> FlorenceItem:
         options = TagOptions.of(request)
         allowed = None
         if options.vocabulary:
             assert self.vocab is not None  # load() ran
             allowed = frozenset(self.vocab.names[i] for i in self.vocab.subset(options.vocabulary, "Florence-2"))
-        return FlorenceItem(image.convert("RGB"), options.threshold, options.max_tags, allowed, options.ocr,
-                            source_size(image))
+        assert self.processor is not None  # load() ran
+        pixels = self.processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")["pixel_values"]
+        return FlorenceItem(pixels, options.threshold, options.max_tags, allowed, options.ocr, source_size(image),
+                            image.size)
 
     # -- inference ------------------------------------------------------------------
-    def _generate(self, task: str, images: list[Image.Image], abandoned: Callable[[], bool], max_new_tokens: int,
+    def _generate(self, task: str, pixels: list[Any], abandoned: Callable[[], bool], max_new_tokens: int,
                   scores: bool):
-        """One generate call of `task` for the images (the output, with scores if asked)."""
+        """One generate call of `task` for the images' pixel_values (the output, with scores if asked)."""
         import torch
         from transformers import StoppingCriteriaList
 
-        inputs = self.processor(text=[task] * len(images), images=images, return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        inputs = {k: v.repeat(len(pixels), 1).to(self.device) for k, v in self.prompts[task].items()}
+        inputs["pixel_values"] = torch.cat(pixels).to(self.device, self.dtype)
         with torch.inference_mode():
             return self.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, num_beams=self.num_beams, do_sample=False,
@@ -191,11 +175,11 @@ class FlorenceBackend(ModelBackend):
                 stopping_criteria=StoppingCriteriaList([_stop_when(abandoned)]),
             )
 
-    def generate(self, images: list[Image.Image], abandoned: Callable[[], bool] = lambda: False):
-        """One caption generate call for the batch: (sequences, per-token log-probabilities)."""
+    def generate(self, pixels: list[Any], abandoned: Callable[[], bool] = lambda: False):
+        """One caption generate call for the batch's pixel_values: (sequences, per-token log-probabilities)."""
         import torch
 
-        out = self._generate(self.task, images, abandoned, self.max_new_tokens, scores=True)
+        out = self._generate(self.task, pixels, abandoned, self.max_new_tokens, scores=True)
         with torch.inference_mode():
             if self.num_beams > 1:
                 logp = self.model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
@@ -234,7 +218,7 @@ class FlorenceBackend(ModelBackend):
             asking = [i for i, item in enumerate(items) if item.ocr == mode]
             if not asking:
                 continue
-            out = self._generate(task, [items[i].image for i in asking], abandoned, self.ocr_max_new_tokens,
+            out = self._generate(task, [items[i].pixels for i in asking], abandoned, self.ocr_max_new_tokens,
                                  scores=False)
             for i, sequence in zip(asking, out.sequences.cpu()):
                 read[i] = self.ocr_of_sequence(task, sequence, items[i].size)
@@ -269,11 +253,11 @@ class FlorenceBackend(ModelBackend):
         return select_tags(names, confidences, self.min_confidence, item.threshold, item.max_tags)
 
     def infer_batch(self, items: list[FlorenceItem], abandoned: Callable[[], bool]):
-        sequences, logprobs = self.generate([item.image for item in items], abandoned)
+        sequences, logprobs = self.generate([item.pixels for item in items], abandoned)
         read = self.read_text(items, abandoned)
         results = []
         for index, (item, sequence, logp) in enumerate(zip(items, sequences, logprobs)):
-            described = self.describe_sequence(sequence, logp, item.image.size)
+            described = self.describe_sequence(sequence, logp, item.decoded_size)
             results.append(TagResult(tags=self.select(described.tags, item), caption=described.caption,
                                      ocr=read.get(index)))
         return results

@@ -21,7 +21,7 @@ from archivetag.runtime.tags import TagVocabulary, select_tags
 from archivetag.v1 import common_pb2
 from archivetag_rampp.checkpoint import load_model
 from archivetag_rampp.layout import CONVERTED, OFFICIAL, OFFICIAL_NAME, TAG_LIST_FILE, THRESHOLD_FILE
-from archivetag_rampp.preprocess import synthetic_image, to_array
+from archivetag_rampp.preprocess import to_array
 
 log = logging.getLogger("archivetag.rampp")
 
@@ -75,7 +75,6 @@ class RamPlusBackend(ModelBackend):
         self.dtype_setting = settings.dtype
         self.threads = settings.torch_threads
         self.model = None
-        self.input_edge = 384  # the model's image size once loaded
         self.vocab: TagVocabulary | None = None
         self._identity = common_pb2.ModelIdentity(family=self.family)
 
@@ -120,10 +119,6 @@ class RamPlusBackend(ModelBackend):
                                                       tags=len(self.vocab.names), smoke=self._identity.smoke))
 
     # -- inference ------------------------------------------------------------------
-    def warmup_input(self):
-        size = self.model.config.image_size
-        return synthetic_image(size), None
-
     def prepare(self, image, request):
         options = TagOptions.of(request)
         subset = self.vocab.subset(options.vocabulary, "RAM++") if options.vocabulary else None

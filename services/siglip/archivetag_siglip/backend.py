@@ -21,7 +21,7 @@ from archivetag.runtime.errors import ModelLoadError, abandoned_batch
 from archivetag.runtime.logs import fields
 from archivetag.runtime.model_card import model_identity
 from archivetag.runtime.model_service import VIEW_TYPE_SERVICE, ModelBackend
-from archivetag.v1 import common_pb2, view_type_pb2
+from archivetag.v1 import common_pb2
 from archivetag_siglip import layout
 from archivetag_siglip.layout import Preprocessor, read_json
 from archivetag_siglip.scoring import Thresholds, logits_for, view_types
@@ -68,16 +68,8 @@ class SiglipBackend(ModelBackend):
         self.preprocess: Preprocessor | None = None
         self.onnx_sha256 = ""
         self.probe_cosine = float("nan")
-        size = self._peek_image_size()
-        self.input_edge = max(size) if size else None
 
     # -- loading --------------------------------------------------------------------------
-    def _peek_image_size(self) -> tuple[int, int] | None:
-        try:
-            return tuple(read_json(self.folder / layout.MANIFEST)["image"]["size"])
-        except Exception:  # noqa: BLE001 - load() says what is wrong
-            return None
-
     def load(self) -> None:
         folder = self.folder
         if not folder.is_dir():
@@ -94,6 +86,7 @@ class SiglipBackend(ModelBackend):
                 raise ModelLoadError(f"{manifest_path} has format {manifest.get('format')!r}, this service reads "
                                      f"{layout.FORMAT!r}; re-export with `{layout.EXPORT_COMMAND}`")
             self.preprocess = Preprocessor(manifest["image"])
+            self.input_edge = max(self.preprocess.height, self.preprocess.width)
             self._load_text(manifest)
             onnx_path = self._check_onnx_file(manifest)
         except ModelLoadError:
@@ -224,9 +217,6 @@ class SiglipBackend(ModelBackend):
     # -- inference ------------------------------------------------------------------------
     def _embed(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
-
-    def warmup_input(self) -> tuple[Image.Image, Any]:
-        return layout.probe_image(), view_type_pb2.ClassifyRequest(include_embedding=True)
 
     def prepare(self, image: Image.Image, request: Any) -> tuple[np.ndarray, bool]:
         include = bool(getattr(request, "include_embedding", False))

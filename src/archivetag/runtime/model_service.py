@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc_health.v1.health import aio as health_aio
 from PIL import Image
 
@@ -124,20 +125,34 @@ def batch_size_for(device: str) -> int:
     return CPU_BATCH_SIZE if device in ("", "cpu") else GPU_BATCH_SIZE
 
 
+def warmup_image() -> Image.Image:
+    """A fixed photo-like image made from code: not square and not any model's size, so the warm-up also
+    runs resizing; smooth gradients with edges, so every layer sees non-trivial input."""
+    height, width = 240, 320
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    red = 127.5 + 127.5 * np.sin(x / 23.0) * np.cos(y / 31.0)
+    green = 255.0 * (x + y) / (width + height)
+    blue = np.where(((x // 40) + (y // 40)) % 2 == 0, 50.0, 205.0)
+    return Image.fromarray(np.stack([red, green, blue], axis=-1).round().clip(0, 255).astype(np.uint8), "RGB")
+
+
 class ModelBackend(abc.ABC):
     """The hooks a model implements. Everything here runs off the event loop."""
 
     family: str  # the spec's name: <models>/<family>, the metrics label
     service: str  # the gRPC service it implements: its capability's (spec.capability.service)
-    input_edge: int | None = None  # model input edge, for reduced-scale JPEG decoding
+    # The model's input edge as loaded (set by load()): large JPEGs are decoded at a reduced scale
+    # that still covers it. None: always decode at full size.
+    input_edge: int | None = None
 
     @abc.abstractmethod
     def load(self) -> None:
-        """Load the weights; raise ModelLoadError with a reason a person can act on."""
+        """Load the weights (and set input_edge); raise ModelLoadError with a reason a person can act on."""
 
-    @abc.abstractmethod
     def warmup_input(self) -> tuple[Image.Image, Any]:
-        """A synthetic image and request that must infer without error before serving."""
+        """The image and request that must infer without error before serving: the one synthetic photo
+        every service warms up with, and no request options."""
+        return warmup_image(), None
 
     @abc.abstractmethod
     def prepare(self, image: Image.Image, request: Any) -> Any:
@@ -182,7 +197,6 @@ class ModelServiceApp:
             ImageLimits(settings.max_image_bytes, settings.max_image_pixels, settings.jpeg_draft,
                         settings.max_jpeg_scans, settings.decode_memory_mb * 1024 * 1024),
             threads=settings.decode_threads,
-            min_edge=backend.input_edge,
             allowed_roots=settings.allowed_roots,
         )
         self.batcher = DynamicBatcher(
@@ -215,6 +229,7 @@ class ModelServiceApp:
             await self.health.set(FAILED, f"loading the model failed: {type(exc).__name__}: {exc}")
             return
         self._identity = self.backend.identity()
+        self.decoder.min_edge = self.backend.input_edge  # known once loaded; no request is decoded before
         if self.backend.decodes_with_torch:
             self.decoder.device = self._identity.device or "cpu"
         if not self.settings.max_batch_size:

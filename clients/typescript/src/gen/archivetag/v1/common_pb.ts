@@ -19,6 +19,8 @@ export const file_archivetag_v1_common: GenFile = /*@__PURE__*/
  */
 export type Image = Message<"archivetag.v1.Image"> & {
   /**
+   * Where the image comes from: its bytes, or a path the server reads.
+   *
    * @generated from oneof archivetag.v1.Image.source
    */
   source: {
