@@ -30,12 +30,13 @@ from typing import cast
 
 import grpc
 
+from archivetag.runtime import registry
 from archivetag.runtime.backoff import backoff_seconds
 from archivetag.runtime.channels import is_loopback_host
 from archivetag.runtime.health_client import check_async
 from archivetag.runtime.options import MODELS_OPTION
-from archivetag.runtime.registry import MODEL_NAMES, MODELS, ORCHESTRATOR, SERVERS, ServerSpec
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_list, parse_path
+from archivetag.runtime.specs import ServerSpec
 
 MISSING_MODELS_HELP = (
     "run `archivetag models pull` (the real weights; needs network) "
@@ -48,11 +49,11 @@ UP_OPTIONS = OptionGroup(
         MODELS_OPTION,
         Option("orchestrator_host", "127.0.0.1",
                "Address the orchestrator listens on; the model services stay on loopback."),
-        *(Option(f"{spec.name}_port", spec.port, f"{spec.title} port.", int) for spec in SERVERS),
+        *(Option(f"{spec.name}_port", spec.port, f"{spec.title} port.", int) for spec in registry.servers()),
         Option("metrics", True, "Serve Prometheus metrics (on the --*-metrics-port ports).", parse_bool),
         *(Option(f"{spec.name}_metrics_port", spec.metrics_port, f"Prometheus metrics port of {spec.title}; 0: none.",
                  int)
-          for spec in SERVERS),
+          for spec in registry.servers()),
         Option(
             "api_tokens_file", None,
             "Client tokens file; given, the orchestrator requires tokens (off by default on loopback).",
@@ -106,7 +107,7 @@ def orchestrator_auth(settings) -> bool:
 
 
 def missing_models(models: Path) -> list[str]:
-    return [name for name in MODEL_NAMES if not (models / name).is_dir() or not any((models / name).iterdir())]
+    return [name for name in registry.MODEL_NAMES if not (models / name).is_dir() or not any((models / name).iterdir())]
 
 
 @dataclass
@@ -137,15 +138,17 @@ class Stack:
         self.stopping = False
         self.services: list[Service] = []
         s = settings
-        ports = {spec.name: getattr(s, f"{spec.name}_port") for spec in SERVERS}
+        ports = {spec.name: getattr(s, f"{spec.name}_port") for spec in registry.servers()}
         s.log_dir.mkdir(parents=True, exist_ok=True)
-        for spec in SERVERS:
+        if not any(not spec.is_model for spec in registry.servers()):
+            raise StackError("the orchestrator is not installed (pip install archivetag-orchestrator)")
+        for spec in registry.servers():
             metrics = getattr(s, f"{spec.name}_metrics_port") if s.metrics else 0
             argv = archivetag_command("serve", spec.name, "--port", str(ports[spec.name]),
                                       "--metrics-port", str(metrics))
-            if spec is ORCHESTRATOR:
+            if not spec.is_model:
                 argv += ["--host", s.orchestrator_host]
-                for backend in MODELS:
+                for backend in registry.models():
                     argv += [f"--{backend.name}-target", f"127.0.0.1:{ports[backend.name]}"]
                 argv += ["--auth"] if orchestrator_auth(s) else ["--no-auth"]
                 argv += ["--api-tokens-file", str(s.api_tokens_file)] if s.api_tokens_file else []
@@ -246,9 +249,9 @@ class Stack:
     def endpoints_text(self) -> str:
         lines = ["endpoints:"]
         for service in self.services:
-            host = self.settings.orchestrator_host if service.spec is ORCHESTRATOR else "127.0.0.1"
+            host = "127.0.0.1" if service.spec.is_model else self.settings.orchestrator_host
             lines.append(f"  {service.name:12} {host}:{service.port}  ({service.spec.health_service})")
-        orchestrator = next(s for s in self.services if s.spec is ORCHESTRATOR)
+        orchestrator = next(s for s in self.services if not s.spec.is_model)
         lines += [
             "probe with grpcurl:",
             *(f"  grpcurl -plaintext -d '{{\"service\":\"{s.spec.health_service}\"}}' 127.0.0.1:{s.port} "

@@ -1,10 +1,13 @@
 """The deployments, checked offline: the Kubernetes objects as the real `kubectl kustomize`
 renders them (strictly against the schemas), the compose files' references, hadolint on the
-Dockerfiles. Each is checked against the registry of servers. deploy/check runs them for real."""
+Dockerfiles. Each is checked against the registry of servers; the per-model parts are generated
+from it (deploy/generate.py), and a stale generated file fails here. deploy/check runs them for real."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.37.0"
+GENERATE = DEPLOY / "generate.py"
 MODEL_NAMES = list(registry.MODEL_NAMES)
 
 
@@ -88,7 +92,8 @@ def test_each_model_deployment_serves_its_registry_entry_with_grpc_probes_and_a_
     startup = container["startupProbe"]
     assert startup["grpc"] == {"port": spec.port, "service": spec.health_service}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # long enough to load a model
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"].get("nvidia.com/gpu") == (1 if spec.deployment.gpu else None)
+    assert container["image"].split("/")[-1].split(":")[0] == f"archivetag-{spec.name}"  # its own image
     env = env_of(container)
     target = probe_target(env)
     assert (target.address, target.service) == (f"127.0.0.1:{spec.port}", spec.health_service)
@@ -110,15 +115,21 @@ def test_each_model_has_a_headless_service_an_autoscaler_and_a_disruption_budget
     assert by_kind(rendered, "PodDisruptionBudget")[spec.name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
-def test_every_deployment_runs_the_image_named_once_in_the_kustomization(rendered):
+def test_every_deployment_runs_its_servers_own_image_named_once_in_the_kustomization(rendered):
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    (image,) = kustomization["images"]
-    # Redis too: the image carries Debian's redis-server (redis.yaml).
-    images = {c["image"] for d in by_kind(rendered, "Deployment").values() for c in d["spec"]["template"]["spec"]["containers"]}
-    assert images == {f"{image['newName']}:{image['newTag']}"}
-    written = {line.split("image:")[1].strip() for path in K8S.rglob("*.yaml") for line in path.read_text().splitlines()
-               if line.strip().startswith("image:")}
-    assert written == {image["name"]}  # every manifest names the placeholder the transformer replaces
+    images = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+    assert set(images) == {f"archivetag-{s.name}" for s in registry.SERVERS}
+    deployments = by_kind(rendered, "Deployment")
+    for name, deployment in deployments.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        # Redis too: the orchestrator's image carries Debian's redis-server (redis.yaml).
+        server = "orchestrator" if name == "redis" else name
+        assert container["image"] == images[f"archivetag-{server}"], name
+    written = {line.split("image:")[1].split("#")[0].strip() for path in K8S.rglob("*.yaml")
+               for line in path.read_text().splitlines() if line.strip().startswith("image:")}
+    # Every manifest names a placeholder the transformer replaces (the component's own is
+    # replaced by each ModelService's spec.image first).
+    assert written - {"archivetag-model-service"} <= set(images)
 
 
 def test_the_orchestrator_finds_each_model_service_through_its_headless_service(rendered):
@@ -220,10 +231,21 @@ def test_compose_publishes_only_the_orchestrator_and_each_health_check_probes_it
         assert service["healthcheck"]["test"] == ["CMD", "archivetag", "probe"]  # the image's own
         target = probe_target({k: str(v) for k, v in service["environment"].items()})
         assert (target.address, target.service) == (f"127.0.0.1:{spec.port}", spec.health_service)
+    for spec in registry.SERVERS:
+        assert services[spec.name]["image"].startswith("${ARCHIVETAG_IMAGE_REGISTRY:-}" + f"archivetag-{spec.name}:")
+        assert services[spec.name]["build"]["target"] == spec.name
     for spec in registry.MODELS:
         assert services[spec.name]["volumes"] == ["models:/models:ro"]
     orchestrator = services["orchestrator"]
-    assert orchestrator["depends_on"]["rampp"]["condition"] == "service_healthy"
+    primary, *fallbacks = registry.TAGGER_NAMES
+    # The primary tagger may still be loading (the orchestrator fails over); the others must be ready.
+    assert orchestrator["depends_on"][primary]["condition"] == "service_started"
+    for name in registry.MODEL_NAMES:
+        if name != primary:
+            assert orchestrator["depends_on"][name]["condition"] == "service_healthy"
+    assert services["redis"]["image"] == orchestrator["image"]
+    for tool in ("models-pull", "models-smoke"):
+        assert "archivetag-tools:" in services[tool]["image"] and services[tool]["build"]["target"] == "tools"
     for spec in registry.MODELS:
         assert orchestrator["environment"][f"ARCHIVETAG_{spec.name.upper()}_TARGET"] == f"{spec.name}:{spec.port}"
 
@@ -247,6 +269,9 @@ def test_the_gpu_overlay_gives_every_model_service_the_gpu_and_the_cuda_image():
     gpu = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text())["services"]
     assert set(gpu) <= set(COMPOSE["services"])
     for spec in registry.MODELS:
+        if not spec.deployment.gpu:
+            assert "deploy" not in gpu.get(spec.name, {})
+            continue
         (device,) = gpu[spec.name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"]
     for name, service in gpu.items():
@@ -275,3 +300,138 @@ def test_dockerfiles_pass_hadolint_and_run_as_non_root_without_models(dockerfile
     assert 'CMD ["serve", "orchestrator"]' in text
     for argument in ("ARG BASE_IMAGE=python:", "ARG TORCH_INDEX_URL="):
         assert argument in text
+
+
+def dockerfile_stages(dockerfile: Path) -> dict[str, str]:
+    """Each stage of a multi-stage Dockerfile and the stage (or image) it starts from."""
+    stages = {}
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["FROM"] and len(words) == 4 and words[2].upper() == "AS":
+            stages[words[3]] = words[1]
+    return stages
+
+
+@pytest.mark.parametrize("dockerfile", sorted(DEPLOY.glob("Dockerfile*")), ids=lambda p: p.name)
+def test_each_server_has_its_own_target_and_only_those_that_need_torch_get_it(dockerfile):
+    stages = dockerfile_stages(dockerfile)
+
+    def ancestors(stage: str) -> list[str]:
+        chain = [stage]
+        while chain[-1] in stages:
+            chain.append(stages[chain[-1]])
+        return chain
+
+    for spec in registry.SERVERS:
+        assert spec.name in stages, f"no target {spec.name} in {dockerfile.name}"
+        assert ("torch" in ancestors(spec.name)) == spec.needs_torch, (spec.name, ancestors(spec.name))
+    assert "torch" in ancestors("tools")
+    assert list(stages)[-1] == "tools"  # the default target: every server and the `models` tools
+    text = dockerfile.read_text()
+    tools = text[text.index("AS tools"):]
+    for spec in registry.SERVERS:
+        assert f"ENV ARCHIVETAG_SERVER={spec.name}\n" in text
+        assert f'CMD ["serve", "{spec.name}"]' in text
+        assert spec.name in tools  # its distribution folder is installed in the tools image
+    assert "pip install -e" not in text and "--editable" not in text
+
+
+# -- generated ----------------------------------------------------------------------------
+def test_the_generated_deployment_files_are_up_to_date():
+    result = subprocess.run([sys.executable, str(GENERATE), "--check"], capture_output=True, text=True, timeout=120,
+                            cwd=REPO)
+    assert result.returncode == 0, f"stale generated files; run `python deploy/generate.py`:\n{result.stderr}"
+
+
+def test_servers_json_is_the_registry_table():
+    table = json.loads((DEPLOY / "servers.json").read_text())
+    rows = {row["name"]: row for row in table["servers"]}
+    assert list(rows) == list(registry.SERVER_NAMES)
+    for spec in registry.SERVERS:
+        row = rows[spec.name]
+        assert (row["port"], row["metrics_port"], row["health_service"], row["role"]) == (
+            spec.port, spec.metrics_port, spec.health_service, spec.role)
+        assert row["image"] == f"archivetag-{spec.name}"
+    assert table["taggers"] == list(registry.TAGGER_NAMES)
+    assert table["tools"]["image"] == "archivetag-tools"
+
+
+FOURTH_SPEC = '''
+from archivetag.runtime.specs import TAGGER, Deployment, ServerSpec
+
+SPEC = ServerSpec(
+    name="fourth",
+    title="Fourth",
+    capability=TAGGER,
+    port=50069,
+    metrics_port=9169,
+    app="archivetag_fourth.backend:create_backend",
+    distribution="archivetag-fourth",
+    needs_torch=False,
+    priority=50,
+    deployment=Deployment(start_seconds=120, memory_request="1Gi", memory_limit="3Gi", gpu=False),
+)
+'''
+
+
+def test_a_fourth_models_deployment_comes_from_its_spec(tmp_path):
+    """A test-only tagger, installed beside the others (a package and its entry point on the path):
+    the generator gives it a compose service, an orchestrator target, a Kubernetes folder that
+    renders, network-policy ports, an image target and a servers.json row, with no file naming it."""
+    site = tmp_path / "site"
+    (site / "archivetag_fourth").mkdir(parents=True)
+    (site / "archivetag_fourth" / "__init__.py").write_text("")
+    (site / "archivetag_fourth" / "spec.py").write_text(FOURTH_SPEC)
+    info = site / "archivetag_fourth-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: archivetag-fourth\nVersion: 0.1.0\n"
+                                   "Requires-Dist: archivetag==0.1.0\n")
+    (info / "entry_points.txt").write_text("[archivetag.servers]\nfourth = archivetag_fourth.spec:SPEC\n")
+    out = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, out, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+    result = subprocess.run([sys.executable, str(GENERATE), "--out", str(out)], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    # The repository's own files are untouched, and now stale for that registry.
+    check = subprocess.run([sys.executable, str(GENERATE), "--check"], capture_output=True, text=True, timeout=120,
+                           env=env, cwd=REPO)
+    assert check.returncode == 1 and "deploy/compose.yaml" in check.stderr
+
+    compose = yaml.safe_load((out / "compose.yaml").read_text())["services"]
+    assert compose["fourth"]["command"] == ["serve", "fourth"]
+    assert compose["fourth"]["expose"] == ["50069"]
+    assert compose["fourth"]["environment"]["ARCHIVETAG_SERVER"] == "fourth"
+    assert compose["fourth"]["healthcheck"]["start_period"] == "120s"
+    assert compose["fourth"]["build"]["target"] == "fourth"
+    assert "archivetag-fourth:" in compose["fourth"]["image"]
+    assert compose["orchestrator"]["environment"]["ARCHIVETAG_FOURTH_TARGET"] == "fourth:50069"
+    assert compose["orchestrator"]["depends_on"]["fourth"]["condition"] == "service_healthy"
+    gpu = yaml.safe_load((out / "compose.gpu.yaml").read_text())["services"]
+    assert "deploy" not in gpu["fourth"] and "cuda" in gpu["fourth"]["image"]  # gpu=False: no GPU
+
+    (values,) = load_docs(out / "k8s" / "fourth" / "service.yaml")
+    assert values["spec"]["port"] == 50069 and values["spec"]["startupFailureThreshold"] == 12
+    assert values["spec"]["memoryLimit"] == "3Gi"
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed")
+    rendered = subprocess.run([kubectl, "kustomize", str(out / "k8s")], capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    (container,) = by_kind(docs, "Deployment")["fourth"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["serve", "fourth"]
+    assert container["image"] == "ghcr.io/your-org/archivetag-fourth:0.1.0-cuda"
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert container["resources"]["limits"]["memory"] == "3Gi"
+    assert by_kind(docs, "Service")["fourth"]["spec"]["ports"][0]["port"] == 50069
+    (orchestrator,) = by_kind(docs, "Deployment")["orchestrator"]["spec"]["template"]["spec"]["containers"]
+    assert env_of(orchestrator)["ARCHIVETAG_FOURTH_TARGET"] == "fourth:50069"
+    policy = by_kind(docs, "NetworkPolicy")["model-services-only-from-orchestrator"]
+    ports = [{p["port"] for p in rule["ports"]} for rule in policy["spec"]["ingress"]]
+    assert 50069 in ports[0] and 9169 in ports[1]
+
+    stages = dockerfile_stages(out / "Dockerfile.cpu")
+    assert stages["fourth"] == "core"  # no torch
+    rows = {r["name"]: r for r in json.loads((out / "servers.json").read_text())["servers"]}
+    assert rows["fourth"]["port"] == 50069 and rows["fourth"]["image"] == "archivetag-fourth"

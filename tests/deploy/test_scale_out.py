@@ -41,7 +41,7 @@ def test_two_rampp_replicas_share_the_work_and_losing_one_loses_no_request(smoke
         for replica in replicas:
             replica.wait_status(TAGGER, "SERVING", timeout=180)
         target = ",".join(r.address for r in replicas)
-        args = ("--no-auth", "--primary-tagger", "rampp", "--disabled-backends", "florence,siglip",
+        args = ("--no-auth", "--taggers", "rampp,florence", "--disabled-backends", "florence,siglip",
                 "--rampp-target", target)
         with orchestrator(tmp_path, *args) as front:
             front.wait_status("archivetag.v1.TaggingService", "SERVING", timeout=60)

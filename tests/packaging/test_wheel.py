@@ -36,9 +36,9 @@ DISTRIBUTIONS = {"archivetag": REPO, "archivetag-florence": REPO / "services" / 
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A fresh venv holding the wheel built from this checkout; returns its bin/ folder."""
-    root = tmp_path_factory.mktemp("wheel")
+def wheels(tmp_path_factory) -> dict[str, Path]:
+    """Every distribution's wheel, built from this checkout, by distribution name."""
+    root = tmp_path_factory.mktemp("wheels")
     # Built from copies: an in-tree build would leave build/ and *.egg-info folders in the checkout.
     sources = []
     for name, folder in DISTRIBUTIONS.items():
@@ -55,16 +55,45 @@ def installed(tmp_path_factory) -> Path:
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"),
          *sources], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
-    wheels = sorted((root / "dist").glob("archivetag*.whl"))
-    assert len(wheels) == len(DISTRIBUTIONS), wheels
+    found = {path.name.split("-")[0].replace("_", "-"): path for path in (root / "dist").glob("archivetag*.whl")}
+    assert set(found) == set(DISTRIBUTIONS), found
+    return found
+
+
+def fresh_venv(root: Path, wheels: list[Path]) -> Path:
+    """A venv holding these wheels; the third-party packages borrowed from the test's environment (without
+    its own archivetag installs, so only these wheels' servers are registered). Returns its bin/ folder."""
+    borrowed = root / "borrowed"
+    borrowed.mkdir()
+    for entry in Path(sysconfig.get_path("purelib")).iterdir():
+        if not entry.name.lower().startswith(("archivetag", "__editable__")) and entry.suffix != ".pth":
+            (borrowed / entry.name).symlink_to(entry)
     venv.create(root / "venv", with_pip=False)
     site = Path(sysconfig.get_path("purelib", vars={"base": str(root / "venv"), "platbase": str(root / "venv")}))
-    (site / "_archivetag_test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    (site / "_archivetag_test_dependencies.pth").write_text(f"{borrowed}\n")
     python = root / "venv" / "bin" / "python"
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
                            "-q", *map(str, wheels)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return python.parent
+
+
+@pytest.fixture(scope="module")
+def installed(wheels, tmp_path_factory) -> Path:
+    """A fresh venv holding every wheel built from this checkout; returns its bin/ folder."""
+    return fresh_venv(tmp_path_factory.mktemp("everything"), list(wheels.values()))
+
+
+def test_an_install_of_siglip_alone_serves_siglip_and_names_what_is_missing(wheels, tmp_path):
+    bin_dir = fresh_venv(tmp_path, [wheels["archivetag"], wheels["archivetag-siglip"]])
+    listed = archivetag(bin_dir, "serve", "--help", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "siglip" in listed.stdout and "florence" not in listed.stdout
+    assert archivetag(bin_dir, "serve", "siglip", "--help", cwd=tmp_path).returncode == 0
+    assert archivetag(bin_dir, "probe", "--help", cwd=tmp_path).returncode == 0
+    up = archivetag(bin_dir, "up", "--models", str(tmp_path / "models"), cwd=tmp_path)
+    assert up.returncode == 2
+    assert "orchestrator is not installed" in up.stderr
 
 
 def archivetag(bin_dir: Path, *args: str, cwd: Path, **kwargs) -> subprocess.CompletedProcess:

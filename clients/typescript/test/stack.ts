@@ -1,6 +1,8 @@
 // The real stack for the tests: `archivetag models smoke` + `archivetag up` from the
 // repository's virtual environment (ARCHIVETAG_VENV, default ../../.venv), on free ports,
 // with a tokens file. Nothing here is a stand-in: the smoke models are the real architectures.
+// The servers (and so `up`'s --<name>-port flags) come from deploy/servers.json, the registry's
+// table that deploy/generate.py writes: no model is named here.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -15,6 +17,13 @@ export const TOKEN = "typescript-client-test-token";
 export const MAX_IMAGE_BYTES = 1024 * 1024;
 
 const VENV = process.env.ARCHIVETAG_VENV ?? join(REPO, ".venv");
+/** One row of deploy/servers.json (the fields used here). */
+interface ServerRow {
+  name: string;
+  role: string;
+  port: number;
+}
+export const SERVERS: ServerRow[] = JSON.parse(readFileSync(join(REPO, "deploy", "servers.json"), "utf8")).servers;
 const ARCHIVETAG = join(VENV, "bin", "archivetag");
 
 async function freePort(): Promise<number> {
@@ -40,12 +49,13 @@ export class Stack {
     execFileSync(ARCHIVETAG, ["models", "smoke", "--models", models], { stdio: "ignore" });
     const tokens = join(this.dir, "tokens.txt");
     writeFileSync(tokens, `typescript-test:${TOKEN}\n`);
-    const [orchestrator, florence, rampp, siglip] = [await freePort(), await freePort(), await freePort(), await freePort()];
-    this.target = `127.0.0.1:${orchestrator}`;
+    // A free port for every server of the registry: `up --<name>-port PORT`.
+    const ports = new Map<string, number>();
+    for (const server of SERVERS) ports.set(server.name, await freePort());
+    this.target = `127.0.0.1:${ports.get("orchestrator")}`;
     const args = [
       "up", "--models", models, "--log-dir", this.logDir, "--api-tokens-file", tokens, "--no-metrics",
-      "--orchestrator-port", String(orchestrator), "--florence-port", String(florence),
-      "--rampp-port", String(rampp), "--siglip-port", String(siglip),
+      ...[...ports].flatMap(([name, port]) => [`--${name}-port`, String(port)]),
     ];
     // Unbuffered, so that up's "services are SERVING" arrives when it is printed.
     const env = {

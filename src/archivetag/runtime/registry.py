@@ -46,7 +46,12 @@ def servers() -> tuple[ServerSpec, ...]:
     """Every installed server: model services by default port, then the orchestrator."""
     found: dict[str, ServerSpec] = {}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        spec = entry.load()
+        try:
+            spec = entry.load()
+        except Exception as exc:  # a broken install names itself instead of a bare traceback
+            raise RegistryError(f"the installed server {entry.name!r} ({entry.value}, from "
+                                f"{entry.dist.name if entry.dist else 'unknown'}) cannot be loaded: "
+                                f"{type(exc).__name__}: {exc}; reinstall or uninstall it") from exc
         if not isinstance(spec, ServerSpec) or spec.name != entry.name:
             raise RegistryError(f"entry point {entry.name} = {entry.value} is not a ServerSpec named {entry.name!r}")
         if spec.name in found:
