@@ -18,7 +18,7 @@ from archivetag.runtime.images import (
 )
 from archivetag.v1 import common_pb2
 from tests.support.image_corpus import (
-    corpus, encode, fuzz_corpus, hostile_corpus, photo, png_stream, progressive_jpeg, tiff_chain,
+    as_mpo, corpus, encode, fuzz_corpus, hostile_corpus, photo, png_stream, progressive_jpeg, tiff_chain,
 )
 from tests.support.waiting import wait_for_async
 
@@ -176,6 +176,21 @@ def test_jpeg_scans_are_counted_from_the_markers_and_limited():
     crafted = progressive_jpeg(64, 64, 20)
     assert _jpeg_scans(crafted, 1000) == 20
     assert decode_image(crafted).size == (64, 64)  # a valid file: under the limit it decodes
+
+
+def test_an_mpo_gets_every_jpeg_guard_the_jpeg_in_it_gets():
+    bomb = as_mpo(progressive_jpeg(8000, 8000, 3000))
+    assert Image.open(io.BytesIO(bomb)).format == "MPO"  # what Pillow makes of the bytes
+    with pytest.raises(InvalidInput, match="ARCHIVETAG_MAX_JPEG_SCANS"):
+        open_image(bomb, ImageLimits())
+    # The progressive decoder's coefficients count in the estimate, as for the JPEG alone.
+    plain, mpo = (open_image(d, ImageLimits(max_jpeg_scans=5000))[1] for d in (progressive_jpeg(3000, 3000, 4),
+                                                                                as_mpo(progressive_jpeg(3000, 3000, 4))))
+    assert mpo.format == "MPO" and mpo.peak_bytes == plain.peak_bytes
+    # And a large one is read at a reduced scale.
+    big = as_mpo(encode(photo(2400, 1600), "JPEG"))
+    image, plan = open_image(big, ImageLimits(), min_edge=MODEL_EDGE)
+    assert plan.format == "MPO" and max(image.size) < 2400
 
 
 def test_only_the_first_page_of_a_long_tiff_chain_is_read():

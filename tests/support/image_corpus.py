@@ -375,6 +375,20 @@ def progressive_jpeg(width: int, height: int, scans: int) -> bytes:
     return b"".join(parts) + ac_scan * (scans - 1) + b"\xff\xd9"
 
 
+def as_mpo(jpeg: bytes) -> bytes:
+    """The JPEG with the APP2 "MPF" segment of a two-picture MPO (as cameras write) after its SOI: Pillow then
+    opens it as format MPO, its first frame being this JPEG."""
+    buffer = io.BytesIO()
+    small = photo(16, 16)
+    small.save(buffer, "MPO", save_all=True, append_images=[small])
+    made = buffer.getvalue()
+    at = 2
+    while made[at + 1] != 0xE2 or made[at + 4:at + 8] != b"MPF\0":  # walk the segments to the APP2 MPF one
+        at += 2 + struct.unpack(">H", made[at + 2:at + 4])[0]
+    length = struct.unpack(">H", made[at + 2:at + 4])[0]
+    return jpeg[:2] + made[at:at + 2 + length] + jpeg[2:]
+
+
 @functools.lru_cache(maxsize=1)
 def hostile_corpus() -> tuple[Case, ...]:
     """The files of issue 13's table: each once took a service's memory, CPU or health."""
@@ -386,6 +400,8 @@ def hostile_corpus() -> tuple[Case, ...]:
         Case(f"{HUGE}x{HUGE} lossless webp", lossless_webp(HUGE, HUGE), "invalid", message="DECODE_MEMORY_MB"),
         Case(f"{HUGE}x{HUGE} float tiff", float_tiff(HUGE, HUGE), "ok"),
         Case("8000x8000 progressive jpeg with 3000 scans", progressive_jpeg(8000, 8000, 3000), "invalid",
+             message="scans"),
+        Case("the same as an MPO (an APP2 MPF segment)", as_mpo(progressive_jpeg(8000, 8000, 3000)), "invalid",
              message="scans"),
         Case("tiff chain of 60000 one-pixel pages", tiff_chain(60_000), "ok", (1, 1)),
     )

@@ -41,6 +41,10 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency; kept for 
 # Formats accepted. PIL could open more (EPS would run Ghostscript, PSD, ICO, ...):
 # restricting `Image.open` to these keeps the attack surface and the behaviour known.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF") + (("HEIF",) if HEIF_AVAILABLE else ())
+# What Pillow calls a JPEG-coded stream: a JPEG with an APP2 "MPF" segment opens as MPO (a camera's
+# multi-picture file), and its first frame is the same JPEG. Every JPEG guard (scan limit, reduced-scale
+# draft, the progressive decoder's coefficient memory) goes by what the bytes are, not by that name.
+JPEG_CODED = frozenset({"JPEG", "MPO"})
 _FORMAT_NAMES = "JPEG, PNG, WebP, TIFF, BMP, GIF" + (", HEIC/HEIF" if HEIF_AVAILABLE else "")
 
 # Pillow's own bomb guard is off: our pixel limit (ARCHIVETAG_MAX_IMAGE_PIXELS) is checked from the
@@ -165,7 +169,7 @@ def _plan(image: Image.Image, stored_size: tuple[int, int], min_edge: int | None
     width, height = image.size
     decoded = width * height * _bytes_per_pixel(image.mode)
     codec = 0  # memory the codec library holds beside Pillow's image
-    if image.format == "JPEG" and image.info.get("progressive"):
+    if image.format in JPEG_CODED and image.info.get("progressive"):
         # libjpeg keeps every DCT coefficient (2 bytes) of the full-size image for a
         # progressive file, whatever the output scale.
         codec = stored_size[0] * stored_size[1] * len(image.getbands()) * 2
@@ -226,7 +230,7 @@ def open_image(
             metadata={"width": width, "height": height, "limit_pixels": limits.max_pixels,
                       "setting": "ARCHIVETAG_MAX_IMAGE_PIXELS"},
         )
-    if image.format == "JPEG":
+    if image.format in JPEG_CODED:
         scans = _jpeg_scans(data, limits.max_jpeg_scans)
         if scans > limits.max_jpeg_scans:
             raise InvalidInput(
