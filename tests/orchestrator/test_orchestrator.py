@@ -368,3 +368,22 @@ def test_load_two_thousand_requests_from_sixteen_clients_none_lost(front):
     errors = [o for o in answered if ":" in o]
     assert all(o.split(":")[1] in documented for o in errors), errors[:5]
     assert len(errors) <= len(answered) * 0.01, errors[:5]
+
+
+def test_bad_protobuf_is_invalid_argument_for_a_call_and_ends_a_stream_and_the_orchestrator_keeps_serving(front):
+    garbage = b"\xff\xfe not a protobuf message \x00\x01"
+    with grpc.insecure_channel(front.address) as channel:
+        call = channel.unary_unary(f"/{TAGGING}/TagImage", request_serializer=None,
+                                   response_deserializer=tagging_pb2.TagImageResponse.FromString)
+        with pytest.raises(grpc.RpcError) as unary:
+            call(garbage, metadata=auth(), timeout=60)
+        stream = channel.stream_stream(f"/{TAGGING}/TagImages", request_serializer=None,
+                                       response_deserializer=tagging_pb2.TagImagesResponse.FromString)
+        good = tagging_pb2.TagImagesRequest(id="good", request=tag_request(1)).SerializeToString()
+        with pytest.raises(grpc.RpcError) as streamed:
+            list(stream(iter([good, garbage]), metadata=auth(), timeout=120))
+    for caught, message in ((unary, "TagImageRequest"), (streamed, "TagImagesRequest")):
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert f"not a valid archivetag.v1.{message}" in caught.value.details()
+    assert health_status(front.address, TAGGING) == "SERVING"
+    assert stub(front.address).TagImage(tag_request(2), metadata=auth(), timeout=120).tags

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from archivetag.runtime.batcher import BULK, INTERACTIVE, LANE_METADATA_KEY
+from archivetag.runtime.errors import read_call_error
 from archivetag.runtime.registry import TAGGER_SERVICE
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc
 from tests.support.image_corpus import answers_to_every_case, encode, photo
@@ -382,3 +383,22 @@ def test_a_port_already_in_use_is_a_clear_error(tmp_path, server):
     srv.start()
     assert srv.proc.wait(300) == 2
     assert "cannot listen" in srv.log_tail()
+
+
+@pytest.mark.parametrize("what, payload", [
+    ("garbage bytes", b"\xff\xfe not a protobuf message \x00\x01"),
+    ("a truncated message", tagger_pb2.TagRequest(image=common_pb2.Image(data=b"x" * 100)).SerializeToString()[:40]),
+    ("a string that is not UTF-8",
+     tagger_pb2.TagRequest(vocabulary=["cat"]).SerializeToString().replace(b"cat", b"c\xffT")),
+])
+def test_bad_protobuf_is_invalid_argument_naming_the_type_and_the_service_keeps_serving(server, what, payload):
+    with grpc.insecure_channel(server.address) as channel:
+        raw = channel.unary_unary(f"/{TAGGER_SERVICE}/Tag", request_serializer=None,
+                                  response_deserializer=tagger_pb2.TagResponse.FromString)
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(payload, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, caught.value.details())
+    assert "not a valid archivetag.v1.TagRequest" in caught.value.details()
+    assert read_call_error(caught.value).reason == "REQUEST_MALFORMED"
+    assert health_status(server.address, TAGGER_SERVICE) == "SERVING"
+    assert tag(server.address, encode(photo(), "PNG")).tags  # and the next call is answered

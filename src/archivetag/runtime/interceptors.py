@@ -80,3 +80,101 @@ def _wrapped(inner: Callable[..., Any], around: Around, streaming: bool) -> Call
             return await inner(request, context)
 
     return coroutine
+
+
+class UndecodableRequest:
+    """What a request whose bytes are not a message of its type is handed on as, instead of the library's UNKNOWN."""
+
+    def __init__(self, message_type: str, error: BaseException):
+        self.message_type = message_type
+        self.error = error
+
+    def invalid(self) -> Exception:
+        from archivetag.runtime.errors import InvalidInput
+
+        return InvalidInput(f"the request is not a valid {self.message_type}: {type(self.error).__name__}: "
+                            f"{self.error}", reason="REQUEST_MALFORMED", metadata={"message": self.message_type})
+
+
+class RequestDecodingInterceptor(grpc.aio.ServerInterceptor):
+    """Bad protobuf (garbage, truncated, invalid UTF-8 in a string) is INVALID_ARGUMENT REQUEST_MALFORMED.
+
+    grpc.aio answers a request its deserializer cannot read with UNKNOWN "Unexpected error", which clients
+    read as a server fault and may retry. Here the deserializer hands such a request on as an
+    UndecodableRequest and the handler refuses it; in a request stream, the stream ends there."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return tolerant_handler(handler)
+
+
+def tolerant_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    from archivetag.runtime.errors import abort_with
+
+    decode = handler.request_deserializer
+    message_type = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+    name = message_type.full_name if message_type is not None else "request"
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # noqa: BLE001 - a hostile message may make the parser raise anything
+            return UndecodableRequest(name, exc)
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, UndecodableRequest):
+            await abort_with(context, request.invalid())
+        return request
+
+    async def checked_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for request in requests:
+            yield await checked(request, context)
+
+    codecs = {"request_deserializer": tolerant, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner(await checked(request, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _checked_first(handler.unary_stream, checked), **codecs)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await inner_su(checked_stream(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **codecs)
+    if handler.stream_stream:
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for response in inner_ss(checked_stream(requests, context), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
+    return handler
+
+
+def _checked_first(inner: Callable[..., Any], checked: Callable[..., Any]) -> Callable[..., Any]:
+    """A unary-request streaming handler (an async generator, or a coroutine writing through context.write,
+    like the health Watch) that refuses an undecodable request first."""
+    if inspect.isasyncgenfunction(inner):
+        async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async for response in inner(await checked(request, context), context):
+                yield response
+
+        return generator
+
+    async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await inner(await checked(request, context), context)
+
+    return coroutine

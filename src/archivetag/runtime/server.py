@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from archivetag.runtime.admission import AdmissionInterceptor
 from archivetag.runtime.channels import server_channel_options
+from archivetag.runtime.interceptors import RequestDecodingInterceptor
 from archivetag.runtime.logs import configure_logging, fields
 from archivetag.runtime.metrics import RequestMetricsInterceptor, start_metrics_server
 
@@ -114,6 +115,9 @@ async def serve(app: ServerApp, settings) -> int:
             RequestMetricsInterceptor(),
             AdmissionInterceptor(settings.max_concurrent_rpcs, settings.max_streams_per_peer),
             *getattr(app, "interceptors", []),
+            # Last, so it sees the handler itself: a malformed request is refused there (and counted as such by
+            # the metrics, after the token check), and its tolerant deserializer is what every wrapper hands on.
+            RequestDecodingInterceptor(),
         ],
     )
     health = DrainingHealthServicer()
