@@ -45,6 +45,7 @@ TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full
 # No client-side size limit: the server's image limit answers with a clear INVALID_ARGUMENT.
 CHANNEL_OPTIONS = message_limits(-1)
 DEFAULT_DEADLINE = 120.0
+DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024  # the orchestrator's default (ARCHIVETAG_MAX_IMAGE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,14 @@ class ClientError(Exception):
 
     @property
     def retryable(self) -> bool:
-        """A RESOURCE_EXHAUSTED without a reason is the library refusing an oversized message: not retryable."""
-        return self.code == grpc.StatusCode.UNAVAILABLE or (
-            self.code == grpc.StatusCode.RESOURCE_EXHAUSTED and self.reason != errors_pb2.ERROR_REASON_UNSPECIFIED
-        )
+        """UNAVAILABLE; RESOURCE_EXHAUSTED that the server explains (without a reason it is the library refusing
+        an oversized message: the same request fails again); and INTERNAL without a reason, which is not an
+        archivetag server's (each of its errors carries one) but the transport's: a connection reset under a
+        call or stream (e.g. the orchestrator stopping), after which the same call may well succeed."""
+        unexplained = self.reason == errors_pb2.ERROR_REASON_UNSPECIFIED
+        return (self.code == grpc.StatusCode.UNAVAILABLE
+                or (self.code == grpc.StatusCode.RESOURCE_EXHAUSTED and not unexplained)
+                or (self.code == grpc.StatusCode.INTERNAL and unexplained))
 
     @classmethod
     def from_call(cls, call: grpc.RpcError) -> ClientError:
@@ -196,8 +201,11 @@ def _credentials(tls_ca: Path | None, cert: Path | None, key: Path | None) -> gr
 class _Base:
     def __init__(self, target: str = "127.0.0.1:50051", token: str = "", *, deadline: float = DEFAULT_DEADLINE,
                  retry: RetryPolicy = RetryPolicy(), tls_ca: Path | None = None, tls_client_cert: Path | None = None,
-                 tls_client_key: Path | None = None):
+                 tls_client_key: Path | None = None, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+        """max_image_bytes: a larger image is refused before sending (INVALID_ARGUMENT IMAGE_TOO_LARGE), as the
+        orchestrator would refuse it; set it as the server's ARCHIVETAG_MAX_IMAGE_BYTES."""
         self.target = target
+        self.max_image_bytes = max_image_bytes
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.deadline = deadline
         self.retry = retry
@@ -208,6 +216,25 @@ class _Base:
         """From the CLIENT_OPTIONS settings (--target, --token, --tls-*)."""
         return cls(settings.target, settings.token, tls_ca=settings.tls_ca, tls_client_cert=settings.tls_client_cert,
                    tls_client_key=settings.tls_client_key, **kwargs)
+
+    def _too_large(self, image: bytes | str | Path) -> ClientError | None:
+        """The refusal of image bytes over max_image_bytes (they are never sent), or None."""
+        if not isinstance(image, (bytes, bytearray, memoryview)) or len(image) <= self.max_image_bytes:
+            return None
+        size = len(image)
+        return ClientError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"image is {size} bytes ({size / 2**20:.1f} MiB); the limit is {self.max_image_bytes} bytes "
+            f"({self.max_image_bytes / 2**20:.1f} MiB: the client's max_image_bytes, as the server's "
+            "ARCHIVETAG_MAX_IMAGE_BYTES)", errors_pb2.ERROR_REASON_IMAGE_TOO_LARGE,
+            {"size_bytes": str(size), "limit_bytes": str(self.max_image_bytes),
+             "setting": "ARCHIVETAG_MAX_IMAGE_BYTES"}, "image.data")
+
+    def _refused(self, item: TagItem) -> ItemResult | None:
+        error = self._too_large(item.image)
+        if error is None:
+            return None
+        return ItemResult(item.id, item, tagging_pb2.TagImagesResponse(id=item.id), error=error)
 
     def _should_retry(self, error: ClientError, attempt: int, deadline_at: float | None) -> float | None:
         """Seconds to wait before the next attempt, or None to give up."""
@@ -256,6 +283,8 @@ class AsyncTaggingClient(_Base):
         """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
         more Florence-2 pass). deadline: seconds, retries included. The answer's `cached` says whether it
         came from the orchestrator's result cache."""
+        if (too_large := self._too_large(image)) is not None:
+            raise too_large
         request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache)
         return await self._unary(self.stub.TagImage, request, deadline)
 
@@ -276,6 +305,7 @@ class AsyncTaggingClient(_Base):
         """
         source = items.__aiter__() if hasattr(items, "__aiter__") else _aiter(items)
         ids = _Ids()
+        refused: list[ItemResult] = []  # items over max_image_bytes: answered here, never sent
         done = False
         deadline_at = None if deadline is None else time.monotonic() + deadline
         for attempt in range(1, self.retry.max_attempts + 1):
@@ -293,27 +323,46 @@ class AsyncTaggingClient(_Base):
                     except StopAsyncIteration:
                         done = True
                         return
-                    yield _item_request(ids.add(item))
+                    item = ids.add(item)
+                    if (refusal := self._refused(item)) is not None:
+                        ids.unanswered.pop(item.id)
+                        refused.append(refusal)
+                        slots.release()
+                        continue
+                    yield _item_request(item)
 
             timeout = _time_left(deadline_at)
             call = self.stub.TagImages(requests(list(ids.unanswered.values()), slots), metadata=self.metadata,
                                        timeout=timeout)
             try:
                 async for response in call:
+                    for refusal in _take(refused):
+                        yield refusal
                     item = ids.unanswered.pop(response.id, None)
                     if item is None:
                         continue  # answered before a reconnect
                     slots.release()
                     yield _answer(item, response)
+                for refusal in _take(refused):
+                    yield refusal
                 if done and not ids.unanswered:
                     return
                 error = ids.ended_early()
             except grpc.aio.AioRpcError as exc:
                 error = ClientError.from_call(exc)
+            for refusal in _take(refused):
+                yield refusal
             wait = self._should_retry(error, attempt, deadline_at)
             if wait is None:
                 raise error
             await asyncio.sleep(wait)
+
+
+def _take(refused: list[ItemResult]) -> list[ItemResult]:
+    """The refused items not yielded yet, now taken from the list."""
+    taken = refused[:]
+    refused.clear()
+    return taken
 
 
 async def _aiter(items: Iterable[TagItem]) -> AsyncIterator[TagItem]:
@@ -358,6 +407,8 @@ class TaggingClient(_Base):
         """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
         more Florence-2 pass). deadline: seconds, retries included. The answer's `cached` says whether it
         came from the orchestrator's result cache."""
+        if (too_large := self._too_large(image)) is not None:
+            raise too_large
         request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache)
         return self._unary(self.stub.TagImage, request, deadline)
 
@@ -375,6 +426,7 @@ class TaggingClient(_Base):
         source = iter(items)
         ids = _Ids()
         lock = threading.Lock()  # the request iterator runs on gRPC's thread
+        refused: list[ItemResult] = []  # items over max_image_bytes: answered here, never sent (under lock)
         done = False
         deadline_at = None if deadline is None else time.monotonic() + deadline
         for attempt in range(1, self.retry.max_attempts + 1):
@@ -393,6 +445,13 @@ class TaggingClient(_Base):
                         return
                     with lock:
                         ids.add(item)
+                        refusal = self._refused(item)
+                        if refusal is not None:
+                            ids.unanswered.pop(item.id)
+                            refused.append(refusal)
+                    if refusal is not None:
+                        slots.release()
+                        continue
                     yield _item_request(item)
 
             with lock:
@@ -403,10 +462,15 @@ class TaggingClient(_Base):
                 for response in call:
                     with lock:
                         item = ids.unanswered.pop(response.id, None)
+                        answered_here = _take(refused)
+                    yield from answered_here
                     if item is None:
                         continue
                     slots.release()
                     yield _answer(item, response)
+                with lock:
+                    answered_here = _take(refused)
+                yield from answered_here
                 if done and not ids.unanswered:
                     return
                 error = ids.ended_early()
@@ -415,6 +479,9 @@ class TaggingClient(_Base):
             finally:
                 call.cancel()
                 slots.release()  # let a request iterator blocked on the window see the end
+            with lock:
+                answered_here = _take(refused)
+            yield from answered_here
             wait = self._should_retry(error, attempt, deadline_at)
             if wait is None:
                 raise error

@@ -12,6 +12,7 @@ import pytest
 
 from archivetag.client import AsyncTaggingClient, ClientError, TagItem, TaggingClient
 from archivetag.v1 import errors_pb2, tagging_pb2
+from tests.support.image_corpus import encode, photo
 from tests.support.waiting import wait_for
 from tests.clients.conftest import MAX_IMAGE_BYTES, SAMPLES, TOKEN
 
@@ -149,3 +150,23 @@ def test_fallback_after_florence_is_stopped_is_typed_and_status_marks_the_error_
     wait_until(florence_answers, "Florence answers again", timeout=300)
     backend = next(b for b in client.status().backends if b.name == "florence")
     assert backend.last_error_resolved
+
+
+def test_an_image_over_the_clients_limit_is_refused_before_sending_and_the_next_call_works(client):
+    with pytest.raises(ClientError) as caught:
+        client.tag(bytes(40 * 1024 * 1024))
+    error = caught.value
+    assert (error.code, error.reason_name, error.field) == (grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_TOO_LARGE",
+                                                            "image.data")
+    assert error.metadata["limit_bytes"] == str(32 * 1024 * 1024)
+    assert not error.retryable
+    assert client.tag(encode(photo(), "PNG"), bypass_cache=True).tags
+
+
+def test_a_stream_answers_an_item_over_the_clients_limit_with_its_own_error_and_sends_the_rest(client):
+    items = [TagItem(encode(photo(), "PNG"), id="small"), TagItem(bytes(40 * 1024 * 1024), id="huge"),
+             TagItem(encode(photo(80, 60), "PNG"), id="other")]
+    answers = {answer.id: answer for answer in client.tag_many(items, window=2)}
+    assert set(answers) == {"small", "huge", "other"}
+    assert answers["small"].ok and answers["other"].ok
+    assert answers["huge"].error.reason_name == "IMAGE_TOO_LARGE"

@@ -1,7 +1,7 @@
 // A small layer over the generated TaggingService client: typed results without nulls where
 // the contract guarantees a value, bearer token, deadlines, per-item stream results with
 // backpressure, and a retry policy that retries only what the contract calls retryable.
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { Code, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import type { SecureClientSessionOptions } from "node:http2";
 import {
@@ -26,6 +26,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { ArchivetagError, fromItemError, toArchivetagError } from "./errors.js";
+import { ErrorReason } from "./gen/archivetag/v1/errors_pb.js";
 
 /** The orchestrator's health name. */
 export const TAGGING_SERVICE = TaggingService.typeName;
@@ -51,6 +52,17 @@ export interface ClientOptions {
   retry?: RetryPolicy | false;
   /** TLS: CA bundle, client certificate and key (PEM), as node:http2 takes them. */
   tls?: Pick<SecureClientSessionOptions, "ca" | "cert" | "key">;
+  /**
+   * Largest image sent, in bytes; a larger one is refused before sending, INVALID_ARGUMENT IMAGE_TOO_LARGE.
+   * Default 32 MiB, the orchestrator's default (its ARCHIVETAG_MAX_IMAGE_BYTES): set both alike.
+   */
+  maxImageBytes?: number;
+  /**
+   * node:http2's maxSessionMemory (MB): the data one connection may hold buffered before it refuses new
+   * streams. Node's default, 10 MB, is less than one large scan, and a connection over it fails every later
+   * call. Default: room for a full window of images at maxImageBytes.
+   */
+  sessionMemoryMb?: number;
 }
 
 export type ImageInput = Uint8Array | { uri: string };
@@ -116,12 +128,18 @@ export interface StackStatus {
 export type HealthStatus = "SERVING" | "NOT_SERVING" | "UNKNOWN" | "SERVICE_UNKNOWN";
 
 const DEFAULT_DEADLINE_MS = 120_000;
+/** The orchestrator's default image limit (ARCHIVETAG_MAX_IMAGE_BYTES). */
+export const DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024;
+/** Room around an image for the rest of a request, as the server allows (runtime/channels.py). */
+const MESSAGE_HEADROOM_BYTES = 4 * 1024 * 1024;
+const SESSION_IMAGES = 24; // a tagMany window (16 by default) and a few calls beside it
 
 export class TaggingClient {
   private readonly client: Client<typeof TaggingService>;
   private readonly health_: Client<typeof Health>;
   private readonly deadlineMs: number;
   private readonly retry: RetryPolicy;
+  private readonly maxImageBytes: number;
 
   constructor(options: ClientOptions) {
     const baseUrl = /^https?:\/\//.test(options.target)
@@ -135,10 +153,13 @@ export class TaggingClient {
         return next(request);
       });
     }
+    this.maxImageBytes = options.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES;
+    const sessionMemoryMb =
+      options.sessionMemoryMb ?? Math.max(10, Math.ceil(((this.maxImageBytes + MESSAGE_HEADROOM_BYTES) * SESSION_IMAGES) / 1e6));
     const transport = createGrpcTransport({
       baseUrl,
       interceptors,
-      nodeOptions: options.tls ?? {},
+      nodeOptions: { ...(options.tls ?? {}), maxSessionMemory: sessionMemoryMb },
       // The server's image limit decides what is too large, with a clear INVALID_ARGUMENT.
       writeMaxBytes: 0x7fffffff,
       readMaxBytes: 0x7fffffff,
@@ -151,9 +172,25 @@ export class TaggingClient {
 
   /** Tags one image. Throws ArchivetagError. */
   async tag(image: ImageInput, options: TagOptions = {}): Promise<TagResult> {
+    const tooLarge = this.tooLarge(image);
+    if (tooLarge) throw tooLarge;
     const request = tagRequest(image, options);
     const response = await this.withRetry(options, (callOptions) => this.client.tagImage(request, callOptions));
     return tagResult(response);
+  }
+
+  /** The refusal of an image over maxImageBytes (it is never sent), or undefined. */
+  private tooLarge(image: ImageInput): ArchivetagError | undefined {
+    if (!(image instanceof Uint8Array) || image.byteLength <= this.maxImageBytes) return undefined;
+    const mib = (n: number) => (n / 1024 / 1024).toFixed(1);
+    return new ArchivetagError(
+      Code.InvalidArgument,
+      `image is ${image.byteLength} bytes (${mib(image.byteLength)} MiB); the limit is ${this.maxImageBytes} bytes ` +
+        `(${mib(this.maxImageBytes)} MiB: the client's maxImageBytes, as the server's ARCHIVETAG_MAX_IMAGE_BYTES)`,
+      ErrorReason.IMAGE_TOO_LARGE,
+      { size_bytes: String(image.byteLength), limit_bytes: String(this.maxImageBytes), setting: "ARCHIVETAG_MAX_IMAGE_BYTES" },
+      "image.data",
+    );
   }
 
   /**
@@ -171,6 +208,10 @@ export class TaggingClient {
     let sourceDone = false;
     let free = new Slots(window);
     const deadlineAt = options.deadlineMs === undefined ? undefined : Date.now() + options.deadlineMs;
+    // Items over maxImageBytes are answered here, with their own error, and never sent.
+    const refused: TagItemResult[] = [];
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this;
 
     const requests = async function* (resend: TagItem[]): AsyncGenerator<MessageInitShape<typeof TagImagesRequestSchema>> {
       for (const item of resend) {
@@ -194,6 +235,12 @@ export class TaggingClient {
           item.id = String(nextNumber++);
         }
         used.add(item.id);
+        const tooLarge = self.tooLarge(item.image);
+        if (tooLarge) {
+          refused.push({ id: item.id, item, ok: false, error: tooLarge });
+          free.give();
+          continue;
+        }
         unanswered.set(item.id, item);
         yield { id: item.id, request: tagRequest(item.image, item) };
       }
@@ -205,6 +252,7 @@ export class TaggingClient {
       try {
         const timeoutMs = deadlineAt === undefined ? undefined : Math.max(1, deadlineAt - Date.now());
         for await (const answer of this.client.tagImages(requests(resend), { timeoutMs, signal: options.signal })) {
+          yield* refused.splice(0);
           const item = unanswered.get(answer.id);
           if (!item) continue; // answered already (before a reconnect)
           unanswered.delete(answer.id);
@@ -215,10 +263,12 @@ export class TaggingClient {
             yield { id: answer.id, item, ok: false, error: fromItemError(answer.outcome.value) };
           }
         }
+        yield* refused.splice(0);
         if (sourceDone && unanswered.size === 0) return;
         throw new ArchivetagError(14, `stream ended with ${unanswered.size} item(s) unanswered`, 0, {}, "");
       } catch (cause) {
-        const error = toArchivetagError(cause);
+        yield* refused.splice(0);
+        const error = connectionLost(toArchivetagError(cause), options.signal);
         if (!error.retryable || attempt >= this.retry.maxAttempts || pastDeadline(deadlineAt)) throw error;
         await sleep(backoffMs(this.retry, attempt), options.signal);
       }
@@ -260,13 +310,26 @@ export class TaggingClient {
       try {
         return await call({ timeoutMs: Math.max(1, deadlineAt - Date.now()), signal: options.signal });
       } catch (cause) {
-        const error = toArchivetagError(cause);
+        const error = connectionLost(toArchivetagError(cause), options.signal);
         const wait = backoffMs(this.retry, attempt);
         if (!error.retryable || attempt >= this.retry.maxAttempts || Date.now() + wait >= deadlineAt) throw error;
         await sleep(wait, options.signal);
       }
     }
   }
+}
+
+/**
+ * A stream or call cut off by the connection (the orchestrator died) reaches us as CANCELLED (the
+ * HTTP/2 stream reset with CANCEL), which would say the caller cancelled, or ABORTED (the socket reset,
+ * ECONNRESET), which no archivetag server sends. Unless the caller aborted, it is UNAVAILABLE: the server
+ * went away, and retrying (another replica, or the restarted one) may succeed.
+ */
+function connectionLost(error: ArchivetagError, signal: AbortSignal | undefined): ArchivetagError {
+  const lost = error.code === Code.Canceled || (error.code === Code.Aborted && error.reason === ErrorReason.UNSPECIFIED);
+  if (!lost || signal?.aborted) return error;
+  return new ArchivetagError(Code.Unavailable, `connection lost: ${error.message}`, error.reason, error.metadata,
+    error.field, { cause: error });
 }
 
 function tagRequest(

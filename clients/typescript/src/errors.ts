@@ -40,10 +40,17 @@ export class ArchivetagError extends Error {
   /**
    * Whether the contract says retrying later may succeed: UNAVAILABLE, and RESOURCE_EXHAUSTED
    * that the server explains ("retry later"). A RESOURCE_EXHAUSTED without a reason is the
-   * gRPC library refusing an oversized message: the same request would fail again.
+   * gRPC library refusing an oversized message: the same request would fail again. An INTERNAL
+   * without a reason is not an archivetag server's (each of its errors carries one) but the
+   * transport's (a connection reset under a call or stream): retrying may succeed.
    */
   get retryable(): boolean {
-    return this.code === Code.Unavailable || (this.code === Code.ResourceExhausted && this.reason !== ErrorReason.UNSPECIFIED);
+    const unexplained = this.reason === ErrorReason.UNSPECIFIED;
+    return (
+      this.code === Code.Unavailable ||
+      (this.code === Code.ResourceExhausted && !unexplained) ||
+      (this.code === Code.Internal && unexplained)
+    );
   }
 }
 

@@ -66,8 +66,10 @@ describe("tag", () => {
     assert.equal(error.retryable, false);
   });
 
-  test("an image over the image limit is IMAGE_TOO_LARGE naming the limit, not a transport error", async () => {
-    const error = await rejection(client.tag(new Uint8Array(MAX_IMAGE_BYTES + 1)));
+  test("an image over the server's limit is IMAGE_TOO_LARGE naming the limit, not a transport error", async () => {
+    // A client whose own limit is higher sends it: the server refuses it with the same reason.
+    const lenient = new TaggingClient({ target: stack.target, token: TOKEN, maxImageBytes: 2 * MAX_IMAGE_BYTES });
+    const error = await rejection(lenient.tag(new Uint8Array(MAX_IMAGE_BYTES + 1)));
     assert.equal(error.code, Code.InvalidArgument);
     assert.equal(error.reason, ErrorReason.IMAGE_TOO_LARGE);
     assert.equal(error.metadata.limit_bytes, String(MAX_IMAGE_BYTES));
@@ -203,3 +205,75 @@ describe("fallback", () => {
     assert.equal(backend.lastErrorResolved, true);
   });
 });
+
+describe("large photos and lost connections", () => {
+  test("a 40 MiB photo is refused before it is sent, and the next call on the client works", async () => {
+    const error = await rejection(client.tag(new Uint8Array(40 * 1024 * 1024)));
+    assert.equal(error.code, Code.InvalidArgument);
+    assert.equal(error.reason, ErrorReason.IMAGE_TOO_LARGE);
+    assert.equal(error.metadata.limit_bytes, String(MAX_IMAGE_BYTES));
+    assert.equal(error.field, "image.data");
+    assert.ok((await client.tag(samples[0]!.data, { bypassCache: true })).tags.length > 0);
+  });
+
+  test("a stream with an empty file before a 30 MB TIFF and a 40 MiB photo answers every item", async () => {
+    const tiff = join(stack.dir, "scan.tif");
+    // An uncompressed 3,200 x 3,200 RGB scan: 30.7 MB, under the 32 MiB limit.
+    stack.python(
+      "import sys, numpy as np; from PIL import Image; " +
+        "Image.fromarray(np.random.default_rng(1).integers(0, 255, (3200, 3200, 3), dtype=np.uint8))" +
+        ".save(sys.argv[1], compression=None)",
+      tiff,
+    );
+    const scan = readFileSync(tiff);
+    assert.ok(scan.byteLength > 30_000_000 && scan.byteLength < MAX_IMAGE_BYTES);
+    const items: TagItem[] = [
+      { id: "empty", image: new Uint8Array(0) },
+      { id: "scan", image: scan, bypassCache: true },
+      { id: "huge", image: new Uint8Array(40 * 1024 * 1024) },
+      { id: "photo", image: samples[0]!.data, bypassCache: true },
+    ];
+    const answers = new Map<string, TagItemResultLike>();
+    for await (const answer of client.tagMany(items, { window: 4 })) {
+      assert.ok(!answers.has(answer.id), `answered twice: ${answer.id}`);
+      answers.set(answer.id, answer.ok ? { ok: true } : { ok: false, reason: answer.error.reason });
+    }
+    assert.deepEqual(Object.fromEntries(answers), {
+      empty: { ok: false, reason: ErrorReason.IMAGE_EMPTY },
+      scan: { ok: true },
+      huge: { ok: false, reason: ErrorReason.IMAGE_TOO_LARGE },
+      photo: { ok: true },
+    });
+  });
+
+  test("kill -9 of the orchestrator under 12 calls and a stream: after up restarts it, each is answered once", async () => {
+    // Retries enough to outlast the restart (up waits 1 s, the orchestrator then finds its backends).
+    const patient = new TaggingClient({
+      target: stack.target, token: TOKEN, retry: { maxAttempts: 12, initialBackoffMs: 250, maxBackoffMs: 4_000 },
+    });
+    const streamed = new Map<string, number>();
+    const stream = (async () => {
+      const items = Array.from({ length: 24 }, (_, i) => ({ id: `item-${i}`, image: samples[i % samples.length]!.data,
+        bypassCache: true }));
+      for await (const answer of patient.tagMany(items, { window: 4 })) {
+        assert.ok(answer.ok, `item ${answer.id}: ${answer.ok ? "" : answer.error.message}`);
+        streamed.set(answer.id, (streamed.get(answer.id) ?? 0) + 1);
+      }
+    })();
+    // Once the stream is under way (some of its items answered, the rest not), 12 calls, and the kill.
+    await waitFor(async () => (streamed.size >= 2 ? true : undefined), "the stream under way", 300_000);
+    const photos = Array.from({ length: 12 }, (_, i) => samples[i % samples.length]!.data);
+    const calls = photos.map((photo) => patient.tag(photo, { bypassCache: true, deadlineMs: 300_000 }));
+    const orchestrator = stack.pid("orchestrator");
+    process.kill(orchestrator, "SIGKILL");
+    const results = await Promise.all(calls);
+    await stream;
+    assert.equal(results.length, 12);
+    assert.ok(results.every((r) => r.tags.length > 0));
+    assert.equal(streamed.size, 24);
+    assert.ok([...streamed.values()].every((count) => count === 1), JSON.stringify([...streamed]));
+    assert.notEqual(stack.pid("orchestrator"), orchestrator); // up started a new one
+  });
+});
+
+type TagItemResultLike = { ok: true } | { ok: false; reason: ErrorReason };

@@ -13,8 +13,9 @@ import { fileURLToPath } from "node:url";
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 export const SAMPLES = join(REPO, "src", "archivetag", "samples");
 export const TOKEN = "typescript-client-test-token";
-// Small, so that an over-limit image is cheap to send; the samples are all below it.
-export const MAX_IMAGE_BYTES = 1024 * 1024;
+// The server's default image limit (ARCHIVETAG_MAX_IMAGE_BYTES), as archives run it: large scans are what
+// break a transport, so the tests send photos of tens of MiB.
+export const MAX_IMAGE_BYTES = 32 * 1024 * 1024;
 
 const VENV = process.env.ARCHIVETAG_VENV ?? join(REPO, ".venv");
 /** One row of deploy/servers.json (the fields used here). */
@@ -61,7 +62,6 @@ export class Stack {
     const env = {
       ...process.env,
       PYTHONUNBUFFERED: "1",
-      ARCHIVETAG_MAX_IMAGE_BYTES: String(MAX_IMAGE_BYTES),
       // The orchestrator's result cache in the test's folder, not the user's.
       ARCHIVETAG_CACHE_PATH: join(this.dir, "cache.sqlite"),
       // Random weights never emit an end token: short greedy captions keep Florence-2 quick on a CPU.
@@ -87,6 +87,11 @@ export class Stack {
       if (Date.now() - started > timeoutMs) throw new Error(`stack not SERVING after ${timeoutMs} ms:\n${this.output}`);
       await new Promise((r) => setTimeout(r, 250));
     }
+  }
+
+  /** A file made by the repository's Python (Pillow), e.g. a large TIFF: `python(code, path)`. */
+  python(code: string, ...args: string[]): void {
+    execFileSync(join(VENV, "bin", "python"), ["-c", code, ...args], { stdio: "inherit" });
   }
 
   /** The pid `up` wrote for one service. */
