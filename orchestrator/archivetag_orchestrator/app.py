@@ -20,7 +20,7 @@ from archivetag_orchestrator.breaker import CircuitBreaker
 from archivetag_orchestrator.cache import ResultCache, open_store
 from archivetag_orchestrator.fairness import MIB, ByteBudget, FairScheduler, parse_weights
 from archivetag_orchestrator.routing import Router
-from archivetag_orchestrator.service import TaggingServicer
+from archivetag_orchestrator.service import TaggingServicer, parse_client_overflow
 
 log = logging.getLogger("archivetag.orchestrator")
 
@@ -50,6 +50,10 @@ class OrchestratorApp:
             weights = parse_weights(settings.client_weights)
         except ValueError as exc:
             raise SystemExit(f"bad --client-weights: {exc}") from None
+        try:
+            parse_client_overflow(settings.client_overflow)
+        except ValueError as exc:
+            raise SystemExit(f"bad --client-overflow: {exc}") from None
         self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight,
                                        settings.client_max_queued, weights=weights,
                                        interactive_reserve=settings.interactive_reserve)

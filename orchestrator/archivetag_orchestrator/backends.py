@@ -32,6 +32,7 @@ from archivetag.runtime.logs import fields
 from archivetag.runtime.registry import ServerSpec
 from archivetag.v1 import common_pb2, tagging_pb2
 from archivetag_orchestrator.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from archivetag_orchestrator.capacity import BackendCapacity
 
 log = logging.getLogger("archivetag.orchestrator.backends")
 
@@ -55,6 +56,15 @@ BREAKER_STATES = {
 
 class TargetError(ValueError):
     """A backend target that cannot be used."""
+
+
+class BackendBusy(Exception):
+    """No call to the backend could start within the wait allowed, or it turned unusable while waiting."""
+
+    def __init__(self, message: str, waited: float, unusable: bool):
+        super().__init__(message)
+        self.waited = waited
+        self.unusable = unusable
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,7 @@ class Backend:
         self._watchers: dict[str, asyncio.Task] = {}
         self._resolver: asyncio.Task | None = None
         self.health_changed = asyncio.Event()
+        self.capacity = BackendCapacity(spec.name)
 
     # -- lifecycle ----------------------------------------------------------------
     def _channel_options(self, balanced: bool) -> list[tuple[str, Any]]:
@@ -303,8 +314,19 @@ class Backend:
         self._changed()
 
     def _changed(self) -> None:
+        self._resize()
         self.health_changed.set()
         self.health_changed = asyncio.Event()
+
+    def _resize(self) -> None:
+        """What the serving replicas can start on at once: per replica one batch (its batch size, from
+        GetModelInfo) and the next one being decoded."""
+        try:
+            batch = max(1, int(self.model_settings.get("max_batch_size") or 1))
+        except ValueError:
+            batch = 1
+        serving = sum(r.effective_status == SERVING for r in self.replicas.values())
+        self.capacity.resize(max(1, serving) * (batch + 1))
 
     async def _watch(self, address: str) -> None:
         """Keep a Watch stream open to one replica (reconnected with capped, jittered backoff),
@@ -365,6 +387,7 @@ class Backend:
             return ""
         if info.model.name:
             self.model, self.model_settings = info.model, dict(info.settings)
+            self._resize()
         return "" if status == SERVING else f"{info.state.phase}: {info.state.reason}"
 
     def health(self) -> tagging_pb2.BackendHealth:
@@ -470,6 +493,30 @@ class Backend:
             self.model = response.model
         return response
 
+    async def admit(self, lane: str, seconds: float) -> float:
+        """Wait for a call this backend can start on now (capacity.py), at most `seconds` and only while it
+        stays usable; returns the seconds waited. Raises BackendBusy. The caller then makes one call and
+        gives it back with `capacity.release()`."""
+        if self.capacity.has_room(lane):
+            await self.capacity.acquire(lane)  # admitted at once
+            return 0.0
+        started = time.monotonic()
+        acquiring = asyncio.ensure_future(self.capacity.acquire(lane))
+        down = asyncio.ensure_future(self._until_unusable())
+        try:
+            await asyncio.wait({acquiring, down}, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            down.cancel()
+            if not acquiring.done():
+                acquiring.cancel()
+                await asyncio.gather(acquiring, return_exceptions=True)  # a grant that raced the cancel is released
+        waited = time.monotonic() - started
+        if not acquiring.cancelled() and acquiring.exception() is None:
+            return waited
+        unusable = self.health() != tagging_pb2.BACKEND_HEALTH_SERVING
+        why = self.describe_health() if unusable else f"busy ({self.capacity.describe()})"
+        raise BackendBusy(f"{why} after waiting {waited:.1f} s", waited, unusable)
+
     async def _until_unusable(self) -> None:
         while self.health() == tagging_pb2.BACKEND_HEALTH_SERVING:
             await self.health_changed.wait()
@@ -493,6 +540,9 @@ class Backend:
             last_error=self.last_error,
             model=self.model,
             last_error_resolved=bool(self.last_error) and self.last_error_resolved,
+            calls=self.capacity.running,
+            capacity=self.capacity.capacity,
+            waiting=self.capacity.queued,
         )
         if self.last_error_time is not None:
             status.last_error_time.FromNanoseconds(int(self.last_error_time * 1e9))

@@ -46,9 +46,10 @@ ERRORS = Counter("archivetag_cache_errors_total", "Failed cache reads and writes
 # Bump when the key's recipe or the stored format changes: old entries then simply miss.
 KEY_VERSION = b"archivetag-result/1\0"
 # TagImageRequest fields that do not change the answer, left out of the key: the image (its SHA-256
-# stands for it), the context (taggers echo it and never use it) and the opt-out itself. Every other
-# field, including ones added later, is part of the key.
-NOT_IN_KEY = ("image", "context", "bypass_cache")
+# stands for it), the context (taggers echo it and never use it), the opt-out itself and the overflow
+# policy (only the primary's complete answers are kept, whatever the policy). Every other field,
+# including ones added later, is part of the key.
+NOT_IN_KEY = ("image", "context", "bypass_cache", "overflow")
 
 
 class Store(Protocol):

@@ -64,6 +64,17 @@ COMMON_BACKEND_OPTIONS = (
         float,
     ),
     Option(
+        "overflow", "wait",
+        "When the primary tagger is busy (every call it can start on now is taken): 'wait' for it in the "
+        "orchestrator's queue while it is healthy and the deadline allows (every photo gets the primary's answer), "
+        "or 'fallback' to the next tagger at once (throughput first). A request's own `overflow` field, then "
+        "--client-overflow, come first.", choices=("wait", "fallback"),
+    ),
+    Option(
+        "client_overflow", [],
+        "Comma-separated 'client-name:wait|fallback' overflow policies per client (see --overflow).", parse_list,
+    ),
+    Option(
         "first_health_wait_seconds", 10.0,
         "A request that arrives before a backend's first health answer (just after the orchestrator starts) "
         "waits this long at most for it, within its deadline, instead of failing over at once.", float,

@@ -27,7 +27,7 @@ from archivetag.runtime.batcher import INTERACTIVE
 from archivetag.runtime.errors import DeadlineExpired, NotServing, reraise_from_call
 from archivetag.runtime.logs import fields
 from archivetag.v1 import common_pb2, tagger_pb2, tagging_pb2, view_type_pb2
-from archivetag_orchestrator.backends import Backend
+from archivetag_orchestrator.backends import HEALTH_FALLBACK, Backend, BackendBusy
 
 log = logging.getLogger("archivetag.orchestrator.routing")
 
@@ -70,6 +70,7 @@ class TaggerOutcome:
     fallback: tagging_pb2.FallbackReason  # FallbackReason of the primary; UNSPECIFIED when it answered
     primary_health: tagging_pb2.BackendHealth  # BackendHealth of the primary when the call was routed
     primary_breaker: tagging_pb2.BreakerState  # BreakerState of the primary when the call was routed
+    wait_seconds: float = 0.0  # the answering tagger's call waited this long for it to be free
 
 
 class Router:
@@ -85,13 +86,13 @@ class Router:
 
     async def tag_image(
         self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, admission_seconds: float = 0.0,
-        lane: str = INTERACTIVE,
+        lane: str = INTERACTIVE, overflow: tagging_pb2.OverflowPolicy = tagging_pb2.OVERFLOW_POLICY_WAIT,
     ) -> tagging_pb2.TagImageResponse:
         """lane: the batcher lane the backends queue this image in (runtime/batcher.py)."""
         started = time.monotonic()
         view_task = asyncio.create_task(self._view_type(image, request, deadline, lane))
         try:
-            outcome = await self._tag_with_failover(request, image, deadline, lane)
+            outcome = await self._tag_with_failover(request, image, deadline, lane, overflow)
         except BaseException:
             view_task.cancel()
             await asyncio.gather(view_task, return_exceptions=True)
@@ -114,6 +115,7 @@ class Router:
                 view_type_seconds=view.seconds,
                 failover_seconds=outcome.failover_seconds,
                 admission_seconds=admission_seconds,
+                tagger_wait_seconds=outcome.wait_seconds,
             ),
         )
         if view.problem:
@@ -132,7 +134,8 @@ class Router:
 
     # -- tagging ----------------------------------------------------------------------
     async def _tag_with_failover(
-        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, lane: str
+        self, request: tagging_pb2.TagImageRequest, image: bytes, deadline: float, lane: str,
+        overflow: tagging_pb2.OverflowPolicy,
     ) -> TaggerOutcome:
         reasons: list[str] = []  # for a person
         fallbacks: dict[str, tagging_pb2.FallbackReason] = {}  # tagger → FallbackReason, for programs
@@ -155,26 +158,46 @@ class Router:
                 continue
             has_fallback = any(b.enabled for b in self.taggers[index + 1:])
             await backend.until_health_known(deadline - time.monotonic() - MIN_CALL_SECONDS)
+            reserve = self.fallback_reserve if has_fallback else 0.0
             left = deadline - time.monotonic()
-            timeout = min(backend.deadline, left - (self.fallback_reserve if has_fallback else 0.0))
-            if timeout < MIN_CALL_SECONDS:
+            if left - reserve < MIN_CALL_SECONDS:
                 out_of_time = True
                 passed_over(backend, tagging_pb2.FALLBACK_REASON_NO_TIME_LEFT,
                             f"skipped, {left:.1f} s left before the caller's deadline")
+                continue
+            busy = not backend.capacity.has_room(lane)
+            if overflow == tagging_pb2.OVERFLOW_POLICY_FALLBACK and has_fallback and busy:
+                passed_over(backend, tagging_pb2.FALLBACK_REASON_OVERLOADED,
+                            f"busy ({backend.capacity.describe()}); overflow policy FALLBACK")
                 continue
             fallback, why_not = backend.usable()
             if why_not:
                 passed_over(backend, fallback, why_not)
                 continue
+            # Wait here, not in the backend's queue, until it can start on the image: its deadline counts from then.
+            try:
+                waited = await backend.admit(lane, deadline - time.monotonic() - reserve - MIN_CALL_SECONDS)
+            except BackendBusy as exc:
+                backend.breaker.release_probe()
+                failover_seconds += exc.waited
+                if exc.unusable:
+                    passed_over(backend, HEALTH_FALLBACK.get(backend.health(), tagging_pb2.FALLBACK_REASON_NOT_SERVING),
+                                str(exc))
+                else:
+                    out_of_time = True
+                    passed_over(backend, tagging_pb2.FALLBACK_REASON_NO_TIME_LEFT,
+                                f"{exc}, and the caller's deadline is near")
+                continue
             attempt_started = time.monotonic()
             try:
+                timeout = min(backend.deadline, deadline - attempt_started - reserve)
                 tag = backend.raw_method("Tag", tagger_pb2.TagResponse)
                 response = await backend.call(tag, tag_bytes, timeout, timeout >= backend.deadline, lane)
             except grpc.aio.AioRpcError as exc:
                 spent = time.monotonic() - attempt_started
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise reraise_from_call(exc) from None
-                failover_seconds += spent
+                failover_seconds += waited + spent
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     out_of_time = out_of_time or timeout < backend.deadline
                 passed_over(backend, CALL_FALLBACK.get(exc.code(), tagging_pb2.FALLBACK_REASON_CALL_FAILED),
@@ -182,11 +205,13 @@ class Router:
                 log.warning("tagger failed", extra=fields(backend=backend.name, code=exc.code().name,
                                                           seconds=round(spent, 3), detail=exc.details()))
                 continue
+            finally:
+                backend.capacity.release()
             if index > 0 or reasons:
                 FAILOVERS.labels(primary.name, backend.name).inc()
             return TaggerOutcome(
                 response, backend.name, "; ".join(reasons), time.monotonic() - attempt_started, failover_seconds,
-                fallbacks.get(primary.name, tagging_pb2.FALLBACK_REASON_UNSPECIFIED), *primary_state,
+                fallbacks.get(primary.name, tagging_pb2.FALLBACK_REASON_UNSPECIFIED), *primary_state, waited,
             )
         states = {name: tagging_pb2.FallbackReason.Name(value) for name, value in fallbacks.items()}
         if out_of_time or time.monotonic() >= deadline:
@@ -213,14 +238,23 @@ class Router:
             if why_not:
                 problems.append(f"{backend.name}: {why_not}")
                 continue
+            try:
+                await backend.admit(lane, timeout - MIN_CALL_SECONDS)  # within its deadline: SigLIP is quick
+            except BackendBusy as exc:
+                backend.breaker.release_probe()
+                problems.append(f"{backend.name}: {exc}")
+                continue
             attempt = time.monotonic()
             try:
+                timeout = min(backend.deadline, deadline - attempt)
                 method = backend.raw_method("Classify", view_type_pb2.ClassifyResponse)
                 reply = await backend.call(method, classify, timeout, timeout >= backend.deadline, lane)
             except grpc.aio.AioRpcError as exc:
                 spent = time.monotonic() - attempt
                 problems.append(f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")
                 continue
+            finally:
+                backend.capacity.release()
             view = tagging_pb2.ViewType(name=reply.view_type, confidence=reply.confidence, scores=reply.scores)
             return ViewOutcome(view, time.monotonic() - started, "", backend.name, reply.model, tuple(reply.embedding))
         return ViewOutcome(tagging_pb2.ViewType(name="unknown"), time.monotonic() - started,

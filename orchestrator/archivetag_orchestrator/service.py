@@ -22,6 +22,20 @@ class Draining(Exception):
     """Shutdown began while a stream waited for its next item."""
 
 
+POLICIES = {"wait": tagging_pb2.OVERFLOW_POLICY_WAIT, "fallback": tagging_pb2.OVERFLOW_POLICY_FALLBACK}
+
+
+def parse_client_overflow(entries: list[str]) -> dict[str, tagging_pb2.OverflowPolicy]:
+    """'client-name:wait|fallback' entries (the client_overflow option); ValueError if malformed."""
+    policies = {}
+    for entry in entries:
+        name, sep, policy = entry.rpartition(":")
+        if not sep or not name or policy not in POLICIES:
+            raise ValueError(f"client overflow {entry!r} is not 'client-name:wait' or 'client-name:fallback'")
+        policies[name] = POLICIES[policy]
+    return policies
+
+
 def _error_answer(item_id: str, exc: BaseException) -> tagging_pb2.TagImagesResponse:
     return tagging_pb2.TagImagesResponse(id=item_id, error=status_for(exc).item_error())
 
@@ -35,6 +49,8 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         self.budget = budget
         self.backends = backends
         self.settings = settings
+        self.overflow = POLICIES[settings.overflow]
+        self.client_overflow = parse_client_overflow(settings.client_overflow)
         self.draining = asyncio.Event()
 
     def drain(self) -> None:
@@ -62,9 +78,15 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                     held += len(image)
                 check_image_size(image, self.settings.max_image_bytes)
 
+                if request.overflow not in tagging_pb2.OverflowPolicy.values():
+                    raise InvalidInput(f"overflow {request.overflow} is not an OverflowPolicy; use one of "
+                                       f"{', '.join(tagging_pb2.OverflowPolicy.keys())}", reason="FIELD_INVALID",
+                                       field="overflow")
+                overflow = request.overflow or self.client_overflow.get(client, self.overflow)
+
                 async def from_models() -> tagging_pb2.TagImageResponse:
                     async with self.scheduler.slot(client, lane) as waited:
-                        return await self.router.tag_image(request, image, deadline, waited, lane)
+                        return await self.router.tag_image(request, image, deadline, waited, lane, overflow)
 
                 return await self.cache.answer(request, image, from_models)
         except TimeoutError:

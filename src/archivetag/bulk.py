@@ -45,6 +45,9 @@ TAG_OPTIONS = OptionGroup(
                "photo), stored and shown.", parse_bool),
         Option("ocr_regions", False, "Read the text with where it is in the photo (<OCR_WITH_REGION>; "
                "implies --ocr).", parse_bool),
+        Option("overflow", "server", "When the primary tagger is busy: 'wait' for it (every photo gets its answer), "
+               "'fallback' to the next tagger at once (throughput first), or 'server': the orchestrator's policy "
+               "for this client (docs/errors.md, \"Overload\").", choices=("server", "wait", "fallback")),
     ),
 )
 OPTION_GROUPS = [CLIENT_OPTIONS, TAG_OPTIONS]
@@ -59,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print one JSON result per photo instead of writing the database")
     parser.add_argument("--all-files", action="store_true", help="send every file, not only known photo extensions")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+OVERFLOW = {"server": tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED, "wait": tagging_pb2.OVERFLOW_POLICY_WAIT,
+            "fallback": tagging_pb2.OVERFLOW_POLICY_FALLBACK}
 
 
 def ocr_mode(settings) -> int:
@@ -218,7 +225,7 @@ class Tagger:
                 sent[str(index)] = photo
                 # The database keeps each photo's SigLIP embedding, for `similar` and `duplicates`.
                 yield TagItem(photo.data, id=str(index), max_tags=self.settings.max_tags, ocr=ocr_mode(self.settings),
-                              include_embedding=self.store is not None)
+                              include_embedding=self.store is not None, overflow=OVERFLOW[self.settings.overflow])
 
         renewer = asyncio.create_task(self._renew_claims()) if self.store is not None else None
         try:

@@ -114,6 +114,7 @@ class TagItem:
     context: dict[str, str] = field(default_factory=dict)
     ocr: int = common_pb2.OCR_MODE_UNSPECIFIED  # an archivetag.v1.OcrMode: read the text in the photo too
     bypass_cache: bool = False  # skip the orchestrator's result cache (docs/cache.md)
+    overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED  # an OverflowPolicy: wait for a busy primary, or not
 
 
 @dataclass
@@ -133,12 +134,13 @@ class ItemResult:
 
 def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float | None = None,
                 include_embedding: bool = False, context: dict[str, str] | None = None,
-                ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
-                bypass_cache: bool = False) -> tagging_pb2.TagImageRequest:
+                ocr: int = common_pb2.OCR_MODE_UNSPECIFIED, bypass_cache: bool = False,
+                overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED) -> tagging_pb2.TagImageRequest:
     request = tagging_pb2.TagImageRequest(
         max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {})),
         # protoc's .pyi types an enum field as its enum class; any int is a valid (open) proto3 enum value
         ocr=cast(common_pb2.OcrMode, ocr), bypass_cache=bypass_cache,
+        overflow=cast(tagging_pb2.OverflowPolicy, overflow),
     )
     if isinstance(image, (bytes, bytearray, memoryview)):
         request.image.data = bytes(image)
@@ -151,7 +153,7 @@ def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float |
 
 def _item_request(item: TagItem) -> tagging_pb2.TagImagesRequest:
     request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context, item.ocr,
-                          item.bypass_cache)
+                          item.bypass_cache, item.overflow)
     return tagging_pb2.TagImagesRequest(id=item.id, request=request)
 
 
@@ -279,13 +281,15 @@ class AsyncTaggingClient(_Base):
     async def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
                   include_embedding: bool = False, context: dict[str, str] | None = None,
                   ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
-                  deadline: float | None = None, bypass_cache: bool = False) -> tagging_pb2.TagImageResponse:
+                  deadline: float | None = None, bypass_cache: bool = False,
+                  overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED) -> tagging_pb2.TagImageResponse:
         """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
-        more Florence-2 pass). deadline: seconds, retries included. The answer's `cached` says whether it
-        came from the orchestrator's result cache."""
+        more Florence-2 pass). deadline: seconds, retries included. overflow: an OverflowPolicy (WAIT for a
+        busy primary tagger, or FALLBACK to the next one at once; unset: the orchestrator's policy for this
+        client). The answer's `cached` says whether it came from the orchestrator's result cache."""
         if (too_large := self._too_large(image)) is not None:
             raise too_large
-        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache)
+        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache, overflow)
         return await self._unary(self.stub.TagImage, request, deadline)
 
     async def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:
@@ -403,13 +407,15 @@ class TaggingClient(_Base):
     def tag(self, image: bytes | str | Path, *, max_tags: int = 0, threshold: float | None = None,
             include_embedding: bool = False, context: dict[str, str] | None = None,
             ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
-            deadline: float | None = None, bypass_cache: bool = False) -> tagging_pb2.TagImageResponse:
+            deadline: float | None = None, bypass_cache: bool = False,
+            overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED) -> tagging_pb2.TagImageResponse:
         """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
-        more Florence-2 pass). deadline: seconds, retries included. The answer's `cached` says whether it
-        came from the orchestrator's result cache."""
+        more Florence-2 pass). deadline: seconds, retries included. overflow: an OverflowPolicy (WAIT for a
+        busy primary tagger, or FALLBACK to the next one at once; unset: the orchestrator's policy for this
+        client). The answer's `cached` says whether it came from the orchestrator's result cache."""
         if (too_large := self._too_large(image)) is not None:
             raise too_large
-        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache)
+        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache, overflow)
         return self._unary(self.stub.TagImage, request, deadline)
 
     def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:

@@ -1,5 +1,5 @@
-"""The result cache's key: every TagImageRequest field but the image, the context and the opt-out
-changes it, including fields added to the contract later (the loop reads the descriptor)."""
+"""The result cache's key: every TagImageRequest field but the image, the context, the opt-out and the
+overflow policy changes it, including fields added to the contract later (the loop reads the descriptor)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ def test_each_answer_changing_field_changes_the_key(field):
     assert options_bytes(changed) != options_bytes(request())
 
 
-def test_image_context_and_opt_out_leave_the_key_alone():
-    other = request(bypass_cache=True, context=common_pb2.ImageContext(region="Wallonia"))
+def test_image_context_opt_out_and_overflow_policy_leave_the_key_alone():
+    other = request(bypass_cache=True, context=common_pb2.ImageContext(region="Wallonia"),
+                    overflow=tagging_pb2.OVERFLOW_POLICY_FALLBACK)
     other.image.uri = "/elsewhere.jpg"
     assert options_bytes(other) == options_bytes(request())
 

@@ -12,6 +12,7 @@ import {
   type ModelIdentity,
 } from "./gen/archivetag/v1/common_pb.js";
 import {
+  OverflowPolicy,
   StageTimingsSchema,
   TaggingService,
   ViewTypeSchema,
@@ -79,6 +80,9 @@ export interface TagOptions {
   ocr?: OcrMode;
   /** Skip the orchestrator's result cache: the models answer and the answer is not stored. */
   bypassCache?: boolean;
+  /** When the primary tagger is busy: OverflowPolicy.WAIT for it (every photo gets its answer) or
+   * OverflowPolicy.FALLBACK to the next tagger at once (throughput first). Unset: the orchestrator's policy. */
+  overflow?: OverflowPolicy;
   /** What the archive knows about the photo (echoed). */
   context?: Partial<Pick<ImageContext, "viewType" | "locationType" | "region">>;
   /** This call's deadline (all retries included). */
@@ -344,6 +348,7 @@ function tagRequest(
     includeEmbedding: options.includeEmbedding ?? false,
     ocr: options.ocr ?? OcrMode.UNSPECIFIED,
     bypassCache: options.bypassCache ?? false,
+    overflow: options.overflow ?? OverflowPolicy.UNSPECIFIED,
   };
 }
 

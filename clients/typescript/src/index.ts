@@ -2,7 +2,7 @@
 export * from "./client.js";
 export * from "./errors.js";
 export { ErrorReason } from "./gen/archivetag/v1/errors_pb.js";
-export { BackendHealth, BreakerState, FallbackReason } from "./gen/archivetag/v1/tagging_pb.js";
+export { BackendHealth, BreakerState, FallbackReason, OverflowPolicy } from "./gen/archivetag/v1/tagging_pb.js";
 export { OcrMode, OcrStatus } from "./gen/archivetag/v1/common_pb.js";
 export type { ImageContext, ModelIdentity, OcrRegion, OcrResult, Tag } from "./gen/archivetag/v1/common_pb.js";
 export type { ClassScore } from "./gen/archivetag/v1/view_type_pb.js";

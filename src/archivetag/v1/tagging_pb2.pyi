@@ -13,6 +13,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class OverflowPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OVERFLOW_POLICY_UNSPECIFIED: _ClassVar[OverflowPolicy]
+    OVERFLOW_POLICY_WAIT: _ClassVar[OverflowPolicy]
+    OVERFLOW_POLICY_FALLBACK: _ClassVar[OverflowPolicy]
+
 class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FALLBACK_REASON_UNSPECIFIED: _ClassVar[FallbackReason]
@@ -40,6 +46,9 @@ class BreakerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BREAKER_STATE_CLOSED: _ClassVar[BreakerState]
     BREAKER_STATE_OPEN: _ClassVar[BreakerState]
     BREAKER_STATE_HALF_OPEN: _ClassVar[BreakerState]
+OVERFLOW_POLICY_UNSPECIFIED: OverflowPolicy
+OVERFLOW_POLICY_WAIT: OverflowPolicy
+OVERFLOW_POLICY_FALLBACK: OverflowPolicy
 FALLBACK_REASON_UNSPECIFIED: FallbackReason
 FALLBACK_REASON_DISABLED: FallbackReason
 FALLBACK_REASON_NOT_SERVING: FallbackReason
@@ -61,7 +70,7 @@ BREAKER_STATE_OPEN: BreakerState
 BREAKER_STATE_HALF_OPEN: BreakerState
 
 class TagImageRequest(_message.Message):
-    __slots__ = ("image", "context", "max_tags", "threshold", "include_embedding", "ocr", "bypass_cache")
+    __slots__ = ("image", "context", "max_tags", "threshold", "include_embedding", "ocr", "bypass_cache", "overflow")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_TAGS_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +78,7 @@ class TagImageRequest(_message.Message):
     INCLUDE_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     OCR_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    OVERFLOW_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     context: _common_pb2.ImageContext
     max_tags: int
@@ -76,7 +86,8 @@ class TagImageRequest(_message.Message):
     include_embedding: bool
     ocr: _common_pb2.OcrMode
     bypass_cache: bool
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., max_tags: _Optional[int] = ..., threshold: _Optional[float] = ..., include_embedding: _Optional[bool] = ..., ocr: _Optional[_Union[_common_pb2.OcrMode, str]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    overflow: OverflowPolicy
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., max_tags: _Optional[int] = ..., threshold: _Optional[float] = ..., include_embedding: _Optional[bool] = ..., ocr: _Optional[_Union[_common_pb2.OcrMode, str]] = ..., bypass_cache: _Optional[bool] = ..., overflow: _Optional[_Union[OverflowPolicy, str]] = ...) -> None: ...
 
 class ViewType(_message.Message):
     __slots__ = ("name", "confidence", "scores")
@@ -89,18 +100,20 @@ class ViewType(_message.Message):
     def __init__(self, name: _Optional[str] = ..., confidence: _Optional[float] = ..., scores: _Optional[_Iterable[_Union[_view_type_pb2.ClassScore, _Mapping]]] = ...) -> None: ...
 
 class StageTimings(_message.Message):
-    __slots__ = ("total_seconds", "tagger_seconds", "view_type_seconds", "failover_seconds", "admission_seconds")
+    __slots__ = ("total_seconds", "tagger_seconds", "view_type_seconds", "failover_seconds", "admission_seconds", "tagger_wait_seconds")
     TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TAGGER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VIEW_TYPE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FAILOVER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ADMISSION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TAGGER_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     total_seconds: float
     tagger_seconds: float
     view_type_seconds: float
     failover_seconds: float
     admission_seconds: float
-    def __init__(self, total_seconds: _Optional[float] = ..., tagger_seconds: _Optional[float] = ..., view_type_seconds: _Optional[float] = ..., failover_seconds: _Optional[float] = ..., admission_seconds: _Optional[float] = ...) -> None: ...
+    tagger_wait_seconds: float
+    def __init__(self, total_seconds: _Optional[float] = ..., tagger_seconds: _Optional[float] = ..., view_type_seconds: _Optional[float] = ..., failover_seconds: _Optional[float] = ..., admission_seconds: _Optional[float] = ..., tagger_wait_seconds: _Optional[float] = ...) -> None: ...
 
 class TagImageResponse(_message.Message):
     __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding", "fallback", "primary_health", "primary_breaker", "ocr", "cached", "tagged_at")
@@ -186,7 +199,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BackendStatus(_message.Message):
-    __slots__ = ("name", "role", "target", "health", "breaker", "replicas", "serving_replicas", "latency_p50_seconds", "latency_p95_seconds", "ok_count", "error_count", "last_error", "model", "last_error_time", "last_error_resolved")
+    __slots__ = ("name", "role", "target", "health", "breaker", "replicas", "serving_replicas", "latency_p50_seconds", "latency_p95_seconds", "ok_count", "error_count", "last_error", "model", "last_error_time", "last_error_resolved", "calls", "capacity", "waiting")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +215,9 @@ class BackendStatus(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     name: str
     role: str
     target: str
@@ -217,7 +233,10 @@ class BackendStatus(_message.Message):
     model: _common_pb2.ModelIdentity
     last_error_time: _timestamp_pb2.Timestamp
     last_error_resolved: bool
-    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., target: _Optional[str] = ..., health: _Optional[_Union[BackendHealth, str]] = ..., breaker: _Optional[_Union[BreakerState, str]] = ..., replicas: _Optional[int] = ..., serving_replicas: _Optional[int] = ..., latency_p50_seconds: _Optional[float] = ..., latency_p95_seconds: _Optional[float] = ..., ok_count: _Optional[int] = ..., error_count: _Optional[int] = ..., last_error: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_resolved: _Optional[bool] = ...) -> None: ...
+    calls: int
+    capacity: int
+    waiting: int
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., target: _Optional[str] = ..., health: _Optional[_Union[BackendHealth, str]] = ..., breaker: _Optional[_Union[BreakerState, str]] = ..., replicas: _Optional[int] = ..., serving_replicas: _Optional[int] = ..., latency_p50_seconds: _Optional[float] = ..., latency_p95_seconds: _Optional[float] = ..., ok_count: _Optional[int] = ..., error_count: _Optional[int] = ..., last_error: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error_resolved: _Optional[bool] = ..., calls: _Optional[int] = ..., capacity: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("backends", "in_flight", "queued", "cache")

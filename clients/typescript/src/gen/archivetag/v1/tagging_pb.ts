@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file archivetag/v1/tagging.proto.
  */
 export const file_archivetag_v1_tagging: GenFile = /*@__PURE__*/
-  fileDesc("ChthcmNoaXZldGFnL3YxL3RhZ2dpbmcucHJvdG8SDWFyY2hpdmV0YWcudjEi8gEKD1RhZ0ltYWdlUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhAKCG1heF90YWdzGAMgASgNEhYKCXRocmVzaG9sZBgEIAEoAkgAiAEBEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAUgASgIEiMKA29jchgGIAEoDjIWLmFyY2hpdmV0YWcudjEuT2NyTW9kZRIUCgxieXBhc3NfY2FjaGUYFCABKAhCDAoKX3RocmVzaG9sZCJXCghWaWV3VHlwZRIMCgRuYW1lGAEgASgJEhIKCmNvbmZpZGVuY2UYAiABKAISKQoGc2NvcmVzGAMgAygLMhkuYXJjaGl2ZXRhZy52MS5DbGFzc1Njb3JlIo0BCgxTdGFnZVRpbWluZ3MSFQoNdG90YWxfc2Vjb25kcxgBIAEoARIWCg50YWdnZXJfc2Vjb25kcxgCIAEoARIZChF2aWV3X3R5cGVfc2Vjb25kcxgDIAEoARIYChBmYWlsb3Zlcl9zZWNvbmRzGAQgASgBEhkKEWFkbWlzc2lvbl9zZWNvbmRzGAUgASgBIuYEChBUYWdJbWFnZVJlc3BvbnNlEiAKBHRhZ3MYASADKAsyEi5hcmNoaXZldGFnLnYxLlRhZxIPCgdjYXB0aW9uGAIgASgJEg4KBnRhZ2dlchgDIAEoCRIXCg9mYWxsYmFja19yZWFzb24YBCABKAkSKgoJdmlld190eXBlGAUgASgLMhcuYXJjaGl2ZXRhZy52MS5WaWV3VHlwZRIQCghkZWdyYWRlZBgGIAEoCBIYChBkZWdyYWRlZF9yZWFzb25zGAcgAygJEiwKBm1vZGVscxgIIAMoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIsCgd0aW1pbmdzGAkgASgLMhsuYXJjaGl2ZXRhZy52MS5TdGFnZVRpbWluZ3MSLAoHY29udGV4dBgKIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhEKCWVtYmVkZGluZxgLIAMoAhIvCghmYWxsYmFjaxgMIAEoDjIdLmFyY2hpdmV0YWcudjEuRmFsbGJhY2tSZWFzb24SNAoOcHJpbWFyeV9oZWFsdGgYDSABKA4yHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRIZWFsdGgSNAoPcHJpbWFyeV9icmVha2VyGA4gASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSJQoDb2NyGA8gASgLMhguYXJjaGl2ZXRhZy52MS5PY3JSZXN1bHQSDgoGY2FjaGVkGBQgASgIEi0KCXRhZ2dlZF9hdBgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoQVGFnSW1hZ2VzUmVxdWVzdBIKCgJpZBgBIAEoCRIvCgdyZXF1ZXN0GAIgASgLMh4uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlcXVlc3Qi4AEKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEioKBnJlYXNvbhgEIAEoDjIaLmFyY2hpdmV0YWcudjEuRXJyb3JSZWFzb24SOAoIbWV0YWRhdGEYBSADKAsyJi5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvci5NZXRhZGF0YUVudHJ5Eg0KBWZpZWxkGAYgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKIAQoRVGFnSW1hZ2VzUmVzcG9uc2USCgoCaWQYASABKAkSMQoGcmVzdWx0GAIgASgLMh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlc3BvbnNlSAASKQoFZXJyb3IYAyABKAsyGC5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvckgAQgkKB291dGNvbWUiEgoQR2V0U3RhdHVzUmVxdWVzdCK3AwoNQmFja2VuZFN0YXR1cxIMCgRuYW1lGAEgASgJEgwKBHJvbGUYAiABKAkSDgoGdGFyZ2V0GAMgASgJEiwKBmhlYWx0aBgEIAEoDjIcLmFyY2hpdmV0YWcudjEuQmFja2VuZEhlYWx0aBIsCgdicmVha2VyGAUgASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSEAoIcmVwbGljYXMYBiABKA0SGAoQc2VydmluZ19yZXBsaWNhcxgHIAEoDRIbChNsYXRlbmN5X3A1MF9zZWNvbmRzGAggASgBEhsKE2xhdGVuY3lfcDk1X3NlY29uZHMYCSABKAESEAoIb2tfY291bnQYCiABKAQSEwoLZXJyb3JfY291bnQYCyABKAQSEgoKbGFzdF9lcnJvchgMIAEoCRIrCgVtb2RlbBgNIAEoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIzCg9sYXN0X2Vycm9yX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2xhc3RfZXJyb3JfcmVzb2x2ZWQYDyABKAgikQEKEUdldFN0YXR1c1Jlc3BvbnNlEi4KCGJhY2tlbmRzGAEgAygLMhwuYXJjaGl2ZXRhZy52MS5CYWNrZW5kU3RhdHVzEhEKCWluX2ZsaWdodBgCIAEoDRIOCgZxdWV1ZWQYAyABKA0SKQoFY2FjaGUYBCABKAsyGi5hcmNoaXZldGFnLnYxLkNhY2hlU3RhdHVzIpMBCgtDYWNoZVN0YXR1cxIPCgdiYWNrZW5kGAEgASgJEg8KB2VudHJpZXMYAiABKAQSDQoFYnl0ZXMYAyABKAQSDAoEaGl0cxgEIAEoBBIOCgZtaXNzZXMYBSABKAQSDgoGc2hhcmVkGAYgASgEEhEKCWV2aWN0aW9ucxgHIAEoBBISCgpsYXN0X2Vycm9yGAggASgJKuECCg5GYWxsYmFja1JlYXNvbhIfChtGQUxMQkFDS19SRUFTT05fVU5TUEVDSUZJRUQQABIcChhGQUxMQkFDS19SRUFTT05fRElTQUJMRUQQARIfChtGQUxMQkFDS19SRUFTT05fTk9UX1NFUlZJTkcQAhIfChtGQUxMQkFDS19SRUFTT05fVU5SRUFDSEFCTEUQAxIiCh5GQUxMQkFDS19SRUFTT05fSEVBTFRIX1VOS05PV04QBBIgChxGQUxMQkFDS19SRUFTT05fQlJFQUtFUl9PUEVOEAUSJQohRkFMTEJBQ0tfUkVBU09OX0RFQURMSU5FX0VYQ0VFREVEEAYSHgoaRkFMTEJBQ0tfUkVBU09OX09WRVJMT0FERUQQBxIfChtGQUxMQkFDS19SRUFTT05fQ0FMTF9GQUlMRUQQCBIgChxGQUxMQkFDS19SRUFTT05fTk9fVElNRV9MRUZUEAkqqAEKDUJhY2tlbmRIZWFsdGgSHgoaQkFDS0VORF9IRUFMVEhfVU5TUEVDSUZJRUQQABIaChZCQUNLRU5EX0hFQUxUSF9TRVJWSU5HEAESHgoaQkFDS0VORF9IRUFMVEhfTk9UX1NFUlZJTkcQAhIeChpCQUNLRU5EX0hFQUxUSF9VTlJFQUNIQUJMRRADEhsKF0JBQ0tFTkRfSEVBTFRIX0RJU0FCTEVEEAQqfAoMQnJlYWtlclN0YXRlEh0KGUJSRUFLRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRCUkVBS0VSX1NUQVRFX0NMT1NFRBABEhYKEkJSRUFLRVJfU1RBVEVfT1BFThACEhsKF0JSRUFLRVJfU1RBVEVfSEFMRl9PUEVOEAMygQIKDlRhZ2dpbmdTZXJ2aWNlEksKCFRhZ0ltYWdlEh4uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlcXVlc3QaHy5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVzcG9uc2USUgoJVGFnSW1hZ2VzEh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZXNSZXF1ZXN0GiAuYXJjaGl2ZXRhZy52MS5UYWdJbWFnZXNSZXNwb25zZSgBMAESTgoJR2V0U3RhdHVzEh8uYXJjaGl2ZXRhZy52MS5HZXRTdGF0dXNSZXF1ZXN0GiAuYXJjaGl2ZXRhZy52MS5HZXRTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_archivetag_v1_common, file_archivetag_v1_errors, file_google_protobuf_timestamp, file_archivetag_v1_view_type]);
+  fileDesc("ChthcmNoaXZldGFnL3YxL3RhZ2dpbmcucHJvdG8SDWFyY2hpdmV0YWcudjEiowIKD1RhZ0ltYWdlUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhAKCG1heF90YWdzGAMgASgNEhYKCXRocmVzaG9sZBgEIAEoAkgAiAEBEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAUgASgIEiMKA29jchgGIAEoDjIWLmFyY2hpdmV0YWcudjEuT2NyTW9kZRIUCgxieXBhc3NfY2FjaGUYFCABKAgSLwoIb3ZlcmZsb3cYFSABKA4yHS5hcmNoaXZldGFnLnYxLk92ZXJmbG93UG9saWN5QgwKCl90aHJlc2hvbGQiVwoIVmlld1R5cGUSDAoEbmFtZRgBIAEoCRISCgpjb25maWRlbmNlGAIgASgCEikKBnNjb3JlcxgDIAMoCzIZLmFyY2hpdmV0YWcudjEuQ2xhc3NTY29yZSKqAQoMU3RhZ2VUaW1pbmdzEhUKDXRvdGFsX3NlY29uZHMYASABKAESFgoOdGFnZ2VyX3NlY29uZHMYAiABKAESGQoRdmlld190eXBlX3NlY29uZHMYAyABKAESGAoQZmFpbG92ZXJfc2Vjb25kcxgEIAEoARIZChFhZG1pc3Npb25fc2Vjb25kcxgFIAEoARIbChN0YWdnZXJfd2FpdF9zZWNvbmRzGAYgASgBIuYEChBUYWdJbWFnZVJlc3BvbnNlEiAKBHRhZ3MYASADKAsyEi5hcmNoaXZldGFnLnYxLlRhZxIPCgdjYXB0aW9uGAIgASgJEg4KBnRhZ2dlchgDIAEoCRIXCg9mYWxsYmFja19yZWFzb24YBCABKAkSKgoJdmlld190eXBlGAUgASgLMhcuYXJjaGl2ZXRhZy52MS5WaWV3VHlwZRIQCghkZWdyYWRlZBgGIAEoCBIYChBkZWdyYWRlZF9yZWFzb25zGAcgAygJEiwKBm1vZGVscxgIIAMoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIsCgd0aW1pbmdzGAkgASgLMhsuYXJjaGl2ZXRhZy52MS5TdGFnZVRpbWluZ3MSLAoHY29udGV4dBgKIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhEKCWVtYmVkZGluZxgLIAMoAhIvCghmYWxsYmFjaxgMIAEoDjIdLmFyY2hpdmV0YWcudjEuRmFsbGJhY2tSZWFzb24SNAoOcHJpbWFyeV9oZWFsdGgYDSABKA4yHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRIZWFsdGgSNAoPcHJpbWFyeV9icmVha2VyGA4gASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSJQoDb2NyGA8gASgLMhguYXJjaGl2ZXRhZy52MS5PY3JSZXN1bHQSDgoGY2FjaGVkGBQgASgIEi0KCXRhZ2dlZF9hdBgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoQVGFnSW1hZ2VzUmVxdWVzdBIKCgJpZBgBIAEoCRIvCgdyZXF1ZXN0GAIgASgLMh4uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlcXVlc3Qi4AEKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEioKBnJlYXNvbhgEIAEoDjIaLmFyY2hpdmV0YWcudjEuRXJyb3JSZWFzb24SOAoIbWV0YWRhdGEYBSADKAsyJi5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvci5NZXRhZGF0YUVudHJ5Eg0KBWZpZWxkGAYgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKIAQoRVGFnSW1hZ2VzUmVzcG9uc2USCgoCaWQYASABKAkSMQoGcmVzdWx0GAIgASgLMh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlc3BvbnNlSAASKQoFZXJyb3IYAyABKAsyGC5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvckgAQgkKB291dGNvbWUiEgoQR2V0U3RhdHVzUmVxdWVzdCLpAwoNQmFja2VuZFN0YXR1cxIMCgRuYW1lGAEgASgJEgwKBHJvbGUYAiABKAkSDgoGdGFyZ2V0GAMgASgJEiwKBmhlYWx0aBgEIAEoDjIcLmFyY2hpdmV0YWcudjEuQmFja2VuZEhlYWx0aBIsCgdicmVha2VyGAUgASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSEAoIcmVwbGljYXMYBiABKA0SGAoQc2VydmluZ19yZXBsaWNhcxgHIAEoDRIbChNsYXRlbmN5X3A1MF9zZWNvbmRzGAggASgBEhsKE2xhdGVuY3lfcDk1X3NlY29uZHMYCSABKAESEAoIb2tfY291bnQYCiABKAQSEwoLZXJyb3JfY291bnQYCyABKAQSEgoKbGFzdF9lcnJvchgMIAEoCRIrCgVtb2RlbBgNIAEoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIzCg9sYXN0X2Vycm9yX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2xhc3RfZXJyb3JfcmVzb2x2ZWQYDyABKAgSDQoFY2FsbHMYECABKA0SEAoIY2FwYWNpdHkYESABKA0SDwoHd2FpdGluZxgSIAEoDSKRAQoRR2V0U3RhdHVzUmVzcG9uc2USLgoIYmFja2VuZHMYASADKAsyHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRTdGF0dXMSEQoJaW5fZmxpZ2h0GAIgASgNEg4KBnF1ZXVlZBgDIAEoDRIpCgVjYWNoZRgEIAEoCzIaLmFyY2hpdmV0YWcudjEuQ2FjaGVTdGF0dXMikwEKC0NhY2hlU3RhdHVzEg8KB2JhY2tlbmQYASABKAkSDwoHZW50cmllcxgCIAEoBBINCgVieXRlcxgDIAEoBBIMCgRoaXRzGAQgASgEEg4KBm1pc3NlcxgFIAEoBBIOCgZzaGFyZWQYBiABKAQSEQoJZXZpY3Rpb25zGAcgASgEEhIKCmxhc3RfZXJyb3IYCCABKAkqaQoOT3ZlcmZsb3dQb2xpY3kSHwobT1ZFUkZMT1dfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGAoUT1ZFUkZMT1dfUE9MSUNZX1dBSVQQARIcChhPVkVSRkxPV19QT0xJQ1lfRkFMTEJBQ0sQAirhAgoORmFsbGJhY2tSZWFzb24SHwobRkFMTEJBQ0tfUkVBU09OX1VOU1BFQ0lGSUVEEAASHAoYRkFMTEJBQ0tfUkVBU09OX0RJU0FCTEVEEAESHwobRkFMTEJBQ0tfUkVBU09OX05PVF9TRVJWSU5HEAISHwobRkFMTEJBQ0tfUkVBU09OX1VOUkVBQ0hBQkxFEAMSIgoeRkFMTEJBQ0tfUkVBU09OX0hFQUxUSF9VTktOT1dOEAQSIAocRkFMTEJBQ0tfUkVBU09OX0JSRUFLRVJfT1BFThAFEiUKIUZBTExCQUNLX1JFQVNPTl9ERUFETElORV9FWENFRURFRBAGEh4KGkZBTExCQUNLX1JFQVNPTl9PVkVSTE9BREVEEAcSHwobRkFMTEJBQ0tfUkVBU09OX0NBTExfRkFJTEVEEAgSIAocRkFMTEJBQ0tfUkVBU09OX05PX1RJTUVfTEVGVBAJKqgBCg1CYWNrZW5kSGVhbHRoEh4KGkJBQ0tFTkRfSEVBTFRIX1VOU1BFQ0lGSUVEEAASGgoWQkFDS0VORF9IRUFMVEhfU0VSVklORxABEh4KGkJBQ0tFTkRfSEVBTFRIX05PVF9TRVJWSU5HEAISHgoaQkFDS0VORF9IRUFMVEhfVU5SRUFDSEFCTEUQAxIbChdCQUNLRU5EX0hFQUxUSF9ESVNBQkxFRBAEKnwKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADMoECCg5UYWdnaW5nU2VydmljZRJLCghUYWdJbWFnZRIeLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VSZXF1ZXN0Gh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlc3BvbnNlElIKCVRhZ0ltYWdlcxIfLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VzUmVxdWVzdBogLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VzUmVzcG9uc2UoATABEk4KCUdldFN0YXR1cxIfLmFyY2hpdmV0YWcudjEuR2V0U3RhdHVzUmVxdWVzdBogLmFyY2hpdmV0YWcudjEuR2V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_archivetag_v1_common, file_archivetag_v1_errors, file_google_protobuf_timestamp, file_archivetag_v1_view_type]);
 
 /**
  * Request for TaggingService.TagImage.
@@ -78,6 +78,15 @@ export type TagImageRequest = Message<"archivetag.v1.TagImageRequest"> & {
    * @generated from field: bool bypass_cache = 20;
    */
   bypassCache: boolean;
+
+  /**
+   * What to do when the primary tagger is busy (every call it can start on
+   * now is taken): wait for it, or take the next tagger at once. Unset: the
+   * client's policy, else the server's (--overflow; by default WAIT).
+   *
+   * @generated from field: archivetag.v1.OverflowPolicy overflow = 21;
+   */
+  overflow: OverflowPolicy;
 };
 
 /**
@@ -162,6 +171,15 @@ export type StageTimings = Message<"archivetag.v1.StageTimings"> & {
    * @generated from field: double admission_seconds = 5;
    */
   admissionSeconds: number;
+
+  /**
+   * Time the answering tagger's call waited in the orchestrator for the
+   * tagger to be free (it is sent only what it can start on; docs/errors.md,
+   * "Overload"). Its deadline counts from the end of this wait.
+   *
+   * @generated from field: double tagger_wait_seconds = 6;
+   */
+  taggerWaitSeconds: number;
 };
 
 /**
@@ -565,6 +583,28 @@ export type BackendStatus = Message<"archivetag.v1.BackendStatus"> & {
    * @generated from field: bool last_error_resolved = 15;
    */
   lastErrorResolved: boolean;
+
+  /**
+   * Calls the backend is working on now (sent, not yet answered).
+   *
+   * @generated from field: uint32 calls = 16;
+   */
+  calls: number;
+
+  /**
+   * Calls it can work on at once: per serving replica its batch size plus one
+   * batch being decoded. Beyond that, calls wait in the orchestrator.
+   *
+   * @generated from field: uint32 capacity = 17;
+   */
+  capacity: number;
+
+  /**
+   * Calls waiting in the orchestrator for the backend to be free.
+   *
+   * @generated from field: uint32 waiting = 18;
+   */
+  waiting: number;
 };
 
 /**
@@ -688,6 +728,43 @@ export const CacheStatusSchema: GenMessage<CacheStatus> = /*@__PURE__*/
   messageDesc(file_archivetag_v1_tagging, 10);
 
 /**
+ * When the primary tagger is busy: whether an image waits for it or overflows
+ * to the next tagger (docs/errors.md, "Overload").
+ *
+ * @generated from enum archivetag.v1.OverflowPolicy
+ */
+export enum OverflowPolicy {
+  /**
+   * The client's or the server's policy.
+   *
+   * @generated from enum value: OVERFLOW_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Wait in the orchestrator's queue for the primary while it is healthy (and
+   * the deadline allows): every photo gets the primary's answer.
+   *
+   * @generated from enum value: OVERFLOW_POLICY_WAIT = 1;
+   */
+  WAIT = 1,
+
+  /**
+   * Throughput first: when the primary has no free call, the next tagger
+   * answers at once (fallback reason OVERLOADED).
+   *
+   * @generated from enum value: OVERFLOW_POLICY_FALLBACK = 2;
+   */
+  FALLBACK = 2,
+}
+
+/**
+ * Describes the enum archivetag.v1.OverflowPolicy.
+ */
+export const OverflowPolicySchema: GenEnum<OverflowPolicy> = /*@__PURE__*/
+  enumDesc(file_archivetag_v1_tagging, 0);
+
+/**
  * Why the primary tagger did not answer an image (TagImageResponse.fallback).
  *
  * @generated from enum archivetag.v1.FallbackReason
@@ -736,14 +813,16 @@ export enum FallbackReason {
   BREAKER_OPEN = 5,
 
   /**
-   * The call to the primary ran past its deadline (ARCHIVETAG_FLORENCE_DEADLINE_SECONDS).
+   * The call to the primary ran past its deadline (ARCHIVETAG_<NAME>_DEADLINE_SECONDS,
+   * counted from when the primary could start on the image).
    *
    * @generated from enum value: FALLBACK_REASON_DEADLINE_EXCEEDED = 6;
    */
   DEADLINE_EXCEEDED = 6,
 
   /**
-   * The primary answered RESOURCE_EXHAUSTED (its queue is full).
+   * The primary was busy: it answered RESOURCE_EXHAUSTED, or the overflow
+   * policy FALLBACK found no free call to it.
    *
    * @generated from enum value: FALLBACK_REASON_OVERLOADED = 7;
    */
@@ -758,7 +837,8 @@ export enum FallbackReason {
 
   /**
    * Too little of the caller's deadline was left to call the primary and keep
-   * the fallback's reserve (ARCHIVETAG_FALLBACK_RESERVE_SECONDS).
+   * the fallback's reserve (ARCHIVETAG_FALLBACK_RESERVE_SECONDS), also after
+   * waiting for the busy primary under the overflow policy WAIT.
    *
    * @generated from enum value: FALLBACK_REASON_NO_TIME_LEFT = 9;
    */
@@ -769,7 +849,7 @@ export enum FallbackReason {
  * Describes the enum archivetag.v1.FallbackReason.
  */
 export const FallbackReasonSchema: GenEnum<FallbackReason> = /*@__PURE__*/
-  enumDesc(file_archivetag_v1_tagging, 0);
+  enumDesc(file_archivetag_v1_tagging, 1);
 
 /**
  * Health of a backend as the orchestrator sees it.
@@ -817,7 +897,7 @@ export enum BackendHealth {
  * Describes the enum archivetag.v1.BackendHealth.
  */
 export const BackendHealthSchema: GenEnum<BackendHealth> = /*@__PURE__*/
-  enumDesc(file_archivetag_v1_tagging, 1);
+  enumDesc(file_archivetag_v1_tagging, 2);
 
 /**
  * State of a backend's circuit breaker.
@@ -858,7 +938,7 @@ export enum BreakerState {
  * Describes the enum archivetag.v1.BreakerState.
  */
 export const BreakerStateSchema: GenEnum<BreakerState> = /*@__PURE__*/
-  enumDesc(file_archivetag_v1_tagging, 2);
+  enumDesc(file_archivetag_v1_tagging, 3);
 
 /**
  * The one service archive apps call. It tags with the primary tagger (by default
