@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from archivetag.runtime.backoff import backoff_seconds
 from archivetag.runtime.batcher import INTERACTIVE, LANE_METADATA_KEY
 from archivetag.runtime.channels import client_channel_options
+from archivetag.runtime.health_client import NOT_SERVING, SERVICE_UNKNOWN, SERVING, UNREACHABLE
 from archivetag.runtime.logs import fields
 from archivetag.runtime.registry import ServerSpec
 from archivetag.v1 import common_pb2, tagging_pb2
@@ -36,7 +37,6 @@ from archivetag_orchestrator.capacity import BackendCapacity
 
 log = logging.getLogger("archivetag.orchestrator.backends")
 
-SERVING, NOT_SERVING, UNREACHABLE = "SERVING", "NOT_SERVING", "UNREACHABLE"
 # Ping backends this often, and drop a connection whose ping is unanswered this long.
 KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS = 4.0, 3.0
 
@@ -367,7 +367,7 @@ class Backend:
                 call = health.Watch(health_pb2.HealthCheckRequest(service=self.health_service))
                 async for reply in call:
                     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                    if status == "SERVICE_UNKNOWN":
+                    if status == SERVICE_UNKNOWN:
                         status, detail = NOT_SERVING, f"no {self.health_service} at this address"
                     else:
                         detail = await self._model_info(info_stub, status)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# The health states as strings, for every health client (this one, the orchestrator's watch): the
+# protocol's names, and UNREACHABLE for a server that does not answer.
+SERVING, NOT_SERVING, SERVICE_UNKNOWN = "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"
 UNREACHABLE = "UNREACHABLE"
-SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
 
 
 def _status_name(reply: health_pb2.HealthCheckResponse) -> str:
