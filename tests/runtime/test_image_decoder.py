@@ -322,3 +322,23 @@ def test_the_async_reader_reads_files_in_its_own_pool_not_the_event_loops(tmp_pa
         return await read_image_source_async(common_pb2.Image(uri=str(path)), [tmp_path])
 
     assert asyncio.run(scenario()) == path.read_bytes()
+
+
+def test_a_valid_image_too_costly_to_decode_says_which_limit_not_that_it_is_corrupt():
+    with pytest.raises(InvalidInput) as scans:
+        open_image(progressive_jpeg(64, 64, 20), ImageLimits(max_jpeg_scans=5))
+    with pytest.raises(InvalidInput) as memory:
+        open_image(png_stream(4000, 4000, 8, 6), ImageLimits(max_decode_bytes=32 * 1024 * 1024), min_edge=MODEL_EDGE)
+    for caught, setting in ((scans, "ARCHIVETAG_MAX_JPEG_SCANS"), (memory, "ARCHIVETAG_DECODE_MEMORY_MB")):
+        assert caught.value.reason == "IMAGE_DECODE_LIMIT"
+        assert caught.value.metadata["setting"] == setting
+
+
+@pytest.mark.parametrize("brand, reason", [
+    (b"avif", "IMAGE_FORMAT_UNSUPPORTED"), (b"isom", "IMAGE_FORMAT_UNSUPPORTED"), (b"heic", "IMAGE_CORRUPT"),
+])
+def test_an_iso_media_file_is_unsupported_unless_it_is_a_heif_still(brand, reason):
+    data = b"\x00\x00\x00\x1cftyp" + brand + b"\x00\x00\x00\x00" + brand + b"mif1" + b"\x00" * 64
+    with pytest.raises(InvalidInput) as caught:
+        open_image(data)
+    assert caught.value.reason == reason, str(caught.value)

@@ -402,3 +402,27 @@ def test_bad_protobuf_is_invalid_argument_naming_the_type_and_the_service_keeps_
     assert read_call_error(caught.value).reason == "REQUEST_MALFORMED"
     assert health_status(server.address, TAGGER_SERVICE) == "SERVING"
     assert tag(server.address, encode(photo(), "PNG")).tags  # and the next call is answered
+
+
+def test_a_call_whose_deadline_passed_or_whose_caller_left_is_counted_so_not_as_unknown(tmp_path):
+    hang, metrics_port = tmp_path / "hang", free_port()
+    with trivial_server(tmp_path, "--hang-file", str(hang), metrics_port=metrics_port) as srv:
+        srv.wait_status(TAGGER_SERVICE, "SERVING", timeout=60)
+        hang.touch()  # inference blocks: the calls below wait until their deadline or their caller gives up
+        try:
+            with pytest.raises(grpc.RpcError) as expired:
+                tag(srv.address, encode(photo(), "PNG"), timeout=0.5)
+            assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            with grpc.insecure_channel(srv.address) as channel:
+                future = tagger_pb2_grpc.TaggerServiceStub(channel).Tag.future(
+                    tagger_pb2.TagRequest(image=common_pb2.Image(data=encode(photo(), "PNG"))), timeout=60)
+                wait_for(lambda: metric(metrics_port, "archivetag_queue_depth", model="trivial"), lambda n: n >= 1,
+                         timeout=60, describe="the second call queued")
+                future.cancel()
+            method = "/archivetag.v1.TaggerService/Tag"
+            for code in ("DEADLINE_EXCEEDED", "CANCELLED"):
+                wait_for(lambda code=code: metric(metrics_port, "archivetag_requests_total", method=method, code=code),
+                         lambda n: n >= 1, timeout=60, describe=f"a {code} call counted")
+            assert metric(metrics_port, "archivetag_requests_total", method=method, code="UNKNOWN") == 0
+        finally:
+            hang.unlink()

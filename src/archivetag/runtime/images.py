@@ -52,6 +52,9 @@ _FORMAT_NAMES = "JPEG, PNG, WebP, TIFF, BMP, GIF" + (", HEIC/HEIF" if HEIF_AVAIL
 # an operator's setting allows. Every accepted format states its size in the header.
 Image.MAX_IMAGE_PIXELS = None
 
+# The ISO-media brands of HEIF/HEIC stills (ISO/IEC 23008-12); other brands are videos or other formats.
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
 _SNIFF = (
     (b"%PDF", "a PDF document"),
     (b"<svg", "an SVG drawing (vector graphics are not decoded)"),
@@ -90,7 +93,12 @@ def _describe_non_image(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "a corrupt WebP file (its header could not be read)"
     if data[4:8] == b"ftyp":
-        return "a corrupt or unsupported HEIF/ISO-media file"
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "an AVIF image (not accepted)"
+        if brand in _HEIF_BRANDS and HEIF_AVAILABLE:
+            return "a corrupt HEIF file (its header could not be read)"
+        return f"an ISO media file of brand {brand.decode('latin-1')!r} (a video, or an image format not accepted)"
     head = data[:64].lstrip()
     for magic, what in _SNIFF:
         if head.startswith(magic) or (magic == b"<svg" and b"<svg" in data[:1024]):
@@ -235,7 +243,9 @@ def open_image(
         if scans > limits.max_jpeg_scans:
             raise InvalidInput(
                 f"JPEG has more than {limits.max_jpeg_scans} scans (a camera's progressive JPEG has about 10); "
-                "decoding it would take minutes of CPU (limit ARCHIVETAG_MAX_JPEG_SCANS)"
+                "decoding it would take minutes of CPU (limit ARCHIVETAG_MAX_JPEG_SCANS)",
+                reason="IMAGE_DECODE_LIMIT",
+                metadata={"setting": "ARCHIVETAG_MAX_JPEG_SCANS", "limit": limits.max_jpeg_scans},
             )
         if limits.jpeg_draft and min_edge and min(image.size) >= 2 * min_edge:
             try:
@@ -246,7 +256,9 @@ def open_image(
     if plan.peak_bytes > limits.max_decode_bytes:
         raise InvalidInput(
             f"decoding this {width}×{height} {image.format} ({image.mode}) needs about {plan.peak_bytes >> 20} MiB; "
-            f"the limit is {limits.max_decode_bytes >> 20} MiB (set ARCHIVETAG_DECODE_MEMORY_MB)"
+            f"the limit is {limits.max_decode_bytes >> 20} MiB (set ARCHIVETAG_DECODE_MEMORY_MB)",
+            reason="IMAGE_DECODE_LIMIT",
+            metadata={"setting": "ARCHIVETAG_DECODE_MEMORY_MB", "limit": limits.max_decode_bytes >> 20},
         )
     return image, plan
 

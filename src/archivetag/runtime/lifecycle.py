@@ -48,6 +48,11 @@ class ModelHealth:
     async def set(self, phase: str, reason: str = "") -> None:
         if self.phase == DRAINING or (self.phase == phase and self.reason == reason):
             return
+        if phase == self.phase:
+            # The same state, reworded (a stall's growing duration, each second): shown in health and
+            # GetModelInfo, logged once, when the phase changed.
+            self.reason = reason
+            return
         level = logging.WARNING if phase in (UNHEALTHY, FAILED) else logging.INFO
         log.log(level, f"model {phase}",
                 extra=fields(model=self.model, phase=phase, previous=self.phase, reason=reason))

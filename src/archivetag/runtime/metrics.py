@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -58,11 +59,17 @@ class RequestMetricsInterceptor(CallInterceptor):
 
     @asynccontextmanager
     async def around(self, method: str, context: grpc.aio.ServicerContext, streaming: bool) -> AsyncIterator[None]:
-        started, failed = time.perf_counter(), True
+        started, outcome = time.perf_counter(), grpc.StatusCode.UNKNOWN
         try:
             yield
-            failed = False
+            outcome = grpc.StatusCode.OK
+        except asyncio.CancelledError:
+            # The caller left, or its deadline passed: the call was cancelled, not a server fault.
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            outcome = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            raise
         finally:
-            code = _code_name(context, grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
+            code = _code_name(context, outcome)
             REQUESTS.labels(method, code).inc()
             REQUEST_SECONDS.labels(method).observe(time.perf_counter() - started)
