@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import threading
 import time
 
 import numpy as np
@@ -342,3 +343,42 @@ def test_an_iso_media_file_is_unsupported_unless_it_is_a_heif_still(brand, reaso
     with pytest.raises(InvalidInput) as caught:
         open_image(data)
     assert caught.value.reason == reason, str(caught.value)
+
+
+def test_a_folder_swapped_for_a_link_while_a_path_is_read_never_reads_outside_the_roots(tmp_path):
+    """The audit's race: a folder inside the root swapped back and forth with a link to a folder outside it
+    while the server reads a path through it. Checked, then opened, the outside file leaked (278 of 3,000
+    tries); opened, then checked, never."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "real").mkdir(parents=True)
+    outside.mkdir()
+    (root / "real" / "photo.png").write_bytes(b"inside")
+    (outside / "photo.png").write_bytes(b"SECRET")
+    sub, link, parked = root / "sub", root / "link", root / "parked"
+    os.symlink(outside, link)
+    os.rename(root / "real", sub)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(sub, parked)  # sub: the real folder ...
+            os.rename(link, sub)  # ... then the link to outside
+            os.rename(sub, link)
+            os.rename(parked, sub)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    read = {"inside": 0, "refused": 0}
+    try:
+        for _ in range(3000):
+            try:
+                data = read_image_source(common_pb2.Image(uri=str(sub / "photo.png")), [root])
+            except InvalidInput:
+                read["refused"] += 1
+                continue
+            assert data == b"inside"
+            read["inside"] += 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert read["inside"] > 0  # the swap did not just break every read

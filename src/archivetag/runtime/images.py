@@ -572,19 +572,23 @@ def read_image_source(
             reason="IMAGE_URI_REFUSED", field="image.uri",
         )
     uri = image_proto.uri
+    outside = InvalidInput(f"image.uri {uri!r} is outside the allowed roots", reason="IMAGE_URI_REFUSED",
+                           field="image.uri")
     try:
-        path = Path(os.path.realpath(_uri_path(uri)))
-        roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
-        if not any(path.is_relative_to(root) for root in roots):
-            raise InvalidInput(f"image.uri {uri!r} is outside the allowed roots",
-                               reason="IMAGE_URI_REFUSED", field="image.uri")
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the resolved
-        # path must not have become a link since.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        raw = _uri_path(uri)
+        resolved = _inside_roots(raw, allowed_roots)  # nothing outside the roots is even opened
+        if resolved is None:
+            raise outside
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the last part must not have
+        # become a link since. A folder swapped for a link in between is caught after the open.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as exc:  # ELOOP (a symlink loop), ENOENT, EACCES, a NUL in the path
         raise InvalidInput(f"image.uri {uri!r} cannot be opened: {getattr(exc, 'strerror', None) or exc}",
                            reason="IMAGE_URI_REFUSED", field="image.uri") from None
     info = os.fstat(fd)
+    if not _opened_inside(raw, fd, info, allowed_roots):
+        os.close(fd)
+        raise outside
     if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
         os.close(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -608,6 +612,32 @@ def read_image_source(
             raise InvalidInput(f"image.uri {uri!r} cannot be read: {exc.strerror or exc}",
                                reason="IMAGE_URI_REFUSED", field="image.uri") from None
         return b"".join(chunks)
+
+
+def _inside_roots(raw: str, allowed_roots: Sequence[Path | str]) -> Path | None:
+    """The path resolved (links followed), if it lies inside an allowed root; else None."""
+    resolved = Path(os.path.realpath(raw))
+    roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
+    return resolved if any(resolved.is_relative_to(root) for root in roots) else None
+
+
+def _opened_inside(raw: str, fd: int, opened: os.stat_result, allowed_roots: Sequence[Path | str]) -> bool:
+    """Checked after the open: does the file opened lie inside an allowed root? A path redirected between
+    the check and the open (a folder swapped for a link) is refused before a byte is read. The kernel names
+    what an fd is (/proc/self/fd); where it cannot, the path must still resolve to the very file opened."""
+    roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
+    try:
+        actual = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        actual = None
+    if actual is not None and actual.is_absolute():
+        return any(actual.is_relative_to(root) for root in roots)
+    try:
+        resolved = _inside_roots(raw, allowed_roots)
+        now = os.stat(resolved) if resolved is not None else None
+    except (OSError, ValueError):
+        return False
+    return now is not None and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _file_kind(mode: int) -> str:
