@@ -62,7 +62,7 @@ class OrchestratorApp:
             store = open_store(settings)
         except Exception as exc:  # noqa: BLE001 - a cache that cannot open is a setting to fix, said at start
             raise SystemExit(f"cannot open the result cache (--cache {settings.cache}): {exc}") from None
-        self.cache = ResultCache(store, self.router)
+        self.cache = ResultCache(store, self.router, shared=settings.cache_scope == "shared")
         self.servicer: TaggingServicer | None = None
         self.interceptors = [AuthInterceptor(self._authenticator())]
         self.health: health_aio.HealthServicer | None = None

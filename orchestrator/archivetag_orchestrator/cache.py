@@ -14,6 +14,14 @@ all, because the models that would answer are not the ones in any key. See docs/
 
 Identical requests in flight at once are single-flight: the first calls the models, the others wait
 for its answer (counted as shared) and call the models themselves only if it could not be kept.
+
+Per client by default: the key includes the client's name, so a client never learns from the cache
+(a hit, its timing, a request in flight) that another client sent the same photo. Sharing between
+clients is the operator's opt-in (--cache-scope shared); a shared answer then carries this request's
+own time and no timings of another client's request.
+
+A failing store costs a model call within a bounded time, never an answer: each store call has
+STORE_SECONDS, a stored answer that cannot be read is dropped and recomputed, and errors are counted.
 """
 
 from __future__ import annotations
@@ -44,7 +52,10 @@ ERRORS = Counter("archivetag_cache_errors_total", "Failed cache reads and writes
                  ["operation"])
 
 # Bump when the key's recipe or the stored format changes: old entries then simply miss.
-KEY_VERSION = b"archivetag-result/1\0"
+KEY_VERSION = b"archivetag-result/2\0"
+# Longest a lookup or a write may take: beyond it (a store that hangs, a SQLite file another process holds
+# locked) the image is tagged by the models and the error counted.
+STORE_SECONDS = 1.0
 # TagImageRequest fields that do not change the answer, left out of the key: the image (its SHA-256
 # stands for it), the context (taggers echo it and never use it), the opt-out itself and the overflow
 # policy (only the primary's complete answers are kept, whatever the policy). Every other field,
@@ -60,6 +71,8 @@ class Store(Protocol):
     async def get(self, key: bytes) -> bytes | None: ...
 
     async def put(self, key: bytes, value: bytes) -> None: ...
+
+    async def delete(self, key: bytes) -> None: ...
 
     async def usage(self) -> tuple[int, int, int]:
         """(entries, bytes, evictions)."""
@@ -90,9 +103,11 @@ def backend_fingerprint(backend: Backend) -> bytes:
     return identity_bytes(backend.model) + b"\0" + settings
 
 
-def result_key(image_sha256: bytes, request: tagging_pb2.TagImageRequest, backends: list[Backend]) -> bytes:
+def result_key(image_sha256: bytes, request: tagging_pb2.TagImageRequest, backends: list[Backend],
+               scope: str = "") -> bytes:
+    """scope: the client's name when answers are per client; '' when they are shared."""
     digest = hashlib.sha256(KEY_VERSION)
-    for part in (image_sha256, options_bytes(request), *map(backend_fingerprint, backends)):
+    for part in (scope.encode(), image_sha256, options_bytes(request), *map(backend_fingerprint, backends)):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()
@@ -101,12 +116,13 @@ def result_key(image_sha256: bytes, request: tagging_pb2.TagImageRequest, backen
 class ResultCache:
     """Answers from `store` (None: the cache is off) for the router's primary tagger and view-type provider."""
 
-    def __init__(self, store: Store | None, router: Router):
+    def __init__(self, store: Store | None, router: Router, shared: bool = False):
         self.store = store
         self.router = router
+        self.shared_between_clients = shared
         self.primary = router.taggers[0]
         self.in_flight: dict[bytes, asyncio.Future] = {}
-        self.hits = self.misses = self.shared = 0
+        self.counts: dict[str, list[int]] = {}  # client -> [hits, misses, shared]: each client sees its own
         self.last_error = ""
 
     def answering(self) -> list[Backend] | None:
@@ -123,9 +139,9 @@ class ResultCache:
 
     async def answer(
         self, request: tagging_pb2.TagImageRequest, image: bytes,
-        compute: Callable[[], Awaitable[tagging_pb2.TagImageResponse]],
+        compute: Callable[[], Awaitable[tagging_pb2.TagImageResponse]], client: str = "",
     ) -> tagging_pb2.TagImageResponse:
-        """The cached answer to the request, or `compute()`'s (stored when it may be kept)."""
+        """The cached answer to the client's request, or `compute()`'s (stored when it may be kept)."""
         if self.store is None:
             return await compute()
         if request.bypass_cache:
@@ -135,32 +151,40 @@ class ResultCache:
         if backends is None:
             LOOKUPS.labels("skipped").inc()
             return await compute()
+        counts = self.counts.setdefault(client, [0, 0, 0])
         # Off the event loop: tens of milliseconds for a photo of tens of megabytes (hashlib releases the GIL).
         image_sha256 = await asyncio.to_thread(lambda: hashlib.sha256(image).digest())
-        key = result_key(image_sha256, request, backends)
+        key = result_key(image_sha256, request, backends, "" if self.shared_between_clients else client)
         while (flight := self.in_flight.get(key)) is not None:
             shared = await asyncio.shield(flight)
             if shared is not None:
-                self.shared += 1
+                counts[2] += 1
                 LOOKUPS.labels("shared").inc()
-                return self._cached(shared, request)
+                return self._cached(shared, request, client)
             # The first one's answer could not be kept: another waiter may lead now, else this one does.
         flight = self.in_flight[key] = asyncio.get_running_loop().create_future()
         kept = None
         try:
-            kept = await self._get(key)
-            if kept is not None:
-                self.hits += 1
-                LOOKUPS.labels("hit").inc()
-                return self._cached(kept, request)
-            self.misses += 1
+            stored = await self._get(key)
+            if stored is not None:
+                try:
+                    answer = self._cached(stored, request, client)
+                except Exception as exc:  # noqa: BLE001 - a rotted answer is dropped and made again, never served
+                    self._failed("get", exc)
+                    await self._delete(key)
+                else:
+                    kept = stored
+                    counts[0] += 1
+                    LOOKUPS.labels("hit").inc()
+                    return answer
+            counts[1] += 1
             LOOKUPS.labels("miss").inc()
             response = await compute()
             if self._may_keep(response, backends):
-                stored = tagging_pb2.TagImageResponse()
-                stored.CopyFrom(response)
-                stored.ClearField("context")  # echoed per request, never part of the answer
-                kept = stored.SerializeToString()
+                keeping = tagging_pb2.TagImageResponse()
+                keeping.CopyFrom(response)
+                keeping.ClearField("context")  # echoed per request, never part of the answer
+                kept = _pack(client, keeping.SerializeToString())
                 await self._put(key, kept)
             return response
         finally:
@@ -176,36 +200,51 @@ class ResultCache:
         return all(answered.get(b.name) == identity_bytes(b.model) for b in backends)
 
     @staticmethod
-    def _cached(stored: bytes, request: tagging_pb2.TagImageRequest) -> tagging_pb2.TagImageResponse:
-        response = tagging_pb2.TagImageResponse.FromString(stored)
+    def _cached(stored: bytes, request: tagging_pb2.TagImageRequest, client: str) -> tagging_pb2.TagImageResponse:
+        """The stored answer for this request; ValueError (or DecodeError) when it cannot be read."""
+        owner, serialized = _unpack(stored)
+        response = tagging_pb2.TagImageResponse.FromString(serialized)
         response.cached = True
         response.context.CopyFrom(request.context)
+        if owner != client:  # shared between clients: nothing of another client's request
+            response.ClearField("timings")
+            response.tagged_at.GetCurrentTime()
         return response
 
     async def _get(self, key: bytes) -> bytes | None:
-        assert self.store is not None  # answer() returns first without a store
+        assert self.store is not None
         try:
-            return await self.store.get(key)
+            return await asyncio.wait_for(self.store.get(key), STORE_SECONDS)
         except Exception as exc:  # noqa: BLE001 - a broken store costs a model call, never the answer
             self._failed("get", exc)
             return None
 
     async def _put(self, key: bytes, value: bytes) -> None:
-        assert self.store is not None  # as _get
+        assert self.store is not None
         try:
-            await self.store.put(key, value)
+            await asyncio.wait_for(self.store.put(key, value), STORE_SECONDS)
         except Exception as exc:  # noqa: BLE001 - as _get
             self._failed("put", exc)
+
+    async def _delete(self, key: bytes) -> None:
+        assert self.store is not None
+        try:
+            await asyncio.wait_for(self.store.delete(key), STORE_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - as _get
+            self._failed("delete", exc)
 
     def _failed(self, operation: str, exc: Exception) -> None:
         ERRORS.labels(operation).inc()
         assert self.store is not None  # as _get
-        self.last_error = f"{self.store.name} {operation}: {type(exc).__name__}: {exc}"
+        what = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        self.last_error = f"{self.store.name} {operation}: {what}"
         log.warning("result cache failed", extra=fields(operation=operation, error=self.last_error))
 
-    async def status(self) -> tagging_pb2.CacheStatus:
-        status = tagging_pb2.CacheStatus(backend=self.store.name if self.store else "off", hits=self.hits,
-                                         misses=self.misses, shared=self.shared, last_error=self.last_error)
+    async def status(self, client: str = "") -> tagging_pb2.CacheStatus:
+        """The cache as `client` sees it: its own hits, misses and shared answers; the store's size."""
+        hits, misses, shared = self.counts.get(client, (0, 0, 0))
+        status = tagging_pb2.CacheStatus(backend=self.store.name if self.store else "off", hits=hits,
+                                         misses=misses, shared=shared, last_error=self.last_error)
         if self.store is not None:
             try:
                 status.entries, status.bytes, status.evictions = await self.store.usage()
@@ -216,6 +255,19 @@ class ResultCache:
     async def close(self) -> None:
         if self.store is not None:
             await self.store.close()
+
+
+def _pack(owner: str, serialized: bytes) -> bytes:
+    """A stored answer: the client whose request made it, then the answer."""
+    name = owner.encode()
+    return len(name).to_bytes(2, "big") + name + serialized
+
+
+def _unpack(stored: bytes) -> tuple[str, bytes]:
+    length = int.from_bytes(stored[:2], "big")
+    if len(stored) < 2 + length:
+        raise ValueError(f"a stored answer of {len(stored)} bytes is cut short")
+    return stored[2:2 + length].decode(), stored[2 + length:]
 
 
 def open_store(settings) -> Store | None:

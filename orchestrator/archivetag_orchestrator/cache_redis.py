@@ -30,6 +30,9 @@ class RedisStore:
     async def put(self, key: bytes, value: bytes) -> None:
         await self._client.set(PREFIX + key.hex().encode(), value, ex=self.ttl)
 
+    async def delete(self, key: bytes) -> None:
+        await self._client.delete(PREFIX + key.hex().encode())
+
     async def usage(self) -> tuple[int, int, int]:
         entries = await self._client.dbsize()
         memory = await self._client.info("memory")

@@ -3,17 +3,30 @@
 WAL mode, so readers never wait for the writer and several orchestrators on one box may share the
 file. Bounded by bytes: a trigger keeps the total in a one-row table, and a write beyond the bound
 evicts the least recently hit answers. Every call runs on one thread of its own, off the event loop.
+
+A file another process holds locked costs a write at most BUSY_SECONDS (then it fails, counted, and the
+answer goes uncached); a hit records its time only now and then (TOUCH_SECONDS), never waiting for the
+lock, so reads do not write. A file that is not a usable database at start is moved aside (its name
+plus .corrupt-TIME) and a new one made: the cache is only ever a copy of answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from archivetag.runtime.logs import fields
 from archivetag_orchestrator.cache import EVICTIONS
+
+log = logging.getLogger("archivetag.orchestrator.cache")
+
+BUSY_SECONDS = 0.25  # how long a write waits for a lock another connection holds
+TOUCH_SECONDS = 60.0  # a hit's last_hit is written again only when older than this (LRU needs no more)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (key BLOB PRIMARY KEY, value BLOB NOT NULL, size INTEGER NOT NULL,
@@ -40,10 +53,30 @@ class SqliteStore:
         self.evictions = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="result-cache")
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash may lose the last answers, never corrupt
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:  # not a database, malformed: move it aside, start empty
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{self.path}{suffix}").exists():
+                    os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+            log.warning("result cache file unusable: moved aside, starting a new one",
+                        extra=fields(path=str(self.path), aside=str(aside), error=str(exc)))
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_SECONDS)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash may lose the last answers, never corrupt
+            db.executescript(SCHEMA)
+            (verdict,) = db.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     async def _run(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
@@ -53,6 +86,9 @@ class SqliteStore:
 
     async def put(self, key: bytes, value: bytes) -> None:
         await self._run(self._put, key, value)
+
+    async def delete(self, key: bytes) -> None:
+        await self._run(self._delete, key)
 
     async def usage(self) -> tuple[int, int, int]:
         entries, size = await self._run(self._totals)
@@ -67,11 +103,19 @@ class SqliteStore:
         return self._db.execute("SELECT entries, bytes FROM totals").fetchone()
 
     def _get(self, key: bytes) -> bytes | None:
-        row = self._db.execute("SELECT value FROM results WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute("SELECT value, last_hit FROM results WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        self._db.execute("UPDATE results SET last_hit = ? WHERE key = ?", (time.time(), key))
+        now = time.time()
+        if now - row[1] > TOUCH_SECONDS:
+            try:
+                self._db.execute("UPDATE results SET last_hit = ? WHERE key = ?", (now, key))
+            except sqlite3.OperationalError:
+                pass  # locked by another writer: the hit stands, its time is recorded at a later one
         return row[0]
+
+    def _delete(self, key: bytes) -> None:
+        self._db.execute("DELETE FROM results WHERE key = ?", (key,))
 
     def _put(self, key: bytes, value: bytes) -> None:
         with self._db:  # one transaction: the answer and the evictions it makes room by

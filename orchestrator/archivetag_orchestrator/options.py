@@ -135,6 +135,13 @@ CACHE_OPTIONS = OptionGroup(
             "on this box), 'redis' (shared by several orchestrator replicas) or 'off'. See docs/cache.md.",
             choices=("sqlite", "redis", "off"),
         ),
+        Option(
+            "cache_scope", "client",
+            "Whose answers a client may be answered with: 'client', its own only (the default: no client learns "
+            "from the cache that another sent the same photo), or 'shared' between every client (more hits; "
+            "a client then learns that the photo was tagged before, though not by whom or when). See docs/cache.md.",
+            choices=("client", "shared"),
+        ),
         Option("cache_path", "~/.cache/archivetag/result-cache.sqlite", "The SQLite cache file (--cache sqlite).",
                parse_path, metavar="FILE"),
         Option(

@@ -88,7 +88,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                     async with self.scheduler.slot(client, lane) as waited:
                         return await self.router.tag_image(request, image, deadline, waited, lane, overflow)
 
-                return await self.cache.answer(request, image, from_models)
+                return await self.cache.answer(request, image, from_models, client)
         except TimeoutError:
             raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the image was tagged",
                                   metadata={"deadline_seconds": round(time_left, 3)}) from None
@@ -218,5 +218,5 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
             backends=[b.status() for b in self.backends],
             in_flight=self.scheduler.running,
             queued=self.scheduler.queued,
-            cache=await self.cache.status(),
+            cache=await self.cache.status(current_client.get()),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import threading
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from archivetag.runtime.model_card import CARD_FILE
 from archivetag.v1 import tagging_pb2
 from tests.conftest import model_service, orchestrator
 from tests.orchestrator.test_orchestrator import (
-    ALL_SERVING, TAGGING, UNREACHABLE, backend, stub, tag_request, targets, wait_health,
+    ALL_SERVING, TAGGING, TOKEN_ARGS, UNREACHABLE, auth, backend, stub, tag_request, targets, wait_health,
 )
 from tests.orchestrator.test_faults import VIEW_TYPE, addresses, services, status  # noqa: F401 - services: a fixture
 from tests.support.servers import free_port
@@ -232,3 +233,79 @@ def test_two_orchestrator_replicas_share_one_redis(services, redis_server, tmp_p
         assert cache.backend == "redis"
         assert cache.entries == 1
         assert cache.hits == 1
+
+
+@contextmanager
+def with_tokens(log_dir, *args: str):
+    """An orchestrator that knows two clients, desk and import (tests/orchestrator/test_orchestrator.py)."""
+    log_dir.mkdir(exist_ok=True)
+    with orchestrator(log_dir, *TOKEN_ARGS, *args) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        wait_health(server.address, auth(), **ALL_SERVING)
+        yield server
+
+
+def test_one_clients_answers_are_not_another_clients_unless_the_operator_shares_them(services, tmp_path):
+    """The audit: Bob sending Alice's photo got cached: true, her tagged_at and her timings. Per client (the
+    default), Bob's request is a miss and his status counts only his own lookups."""
+    with with_tokens(tmp_path / "own", *targets(**addresses(services))) as server:
+        api = stub(server.address)
+        first = api.TagImage(tag_request(30), metadata=auth("desk"), timeout=60)
+        other = api.TagImage(tag_request(30), metadata=auth("import"), timeout=60)
+        again = api.TagImage(tag_request(30), metadata=auth("desk"), timeout=60)
+        assert (first.cached, other.cached, again.cached) == (False, False, True)
+        seen_by_import = stub(server.address).GetStatus(tagging_pb2.GetStatusRequest(), metadata=auth("import"),
+                                                        timeout=30).cache
+        assert (seen_by_import.hits, seen_by_import.misses) == (0, 1)
+    with with_tokens(tmp_path / "shared", "--cache-scope", "shared", *targets(**addresses(services))) as server:
+        api = stub(server.address)
+        first = api.TagImage(tag_request(31), metadata=auth("desk"), timeout=60)
+        other = api.TagImage(tag_request(31), metadata=auth("import"), timeout=60)
+        assert other.cached
+        assert [t.name for t in other.tags] == [t.name for t in first.tags]
+        assert other.timings.total_seconds == 0  # none of desk's request's timings
+        assert other.tagged_at != first.tagged_at
+
+
+def cache_file(log_dir, name: str = "orchestrator"):
+    return log_dir / f"{name}-cache.sqlite"
+
+
+def test_a_rotted_stored_answer_is_made_again_and_stored_anew(services, tmp_path):
+    with serving_orchestrator(tmp_path, *targets(**addresses(services))) as server:
+        wait_health(server.address, **ALL_SERVING)
+        api = stub(server.address)
+        api.TagImage(tag_request(32), timeout=60)
+        with sqlite3.connect(cache_file(tmp_path)) as db:
+            assert db.execute("UPDATE results SET value = x'0005ffff'").rowcount == 1  # cut short
+        remade = api.TagImage(tag_request(32), timeout=60)
+        assert not remade.cached and remade.tags
+        assert "get" in status(server.address).cache.last_error
+        assert api.TagImage(tag_request(32), timeout=60).cached
+
+
+def test_an_unusable_cache_file_is_moved_aside_and_the_orchestrator_starts(services, tmp_path):
+    cache_file(tmp_path).write_bytes(b"this is not a SQLite database" * 100)
+    with serving_orchestrator(tmp_path, *targets(**addresses(services))) as server:
+        wait_health(server.address, **ALL_SERVING)
+        api = stub(server.address)
+        api.TagImage(tag_request(33), timeout=60)
+        assert api.TagImage(tag_request(33), timeout=60).cached
+    assert [p.name.split(".corrupt-")[0] for p in tmp_path.glob("*.corrupt-*")] == [cache_file(tmp_path).name]
+
+
+def test_a_cache_file_another_process_holds_locked_costs_the_cache_not_the_answer(services, tmp_path):
+    with serving_orchestrator(tmp_path, *targets(**addresses(services))) as server:
+        wait_health(server.address, **ALL_SERVING)
+        api = stub(server.address)
+        holder = sqlite3.connect(cache_file(tmp_path), isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # as another process writing would
+        try:
+            answered = api.TagImage(tag_request(34), timeout=60)
+            assert answered.tags and not answered.cached
+            assert "put" in status(server.address).cache.last_error
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        api.TagImage(tag_request(35), timeout=60)
+        assert api.TagImage(tag_request(35), timeout=60).cached  # stores again once the lock is gone
