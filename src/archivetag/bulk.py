@@ -14,6 +14,8 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +47,9 @@ TAG_OPTIONS = OptionGroup(
                "photo), stored and shown.", parse_bool),
         Option("ocr_regions", False, "Read the text with where it is in the photo (<OCR_WITH_REGION>; "
                "implies --ocr).", parse_bool),
+        Option("follow_links", False, "Also tag photos that are links to files outside the folders given (by "
+               "default such links are skipped and reported: a folder must not make tag read files elsewhere).",
+               parse_bool),
         Option("overflow", "server", "When the primary tagger is busy: 'wait' for it (every photo gets its answer), "
                "'fallback' to the next tagger at once (throughput first), or 'server': the orchestrator's policy "
                "for this client (docs/errors.md, \"Overload\").", choices=("server", "wait", "fallback")),
@@ -84,18 +89,57 @@ def ocr_line(path: Path, ocr: common_pb2.OcrResult, tagger: str) -> str:
     return f"text: {shown(path)}: {json.dumps(text, ensure_ascii=False) if text else 'none found'}{regions}"
 
 
-def shown(path: Path) -> str:
-    """A path for messages: a name that is not valid UTF-8 shows its odd bytes escaped (\\udcff)."""
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+def shown(path: Path | str) -> str:
+    """A path for messages and the terminal: odd bytes of a name that is not UTF-8 escaped (\\udcff), and
+    control characters too (\\x1b), so a file name cannot write to the terminal (a fake "tagged" line)."""
+    text = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def find_photos(paths: list[Path], all_files: bool = False) -> tuple[list[Path], list[str]]:
-    """(photo files, problems with the given paths)."""
-    found, problems = [], []
+def find_photos(paths: list[Path], all_files: bool = False,
+                follow_links: bool = False) -> tuple[list[Path], list[str]]:
+    """(photo files, problems): the files under the paths given, walked without recursion (a tree of any
+    depth), links to directories not descended, links to files outside the paths given skipped unless
+    follow_links. Every path or folder that could not be read is a problem, said, never skipped silently."""
+    found: list[Path] = []
+    problems: list[str] = []
+    roots = [Path(os.path.realpath(p)) for p in paths if p.is_dir()]
+
+    def inside(target: Path) -> bool:
+        return any(target.is_relative_to(root) for root in roots)
+
+    def consider(entry: Path) -> None:
+        if not (all_files or entry.suffix.lower() in PHOTO_SUFFIXES):
+            return
+        if entry.is_symlink():
+            target = Path(os.path.realpath(entry))
+            if not (follow_links or inside(target)):
+                problems.append(f"{shown(entry)}: a link to {shown(target)}, outside the folders given: skipped "
+                                "(--follow-links tags it)")
+                return
+            if not target.is_file():
+                return
+        found.append(entry)
+
     for path in paths:
         if path.is_dir():
-            found += [p for p in sorted(path.rglob("*"))
-                      if p.is_file() and (all_files or p.suffix.lower() in PHOTO_SUFFIXES)]
+            folders = [path]
+            while folders:
+                folder = folders.pop()
+                try:
+                    with os.scandir(folder) as entries:
+                        listed = sorted(entries, key=lambda e: e.name)
+                except OSError as exc:
+                    problems.append(f"{shown(folder)}: cannot read this folder: {exc.strerror or exc}")
+                    continue
+                for entry in reversed(listed):  # depth first, in name order
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append(Path(entry.path))
+                        elif entry.is_file(follow_symlinks=True):
+                            consider(Path(entry.path))
+                    except OSError as exc:
+                        problems.append(f"{shown(entry.path)}: {exc.strerror or exc}")
         elif path.is_file():
             found.append(path)
         elif path.exists():
@@ -121,17 +165,22 @@ class NotSent(Exception):
 
 def read_photo(path: Path, max_photo_mb: int) -> Photo:
     """The photo's bytes, its size checked before reading (an over-limit file would end the stream):
-    it must leave room for the request's other fields within the --max-photo-mb message."""
+    it must leave room for the request's other fields within the --max-photo-mb message. A file that
+    changes while it is read (still being written) is not sent: its size, time and hash would disagree."""
     max_bytes = max_photo_mb * MIB - REQUEST_OVERHEAD
     try:
-        stat = path.stat()
-        if stat.st_size > max_bytes:
-            raise NotSent(f"{stat.st_size / MIB:.1f} MiB, over the {max_bytes / MIB:.1f} MiB a request may carry "
-                          "(--max-photo-mb; the orchestrator's --max-message-mb must allow it too)")
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            before = os.fstat(file.fileno())
+            if before.st_size > max_bytes:
+                raise NotSent(f"{before.st_size / MIB:.1f} MiB, over the {max_bytes / MIB:.1f} MiB a request may "
+                              "carry (--max-photo-mb; the orchestrator's --max-message-mb must allow it too)")
+            data = file.read(max_bytes + 1)
+            after = os.fstat(file.fileno())
     except OSError as exc:
         raise NotSent(f"cannot read it: {exc.strerror}") from None
-    return Photo(path, data, hashlib.sha256(data).hexdigest(), len(data), stat.st_mtime)
+    if len(data) != before.st_size or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise NotSent("it changed while being read (still being written?): run tag again once it is complete")
+    return Photo(path, data, hashlib.sha256(data).hexdigest(), len(data), before.st_mtime)
 
 
 @dataclass
@@ -316,7 +365,7 @@ async def tag_photos(settings, photos: list[Path], store: ResultStore | None, pr
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    photos, problems = find_photos(args.paths, args.all_files)
+    photos, problems = find_photos(args.paths, args.all_files, args.follow_links)
     for problem in problems:
         print(f"archivetag tag: {problem}", file=sys.stderr)
     if not photos:
@@ -331,6 +380,13 @@ def run(args: argparse.Namespace) -> int:
                     dynamic_ncols=True)
     try:
         summary = asyncio.run(tag_photos(args, photos, store, progress))
+    except sqlite3.Error as exc:  # a full disk, a database another program broke: said, not a traceback
+        progress.close()
+        print(f"archivetag tag: cannot write the results to {store.path if store else 'the database'}: {exc}",
+              file=sys.stderr)
+        print("everything stored before is kept; free space (or fix the database) and run the same command again "
+              "to resume", file=sys.stderr)
+        return 2
     except ClientError as exc:
         progress.close()
         print(f"archivetag tag: {args.target}: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import os
 import shutil
 import signal
@@ -288,6 +289,24 @@ def test_two_tag_runs_on_one_database_tag_each_photo_once(stack, tmp_path):
     counts = [summary_counts(stderr) for _, stderr in outputs]
     assert sum(c["tagged"] for c in counts) == 24  # none tagged by both
     assert len(ok_paths(db)) == 24
+
+
+def test_a_full_disk_ends_tag_with_a_clear_message_and_what_was_stored_is_kept(stack, tmp_path):
+    db = tmp_path / "results.sqlite"
+    first = subprocess.run(tag_argv(stack, *png_folder(tmp_path / "first", 1), db=db), capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr
+    files = sum(p.stat().st_size for p in tmp_path.glob("results.sqlite*"))
+
+    def little_room() -> None:  # the disk as tag sees it: no file may grow past what the database has now
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (files, files))
+
+    full = subprocess.run(tag_argv(stack, tmp_path / "second", db=db), capture_output=True, text=True, timeout=600,
+                          preexec_fn=little_room) if png_folder(tmp_path / "second", 20) else None
+    assert full is not None and full.returncode == 2, full.stderr if full else ""
+    assert "cannot write the results to" in full.stderr and "Traceback" not in full.stderr
+    assert len(ok_paths(db)) >= 1  # the first run's photo is still there
 
 
 def test_tag_resumes_after_the_orchestrator_drains_on_sigterm_none_lost_none_twice(stack, tmp_path):
