@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from archivetag.runtime.admission import authenticated_client
 from archivetag.runtime.channels import is_loopback_host
 from archivetag.runtime.errors import Unauthenticated, abort_with
 from archivetag.runtime.interceptors import CallInterceptor
@@ -112,4 +113,5 @@ class AuthInterceptor(CallInterceptor):
             await abort_with(context, Unauthenticated("invalid token", reason="TOKEN_INVALID") if has_header
                              else Unauthenticated("missing token: send metadata 'authorization: Bearer <token>'"))
         current_client.set(client)
+        authenticated_client.set(client)  # its streams count against its own allowance, not its address's
         yield

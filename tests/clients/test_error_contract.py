@@ -22,6 +22,7 @@ from archivetag.runtime.errors import REASON_PREFIX, REASON_STATUS, status_for
 from archivetag.v1 import errors_pb2, tagging_pb2, tagging_pb2_grpc
 from tests.clients.conftest import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, SAMPLES, TOKEN
 from tests.conftest import model_service, orchestrator
+from tests.support.image_corpus import progressive_jpeg
 from tests.support.servers import REPO, ServerProcess, free_port
 from tests.support.waiting import wait_for
 
@@ -204,7 +205,17 @@ CASES = {
     # tagged before would be answered from the cache.
     "DEADLINE_PASSED": lambda s, d, r, t: call(t.address, token=None, image=SAMPLES[0].read_bytes(), bypass_cache=True),
     "INFERENCE_FAILED": lambda s, d, r, t: as_client_error(RuntimeError("a bug")),
+    "REQUEST_MALFORMED": lambda s, d, r, t: _malformed(s),
+    # A valid progressive JPEG with more scans than the default limit (100).
+    "IMAGE_DECODE_LIMIT": lambda s, d, r, t: call(s.target, image=progressive_jpeg(64, 64, 150)),
 }
+
+
+def _malformed(stack) -> ClientError:
+    with grpc.insecure_channel(stack.target) as channel, pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/archivetag.v1.TaggingService/TagImage", request_serializer=None)(
+            b"\xff\xfe not a protobuf message", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=30)
+    return ClientError.from_call(caught.value)
 
 
 def _image_missing(stack) -> ClientError:

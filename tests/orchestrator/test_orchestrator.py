@@ -387,3 +387,46 @@ def test_bad_protobuf_is_invalid_argument_for_a_call_and_ends_a_stream_and_the_o
         assert f"not a valid archivetag.v1.{message}" in caught.value.details()
     assert health_status(front.address, TAGGING) == "SERVING"
     assert stub(front.address).TagImage(tag_request(2), metadata=auth(), timeout=120).tags
+
+
+def test_idle_unauthenticated_streams_from_an_address_do_not_lock_out_an_authenticated_client(services, tmp_path):
+    """The audit: 64 idle Health/Watch streams without a token used up the address's stream allowance, and an
+    authenticated client behind the same address (apps behind one NAT) got RESOURCE_EXHAUSTED on TagImages."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    addresses = {name: server.address for name, server in services.items()}
+    with orchestrator(tmp_path, *TOKEN_ARGS, "--max-streams-per-peer", "3", *targets(**addresses)) as server:
+        server.wait_status(TAGGING, "SERVING", timeout=60)
+        wait_health(server.address, auth(), **ALL_SERVING)
+        channel = grpc.insecure_channel(server.address)
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service=TAGGING)) for _ in range(3)]
+        try:
+            for watch in watches:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # each stream is open
+            with pytest.raises(grpc.RpcError) as refused:
+                next(health.Watch(health_pb2.HealthCheckRequest(service=TAGGING)))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # the address's allowance is used up
+            items = [tagging_pb2.TagImagesRequest(id=str(i), request=tag_request(i)) for i in range(2)]
+            answers = list(stub(server.address).TagImages(iter(items), metadata=auth(), timeout=120))
+            assert sorted(a.id for a in answers) == ["0", "1"]
+            assert all(a.WhichOneof("outcome") == "result" for a in answers)
+            with pytest.raises(grpc.RpcError) as long_name:
+                next(health.Watch(health_pb2.HealthCheckRequest(service="x" * 1_000_000)))
+            assert long_name.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        finally:
+            for watch in watches:
+                watch.cancel()
+            channel.close()
+
+
+def test_a_health_check_with_an_absurd_service_name_is_refused_at_once(front):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(front.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for call in (health.Check, lambda r, timeout: next(health.Watch(r, timeout=timeout))):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(health_pb2.HealthCheckRequest(service="x" * 1_000_000), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert health_status(front.address, TAGGING) == "SERVING"

@@ -5,13 +5,17 @@ Health/Watch streams locked out every call, Health/Check too. Here instead:
 
 - unary calls (model calls, GetStatus, ...) are limited in number at once; a call over the
   limit is refused at once with RESOURCE_EXHAUSTED;
-- streams (Health/Watch, reflection, TagImages) are limited per client address, so one
-  client cannot hold them all, and never count against the calls;
+- streams (Health/Watch, reflection, TagImages) are limited per client, so one client cannot hold
+  them all, and never count against the calls. A client is its proven identity when the app's auth
+  interceptor (which runs before this one) authenticated the call (`authenticated_client`), else its
+  address: idle unauthenticated streams from an address (apps behind one NAT share it) cannot lock
+  an authenticated client out of its own stream;
 - Health/Check is never refused: a probe must see the truth under any load.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +25,10 @@ import grpc
 from archivetag.runtime.interceptors import CallInterceptor
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+# The client an app's auth interceptor proved this call comes from (a valid token), or None.
+authenticated_client: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "archivetag_authenticated_client", default=None)
 
 
 def peer_address(context: grpc.aio.ServicerContext) -> str:
@@ -64,7 +72,8 @@ class AdmissionInterceptor(CallInterceptor):
             self.calls -= 1
 
     async def _open_stream(self, context: grpc.aio.ServicerContext) -> str:
-        peer = peer_address(context)
+        client = authenticated_client.get()
+        peer = f"client {client}" if client is not None else peer_address(context)
         if self.max_streams_per_peer and self.streams[peer] >= self.max_streams_per_peer:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
