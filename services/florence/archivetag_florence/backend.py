@@ -160,26 +160,38 @@ class FlorenceBackend(ModelBackend):
                             image.size)
 
     # -- inference ------------------------------------------------------------------
-    def _generate(self, task: str, pixels: list[Any], abandoned: Callable[[], bool], max_new_tokens: int,
+    def encode(self, pixels: list[Any]) -> Any:
+        """The images' features from the vision tower and its projection, (n, tokens, d): computed once per batch
+        and shared by every task asked of it (the caption and the OCR), the costliest part of a request."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model.get_image_features(torch.cat(pixels).to(self.device, self.dtype)).pooler_output
+
+    def _generate(self, task: str, features: Any, abandoned: Callable[[], bool], max_new_tokens: int,
                   scores: bool):
-        """One generate call of `task` for the images' pixel_values (the output, with scores if asked)."""
+        """One generate call of `task` over the images' features (the output, with scores if asked). transformers
+        takes them as the image encoder's output (mm_encoder_outputs) and puts them in the prompt's <image>
+        places as it would have from the pixels."""
         import torch
         from transformers import StoppingCriteriaList
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        inputs = {k: v.repeat(len(pixels), 1).to(self.device) for k, v in self.prompts[task].items()}
-        inputs["pixel_values"] = torch.cat(pixels).to(self.device, self.dtype)
+        inputs = {k: v.repeat(len(features), 1).to(self.device) for k, v in self.prompts[task].items()}
         with torch.inference_mode():
             return self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, num_beams=self.num_beams, do_sample=False,
-                output_scores=scores, return_dict_in_generate=True,
-                stopping_criteria=StoppingCriteriaList([_stop_when(abandoned)]),
+                **inputs, mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+                max_new_tokens=max_new_tokens, num_beams=self.num_beams, do_sample=False, output_scores=scores,
+                return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([_stop_when(abandoned)]),
             )
 
-    def generate(self, pixels: list[Any], abandoned: Callable[[], bool] = lambda: False):
-        """One caption generate call for the batch's pixel_values: (sequences, per-token log-probabilities)."""
+    def generate(self, pixels: list[Any], abandoned: Callable[[], bool] = lambda: False, features: Any = None):
+        """One caption generate call for the batch's pixel_values (or their features, when already encoded):
+        (sequences, per-token log-probabilities)."""
         import torch
 
-        out = self._generate(self.task, pixels, abandoned, self.max_new_tokens, scores=True)
+        features = self.encode(pixels) if features is None else features
+        out = self._generate(self.task, features, abandoned, self.max_new_tokens, scores=True)
         with torch.inference_mode():
             if self.num_beams > 1:
                 logp = self.model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
@@ -211,15 +223,18 @@ class FlorenceBackend(ModelBackend):
         found = tagging.tag_confidences("".join(pieces), pieces, values, self.phrases, scored)
         return TagResult(tags=found, caption=caption)
 
-    def read_text(self, items: list[FlorenceItem], abandoned: Callable[[], bool]) -> dict[int, OcrText]:
-        """The text of the items that ask for OCR, by their index: one generate pass per OCR task."""
+    def read_text(self, items: list[FlorenceItem], abandoned: Callable[[], bool],
+                  features: Any = None) -> dict[int, OcrText]:
+        """The text of the items that ask for OCR, by their index: one generate pass per OCR task, over the
+        features the caption was made from (encoded here when not given)."""
         read: dict[int, OcrText] = {}
         for mode, task in OCR_TASKS.items():
             asking = [i for i, item in enumerate(items) if item.ocr == mode]
             if not asking:
                 continue
-            out = self._generate(task, [items[i].pixels for i in asking], abandoned, self.ocr_max_new_tokens,
-                                 scores=False)
+            if features is None:
+                features = self.encode([item.pixels for item in items])
+            out = self._generate(task, features[asking], abandoned, self.ocr_max_new_tokens, scores=False)
             for i, sequence in zip(asking, out.sequences.cpu()):
                 read[i] = self.ocr_of_sequence(task, sequence, items[i].size)
         return read
@@ -253,8 +268,9 @@ class FlorenceBackend(ModelBackend):
         return select_tags(names, confidences, self.min_confidence, item.threshold, item.max_tags)
 
     def infer_batch(self, items: list[FlorenceItem], abandoned: Callable[[], bool]):
-        sequences, logprobs = self.generate([item.pixels for item in items], abandoned)
-        read = self.read_text(items, abandoned)
+        features = self.encode([item.pixels for item in items])  # once, for the caption and the OCR alike
+        sequences, logprobs = self.generate([], abandoned, features=features)
+        read = self.read_text(items, abandoned, features)
         results = []
         for index, (item, sequence, logp) in enumerate(zip(items, sequences, logprobs)):
             described = self.describe_sequence(sequence, logp, item.decoded_size)
