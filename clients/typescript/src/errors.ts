@@ -8,7 +8,36 @@ import { BadRequestSchema, ErrorInfoSchema } from "./gen/google/rpc/error_detail
 /** The ErrorInfo domain of archivetag errors. */
 export const ERROR_DOMAIN = "archivetag.v1";
 
-/** A failed archivetag call or stream item. Branch on `reason` (and `code`), never on `message`. */
+/**
+ * The ErrorInfo metadata each reason carries (protos/archivetag/v1/errors.proto, docs/errors.md):
+ * every value is a string. A reason not listed here carries none.
+ */
+export interface ReasonMetadata {
+  [ErrorReason.IMAGE_TOO_LARGE]: { size_bytes: string; limit_bytes: string; setting: string };
+  [ErrorReason.IMAGE_TOO_MANY_PIXELS]: { width: string; height: string; limit_pixels: string; setting: string };
+  [ErrorReason.CLIENT_QUEUE_FULL]: { client: string; limit: string; setting: string };
+  [ErrorReason.INFERENCE_QUEUE_FULL]: { model: string; limit: string; setting: string };
+  [ErrorReason.MODEL_NOT_SERVING]: { model: string; phase: string };
+  /** One entry per tagger: its FallbackReason's full name, e.g. { florence: "FALLBACK_REASON_UNREACHABLE" }. */
+  [ErrorReason.NO_TAGGER_AVAILABLE]: { [tagger: string]: string };
+  [ErrorReason.DEADLINE_PASSED]: { deadline_seconds: string };
+  [ErrorReason.REQUEST_MALFORMED]: { message: string };
+}
+
+/**
+ * The metadata of an error with reason R: the keys that reason carries (ReasonMetadata), typed, beside
+ * any others as strings.
+ */
+export type ErrorMetadata<R extends ErrorReason> = Readonly<Record<string, string>> &
+  Readonly<R extends keyof ReasonMetadata ? ReasonMetadata[R] : unknown>;
+
+/** An ArchivetagError known to have reason R (what `error.is(R)` narrows to): its metadata typed. */
+export type ArchivetagErrorOf<R extends ErrorReason> = ArchivetagError & { readonly reason: R; readonly metadata: ErrorMetadata<R> };
+
+/**
+ * A failed archivetag call or stream item. Branch on `reason` (and `code`), never on `message`.
+ * `error.is(ErrorReason.IMAGE_TOO_LARGE)` narrows `metadata` to that reason's keys.
+ */
 export class ArchivetagError extends Error {
   override readonly name = "ArchivetagError";
 
@@ -18,13 +47,32 @@ export class ArchivetagError extends Error {
     message: string,
     /** Why, for programs; UNSPECIFIED when the gRPC library itself failed (no details). */
     readonly reason: ErrorReason,
-    /** ErrorInfo metadata: limits, settings, each tagger's fallback reason. */
+    /** ErrorInfo metadata: limits, settings, each tagger's fallback reason; `is(reason)` types it (ReasonMetadata). */
     readonly metadata: Readonly<Record<string, string>>,
     /** The bad request field (google.rpc.BadRequest), or "". */
     readonly field: string,
     options?: { cause?: unknown },
   ) {
     super(message, options);
+  }
+
+  /** Whether this error has the given reason; narrows `reason` and `metadata` (ReasonMetadata). */
+  is<T extends ErrorReason>(reason: T): this is ArchivetagErrorOf<T> {
+    return this.reason === reason;
+  }
+
+  /** A plain, JSON- and structured-clone-safe copy (for IPC, logs, a ledger): an Error's own fields do not
+   * survive Electron's IPC. */
+  toJSON(): ErrorSummary {
+    return {
+      code: this.code,
+      status: this.status,
+      reason: this.reasonName,
+      message: this.message,
+      metadata: { ...this.metadata },
+      field: this.field,
+      retryable: this.retryable,
+    };
   }
 
   /** The gRPC status name, e.g. "INVALID_ARGUMENT". */
@@ -34,7 +82,7 @@ export class ArchivetagError extends Error {
 
   /** The reason's name without prefix, as in ErrorInfo.reason, e.g. "IMAGE_CORRUPT". */
   get reasonName(): string {
-    return ErrorReason[this.reason];
+    return ErrorReason[this.reason] ?? String(this.reason);
   }
 
   /**
@@ -52,6 +100,19 @@ export class ArchivetagError extends Error {
       (this.code === Code.Internal && unexplained)
     );
   }
+}
+
+/** An ArchivetagError as plain data (ArchivetagError.toJSON()). */
+export interface ErrorSummary {
+  code: number;
+  /** gRPC status name, e.g. "INVALID_ARGUMENT". */
+  status: string;
+  /** ErrorReason name without prefix, e.g. "IMAGE_CORRUPT" ("UNSPECIFIED": the transport's, not the server's). */
+  reason: string;
+  message: string;
+  metadata: Record<string, string>;
+  field: string;
+  retryable: boolean;
 }
 
 const STATUS_NAMES: Record<number, string> = {

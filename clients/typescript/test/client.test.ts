@@ -1,7 +1,7 @@
 // @archivetag/client against the real stack (smoke models): every case asserts the typed
 // reason or enum the contract promises, never a message text.
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
@@ -12,9 +12,14 @@ import {
   FallbackReason,
   OcrMode,
   OcrStatus,
+  importFolder,
+  readLedger,
   TaggingClient,
+  type ImportEvent,
+  type LedgerEntry,
   type TagItem,
 } from "../src/index.js";
+import { APP, appProject, child, packTarball } from "./apps.js";
 import { MAX_IMAGE_BYTES, SAMPLES, Stack, TOKEN, waitFor } from "./stack.js";
 
 const stack = new Stack();
@@ -168,8 +173,127 @@ describe("result cache", () => {
     const bypassed = await client.tag(samples[1]!.data, { maxTags: 3, bypassCache: true });
     assert.equal(again.cached, true);
     assert.deepEqual(again.tags, first.tags);
-    assert.equal(again.taggedAt?.seconds, first.taggedAt?.seconds);
+    assert.ok(first.taggedAt instanceof Date);
+    assert.equal(again.taggedAt.getTime(), first.taggedAt.getTime());
     assert.equal(bypassed.cached, false);
+    const status = await client.status();
+    assert.equal(status.cache.backend, "sqlite");
+    assert.ok(status.cache.hits >= 1 && status.cache.entries >= 1, JSON.stringify(status.cache));
+    assert.equal(typeof status.backends[0]!.okCount, "number");
+  });
+});
+
+describe("the package an app installs", () => {
+  test("the npm pack tarball installs into a CommonJS and an ES module project (strict tsc); each calls health()", async () => {
+    const tarball = await packTarball();
+    const [cjs, esm] = await Promise.all([appProject("commonjs", tarball), appProject("module", tarball)]);
+    // require() of the CommonJS build, without Node's require(esm) (Electron 33/34: Node 20.18 has none).
+    const required = await child(["--no-experimental-require-module", cjs, stack.target], 60_000).finished;
+    assert.equal(required.code, 0, required.stderr);
+    assert.deepEqual(JSON.parse(required.stdout), { health: "SERVING", format: "commonjs" });
+    const imported = await child([esm, stack.target], 60_000).finished;
+    assert.equal(imported.code, 0, imported.stderr);
+    assert.deepEqual(JSON.parse(imported.stdout), { health: "SERVING", format: "module" });
+  });
+
+  test("after break out of tagMany (or importFolder) and close(), the process ends by itself", async () => {
+    const folder = join(stack.dir, "leave");
+    mkdirSync(folder, { recursive: true });
+    for (let i = 0; i < 6; i++) copyFileSync(join(SAMPLES, samples[0]!.name), join(folder, `copy-${i}-${samples[0]!.name}`));
+    const runs = await Promise.all([
+      child([join(APP, "leave.mjs"), "tagMany", stack.target, TOKEN, join(SAMPLES, samples[0]!.name)], 60_000).finished,
+      child([join(APP, "leave.mjs"), "importFolder", stack.target, TOKEN, folder], 60_000).finished,
+    ]);
+    for (const run of runs) {
+      assert.equal(run.timedOut, false, `still running 60 s after it left the loop:\n${run.stdout}${run.stderr}`);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stdout.trim(), "left the loop");
+    }
+  });
+
+  test("a closed client's calls fail CANCELLED at once, not retried", async () => {
+    const closing = new TaggingClient({ target: stack.target, token: TOKEN });
+    assert.equal(await closing.health(), "SERVING");
+    await closing.close();
+    const error = await rejection(closing.status());
+    assert.equal(error.code, Code.Canceled);
+    assert.equal(error.retryable, false);
+  });
+});
+
+describe("importFolder", () => {
+  test("walks the folder, refuses what is too large or corrupt, and answers each photo once into the ledger", async () => {
+    const folder = join(stack.dir, "import-small");
+    mkdirSync(join(folder, "nested", "deeper"), { recursive: true });
+    copyFileSync(join(SAMPLES, samples[0]!.name), join(folder, samples[0]!.name));
+    copyFileSync(join(SAMPLES, samples[1]!.name), join(folder, "nested", "deeper", samples[1]!.name.toUpperCase()));
+    writeFileSync(join(folder, "nested", "corrupt.jpg"), CORRUPT_JPEG);
+    writeFileSync(join(folder, "notes.txt"), "not a photo");
+    writeFileSync(join(folder, "huge.tif"), new Uint8Array(1024 * 1024 + 1));
+    const small = new TaggingClient({ target: stack.target, token: TOKEN, maxImageBytes: 1024 * 1024 });
+    const ledger = join(stack.dir, "ledgers", "small.jsonl");
+    const events: ImportEvent[] = [];
+    for await (const event of importFolder(small, folder, { ledger, maxTags: 3 })) events.push(event);
+    assert.equal(events[0]!.type, "scanned");
+    assert.equal(events[0]!.progress.total, 4);
+    const last = events.at(-1)!;
+    assert.equal(last.type, "finished");
+    assert.deepEqual(last.progress, { total: 4, done: 4, tagged: 2, rejected: 2, resumed: 0, deferred: 0 });
+    const entries = await readLedger(ledger);
+    assert.equal(entries.size, 4);
+    const reasons = [...entries.values()].map((e) => (e.ok ? "ok" : e.error.reason)).sort();
+    assert.deepEqual(reasons, ["IMAGE_CORRUPT", "IMAGE_TOO_LARGE", "ok", "ok"]);
+    // Run again: everything is in the ledger, nothing is sent.
+    const again: ImportEvent[] = [];
+    for await (const event of importFolder(small, folder, { ledger })) again.push(event);
+    assert.deepEqual(again.map((e) => e.type), ["scanned", "finished"]);
+    assert.equal(again[0]!.progress.resumed, 4);
+    await small.close();
+  });
+
+  test("kill -9 midway, then run again: every photo in the ledger exactly once, none sent twice", async () => {
+    const folder = join(stack.dir, "import-resume");
+    const photos: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const sample = samples[i % samples.length]!;
+      const sub = join(folder, `roll-${i % 3}`);
+      mkdirSync(sub, { recursive: true });
+      photos.push(join(sub, `${String(i).padStart(2, "0")}-${sample.name}`));
+      copyFileSync(join(SAMPLES, sample.name), photos.at(-1)!);
+    }
+    const ledger = join(stack.dir, "ledgers", "resume.jsonl");
+    const lines = () => {
+      try {
+        return readFileSync(ledger, "utf8").split("\n").filter((l) => l.trim()).length;
+      } catch {
+        return 0;
+      }
+    };
+    const first = child([join(APP, "import.mjs"), stack.target, TOKEN, folder, ledger], 600_000);
+    await waitFor(async () => (lines() >= 3 || first.process.exitCode !== null ? true : undefined), "3 answers in the ledger",
+      300_000);
+    first.process.kill("SIGKILL");
+    const killed = await first.finished;
+    assert.equal(killed.signal, "SIGKILL", `it ended before the kill:\n${killed.stdout}${killed.stderr}`);
+    const before = lines();
+    assert.ok(before >= 3 && before < 20, `${before} answers in the ledger when killed`);
+
+    const second = await child([join(APP, "import.mjs"), stack.target, TOKEN, folder, ledger], 600_000).finished;
+    assert.equal(second.code, 0, second.stderr);
+    const events = second.stdout.trim().split("\n").map((l) => JSON.parse(l) as ImportEvent);
+    assert.equal(events[0]!.type, "scanned");
+    assert.equal(events[0]!.progress.resumed, before);
+    const tagged = events.filter((e) => e.type === "tagged").map((e) => (e as { path: string }).path);
+    assert.equal(tagged.length, 20 - before);
+    assert.deepEqual(events.at(-1)!.progress, { total: 20, done: 20, tagged: 20 - before, rejected: 0, resumed: before,
+      deferred: 0 });
+
+    const paths = readFileSync(ledger, "utf8").split("\n").filter((l) => l.trim())
+      .map((l) => (JSON.parse(l) as LedgerEntry).path);
+    assert.equal(paths.length, 20, "a line per photo");
+    assert.deepEqual([...new Set(paths)].sort(), [...photos].sort());
+    const entries = [...(await readLedger(ledger)).values()];
+    assert.ok(entries.every((e) => e.ok && e.result.tags.length > 0 && !Number.isNaN(Date.parse(e.at))));
   });
 });
 
@@ -203,6 +327,18 @@ describe("fallback", () => {
     await waitFor(florenceAnswers, "Florence answers again", 300_000);
     const backend = (await client.status()).backends.find((b) => b.name === "florence")!;
     assert.equal(backend.lastErrorResolved, true);
+  });
+});
+
+describe("deadlines", () => {
+  test("under the fallback's reserve (5 s) Florence-2 is skipped: RAM++ answers with NO_TIME_LEFT", async () => {
+    // After the fallback test RAM++ is reachable; just after `up` the orchestrator may not have reached it yet.
+    const result = await waitFor(async () => {
+      const answer = await client.tag(samples[0]!.data, { deadlineMs: 4_000, bypassCache: true });
+      return answer.tagger === "rampp" ? answer : undefined;
+    }, "RAM++ answers a 4 s deadline", 180_000);
+    assert.equal(result.fallback, FallbackReason.NO_TIME_LEFT);
+    assert.ok(result.tags.length > 0);
   });
 });
 
