@@ -252,14 +252,21 @@ class Stack:
             host = "127.0.0.1" if service.spec.is_model else self.settings.orchestrator_host
             lines.append(f"  {service.name:12} {host}:{service.port}  ({service.spec.health_service})")
         orchestrator = next(s for s in self.services if not s.spec.is_model)
+        # With auth on, the hints carry the token as the tools take it (never the token itself): set
+        # ARCHIVETAG_TOKEN to one of the tokens given to `up`, and they work as printed.
+        auth = orchestrator_auth(self.settings)
+        header = ' -H "authorization: Bearer $ARCHIVETAG_TOKEN"' if auth else ""
         lines += [
             "probe with grpcurl:",
             *(f"  grpcurl -plaintext -d '{{\"service\":\"{s.spec.health_service}\"}}' 127.0.0.1:{s.port} "
               "grpc.health.v1.Health/Check" for s in self.services),
             f"  grpcurl -plaintext 127.0.0.1:{orchestrator.port} list",
-            f"  grpcurl -plaintext 127.0.0.1:{orchestrator.port} archivetag.v1.TaggingService/GetStatus",
-            f"tag photos:  archivetag tag PATH... --target 127.0.0.1:{orchestrator.port}",
+            f"  grpcurl -plaintext{header} 127.0.0.1:{orchestrator.port} archivetag.v1.TaggingService/GetStatus",
+            f"tag photos:  archivetag tag PATH... --target 127.0.0.1:{orchestrator.port}"
+            + ("   (with ARCHIVETAG_TOKEN set to your token)" if auth else ""),
         ]
+        if auth:
+            lines.insert(1, "clients need a token: export ARCHIVETAG_TOKEN=<one of the tokens given to up>")
         return "\n".join(lines)
 
 

@@ -430,3 +430,38 @@ def test_a_health_check_with_an_absurd_service_name_is_refused_at_once(front):
                 call(health_pb2.HealthCheckRequest(service="x" * 1_000_000), timeout=30)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert health_status(front.address, TAGGING) == "SERVING"
+
+
+def test_the_grpcurl_lines_up_prints_and_the_docs_show_work_with_auth_on_as_printed(front, tmp_path):
+    """`up` with tokens prints its hints with the token header (from ARCHIVETAG_TOKEN); a photo larger than a
+    command-line argument may be (128 KiB) goes to grpcurl on its input, as docs/clients.md shows."""
+    import os
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from archivetag.cli import build_parser
+    from archivetag.stack import Stack
+    from tests.support.servers import GRPCURL
+
+    args = build_parser().parse_args(["up", "--api-tokens", f"desk:{TOKENS['desk']}", "--log-dir", str(tmp_path),
+                                      "--orchestrator-port", front.address.rpartition(":")[2]])
+    hints = Stack(args).endpoints_text()
+    (status_line,) = [line.strip() for line in hints.splitlines() if "TaggingService/GetStatus" in line]
+    assert "$ARCHIVETAG_TOKEN" in status_line and "ARCHIVETAG_TOKEN" in hints.splitlines()[1]
+    env = {**os.environ, "ARCHIVETAG_TOKEN": TOKENS["desk"], "PATH": f"{os.path.dirname(GRPCURL)}:{os.environ['PATH']}"}
+    printed = subprocess.run(status_line, shell=True, env=env, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert '"backends"' in printed.stdout
+
+    big = tmp_path / "photo.png"
+    noise = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)  # PNG cannot shrink it
+    big.write_bytes(encode(Image.fromarray(noise), "PNG"))
+    assert big.stat().st_size > 128 * 1024
+    documented = (f"{{ printf '{{\"maxTags\":5,\"image\":{{\"data\":\"'; base64 -w0 {big}; printf '\"}}}}'; }} | "
+                  f"grpcurl -plaintext -H 'authorization: Bearer {TOKENS['desk']}' -d @ "
+                  f"{front.address} archivetag.v1.TaggingService/TagImage")
+    tagged = subprocess.run(documented, shell=True, env=env, capture_output=True, text=True, timeout=120)
+    assert tagged.returncode == 0, tagged.stderr
+    assert '"tags"' in tagged.stdout
