@@ -650,10 +650,16 @@ RUN command -v redis-server >/dev/null \\
     out += [model_stage(s, cuda) for s in light]
     out.append(f"""
 # -- torch: the base with torch, in its own layer (the slow one; rebuilt only when its pin or
-# source changes), then the core's source. TORCH_INDEX_URL: {torch_source} by default
+# source changes), then the core's dependencies and source. TORCH_INDEX_URL: {torch_source} by default
 FROM base AS torch
 ARG TORCH_INDEX_URL
 {PIP_ARGS}{PIP}pip install --index-url "$TORCH_INDEX_URL" {torch_pins(heavy)}
+COPY pyproject.toml ./
+{PIP}python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \\
+       > /tmp/core-requirements.txt \\
+    && pip install -r /tmp/core-requirements.txt \\
+    && rm /tmp/core-requirements.txt
+COPY README.md ./
 COPY src ./src
 """)
     out += [model_stage(s, cuda) for s in heavy]
