@@ -117,8 +117,6 @@ def find_photos(paths: list[Path], all_files: bool = False,
                 problems.append(f"{shown(entry)}: a link to {shown(target)}, outside the folders given: skipped "
                                 "(--follow-links tags it)")
                 return
-            if not target.is_file():
-                return
         found.append(entry)
 
     for path in paths:

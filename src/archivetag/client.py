@@ -26,6 +26,7 @@ from archivetag.runtime.backoff import backoff_seconds
 from archivetag.runtime.channels import message_limits
 from archivetag.runtime.errors import REASON_PREFIX, read_call_error
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
+from archivetag.runtime.specs import TAGGING_SERVICE
 from archivetag.v1 import common_pb2, errors_pb2, tagging_pb2, tagging_pb2_grpc
 
 CLIENT_OPTIONS = OptionGroup(
@@ -41,7 +42,6 @@ CLIENT_OPTIONS = OptionGroup(
     ),
 )
 
-TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
 # No client-side size limit: the server's image limit answers with a clear INVALID_ARGUMENT.
 CHANNEL_OPTIONS = message_limits(-1)
 DEFAULT_DEADLINE = 120.0

@@ -296,10 +296,10 @@ def fetch_tag_list(models: Path, base_url: str) -> Path:
 # -- building and installing ----------------------------------------------------------------
 # Each model's spec names its builder (PullSource.build): builder(plan, build_folder, tag_data) makes
 # the model folder from plan.folder (the checked downloads), with these helpers.
-def copy_tag_data(tag_data: Path, build: Path, names: dict[str, str] | None = None) -> None:
-    """The RAM++ tag list and thresholds into the build folder (names: the file name to give each)."""
+def copy_tag_data(tag_data: Path, build: Path) -> None:
+    """The RAM++ tag list and thresholds into the build folder."""
     for name in RAMPP_DATA_FILES:
-        shutil.copyfile(tag_data / name, build / (names or {}).get(name, name))
+        shutil.copyfile(tag_data / name, build / name)
 
 
 def write_hub_commit(folder: Path, commit: str) -> None:

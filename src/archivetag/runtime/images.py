@@ -576,7 +576,8 @@ def read_image_source(
                            field="image.uri")
     try:
         raw = _uri_path(uri)
-        resolved = _inside_roots(raw, allowed_roots)  # nothing outside the roots is even opened
+        roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
+        resolved = _inside_roots(raw, roots)  # nothing outside the roots is even opened
         if resolved is None:
             raise outside
         # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the last part must not have
@@ -586,7 +587,7 @@ def read_image_source(
         raise InvalidInput(f"image.uri {uri!r} cannot be opened: {getattr(exc, 'strerror', None) or exc}",
                            reason="IMAGE_URI_REFUSED", field="image.uri") from None
     info = os.fstat(fd)
-    if not _opened_inside(raw, fd, info, allowed_roots):
+    if not _opened_inside(raw, fd, info, roots):
         os.close(fd)
         raise outside
     if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
@@ -614,18 +615,16 @@ def read_image_source(
         return b"".join(chunks)
 
 
-def _inside_roots(raw: str, allowed_roots: Sequence[Path | str]) -> Path | None:
-    """The path resolved (links followed), if it lies inside an allowed root; else None."""
+def _inside_roots(raw: str, roots: list[Path]) -> Path | None:
+    """The path resolved (links followed), if it lies inside one of the (resolved) roots; else None."""
     resolved = Path(os.path.realpath(raw))
-    roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
     return resolved if any(resolved.is_relative_to(root) for root in roots) else None
 
 
-def _opened_inside(raw: str, fd: int, opened: os.stat_result, allowed_roots: Sequence[Path | str]) -> bool:
+def _opened_inside(raw: str, fd: int, opened: os.stat_result, roots: list[Path]) -> bool:
     """Checked after the open: does the file opened lie inside an allowed root? A path redirected between
     the check and the open (a folder swapped for a link) is refused before a byte is read. The kernel names
     what an fd is (/proc/self/fd); where it cannot, the path must still resolve to the very file opened."""
-    roots = [Path(os.path.realpath(Path(r).expanduser())) for r in allowed_roots]
     try:
         actual = Path(os.readlink(f"/proc/self/fd/{fd}"))
     except OSError:
@@ -633,7 +632,7 @@ def _opened_inside(raw: str, fd: int, opened: os.stat_result, allowed_roots: Seq
     if actual is not None and actual.is_absolute():
         return any(actual.is_relative_to(root) for root in roots)
     try:
-        resolved = _inside_roots(raw, allowed_roots)
+        resolved = _inside_roots(raw, roots)
         now = os.stat(resolved) if resolved is not None else None
     except (OSError, ValueError):
         return False

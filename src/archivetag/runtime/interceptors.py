@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import grpc
 
 Around = Callable[[grpc.aio.ServicerContext, bool], AbstractAsyncContextManager[Any]]
+Check = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]  # a request in, the request out (or abort)
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
@@ -49,37 +50,59 @@ class CallInterceptor(grpc.aio.ServerInterceptor, abc.ABC):
         return wrap_handler(handler, lambda context, streaming: self.around(method, context, streaming))
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
-    """The same handler, each of its calls run inside `around(context, streaming)`."""
-    codecs = {"request_deserializer": handler.request_deserializer,
+def wrap_handler(handler: grpc.RpcMethodHandler, around: Around | None = None, *,
+                 request_deserializer: Callable[[bytes], Any] | None = None,
+                 check: Check | None = None) -> grpc.RpcMethodHandler:
+    """The same handler, each of its calls run inside `around(context, streaming)`; with `check`, each
+    request (every one of a request stream) passes through it first; with `request_deserializer`,
+    requests are read by it."""
+    codecs = {"request_deserializer": request_deserializer or handler.request_deserializer,
               "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_wrapped(handler.unary_unary, around, False), **codecs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_wrapped(handler.unary_stream, around, True), **codecs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_wrapped(handler.stream_unary, around, True), **codecs)
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(_wrapped(handler.stream_stream, around, True), **codecs)
+    for inner, make, streaming_request, streaming in (
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler, False, False),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler, False, True),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler, True, True),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler, True, True),
+    ):
+        if inner:
+            return make(_wrapped(inner, around or _nothing, streaming, check, streaming_request), **codecs)
     return handler
 
 
-def _wrapped(inner: Callable[..., Any], around: Around, streaming: bool) -> Callable[..., Any]:
+@asynccontextmanager
+async def _nothing(context: grpc.aio.ServicerContext, streaming: bool) -> AsyncIterator[None]:
+    yield
+
+
+def _wrapped(inner: Callable[..., Any], around: Around, streaming: bool, check: Check | None,
+             streaming_request: bool) -> Callable[..., Any]:
     # An async generator stays one (its responses are re-yielded); a coroutine (a unary response, or a
     # streaming one written through context.write) stays a coroutine.
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if check is None:
+            return request
+        if streaming_request:
+            return _checked_stream(request, context, check)
+        return await check(request, context)
+
     if inspect.isasyncgenfunction(inner):
         async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with around(context, streaming):
-                async for response in inner(request, context):
+                async for response in inner(await checked(request, context), context):
                     yield response
 
         return generator
 
     async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with around(context, streaming):
-            return await inner(request, context)
+            return await inner(await checked(request, context), context)
 
     return coroutine
+
+
+async def _checked_stream(requests: Any, context: grpc.aio.ServicerContext, check: Check) -> Any:
+    async for request in requests:
+        yield await check(request, context)
 
 
 class UndecodableRequest:
@@ -126,55 +149,9 @@ def tolerant_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         except Exception as exc:  # noqa: BLE001 - a hostile message may make the parser raise anything
             return UndecodableRequest(name, exc)
 
-    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, UndecodableRequest):
             await abort_with(context, request.invalid())
         return request
 
-    async def checked_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        async for request in requests:
-            yield await checked(request, context)
-
-    codecs = {"request_deserializer": tolerant, "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        inner = handler.unary_unary
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await inner(await checked(request, context), context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            _checked_first(handler.unary_stream, checked), **codecs)
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await inner_su(checked_stream(requests, context), context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **codecs)
-    if handler.stream_stream:
-        inner_ss = handler.stream_stream
-
-        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            async for response in inner_ss(checked_stream(requests, context), context):
-                yield response
-
-        return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
-    return handler
-
-
-def _checked_first(inner: Callable[..., Any], checked: Callable[..., Any]) -> Callable[..., Any]:
-    """A unary-request streaming handler (an async generator, or a coroutine writing through context.write,
-    like the health Watch) that refuses an undecodable request first."""
-    if inspect.isasyncgenfunction(inner):
-        async def generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async for response in inner(await checked(request, context), context):
-                yield response
-
-        return generator
-
-    async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await inner(await checked(request, context), context)
-
-    return coroutine
+    return wrap_handler(handler, request_deserializer=tolerant, check=refuse_undecodable)

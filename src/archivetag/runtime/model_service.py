@@ -36,12 +36,10 @@ from archivetag.runtime.lifecycle import (
 )
 from archivetag.runtime.logs import fields
 from archivetag.runtime.model_files import check_readable
-from archivetag.runtime.specs import TAGGER, VIEW_TYPE, ServerSpec, load
-from archivetag.v1 import common_pb2
 
 # Backends name the service they implement through these (their spec is the source of truth).
-TAGGER_SERVICE = TAGGER.service
-VIEW_TYPE_SERVICE = VIEW_TYPE.service
+from archivetag.runtime.specs import TAGGER_SERVICE, VIEW_TYPE_SERVICE, ServerSpec, load  # noqa: F401 - re-exported
+from archivetag.v1 import common_pb2
 
 log = logging.getLogger("archivetag.model_service")
 

@@ -25,16 +25,16 @@ from typing import Any
 
 from archivetag.runtime.specs import (  # noqa: F401 - re-exported: the names callers use
     TAGGER,
+    TAGGER_SERVICE,
     TAGGING_SERVICE,
     VIEW_TYPE,
+    VIEW_TYPE_SERVICE,
     Capability,
     ServerSpec,
 )
 
 ENTRY_POINT_GROUP = "archivetag.servers"
 ORCHESTRATOR_NAME = "orchestrator"
-TAGGER_SERVICE = TAGGER.service
-VIEW_TYPE_SERVICE = VIEW_TYPE.service
 
 
 class RegistryError(RuntimeError):

@@ -56,7 +56,9 @@ VIEW_TYPE = Capability(
     deadline_seconds=10.0, on_deadline="answering degraded (view type unknown)",
 )
 CAPABILITIES = (TAGGER, VIEW_TYPE)
-TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name
+TAGGER_SERVICE = TAGGER.service
+VIEW_TYPE_SERVICE = VIEW_TYPE.service
+TAGGING_SERVICE = tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name  # the orchestrator's
 
 
 @dataclass(frozen=True)
