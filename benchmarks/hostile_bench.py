@@ -8,6 +8,10 @@ decoder is printed beside it. With --baseline REF the same files go to a service
 the runtime of git REF (e.g. main) as well, in the same run, for before/after numbers.
 
     python benchmarks/hostile_bench.py [--baseline main] [--out benchmarks/results/hostile.json]
+    python benchmarks/hostile_bench.py --attacks [--out benchmarks/results/hostile_attacks.json]
+
+--attacks runs the attacks of benchmarks/hostile_attacks.py instead (MPO bombs, pre-auth memory, a
+health-watch lockout, a held cache lock), each beside a witness client, through the whole smoke stack.
 """
 
 from __future__ import annotations
@@ -104,8 +108,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="git ref whose runtime is measured too (e.g. main)")
     parser.add_argument("--timeout", type=float, default=60.0, help="each call's deadline, seconds")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "hostile.json")
+    parser.add_argument("--out", type=Path, help="JSON output (default benchmarks/results/hostile[_attacks].json)")
+    parser.add_argument("--attacks", action="store_true", help="the attacks beside a witness client, not the files")
+    parser.add_argument("--attack-seconds", type=float, default=15.0, help="how long each attack runs")
     args = parser.parse_args()
+    if args.attacks:
+        return attacks(args)
+    args.out = args.out or REPO / "benchmarks" / "results" / "hostile.json"
 
     cases = [("ordinary 96x64 png", encode(photo(), "PNG"))] + [(c.name, c.data) for c in hostile_corpus()]
     estimates = {name: estimate_mib(data) for name, data in cases}
@@ -129,6 +138,20 @@ def main() -> int:
         "estimates_mib": estimates, "rows": rows,
     }, indent=2) + "\n")
     print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def attacks(args: argparse.Namespace) -> int:
+    from benchmarks.hostile_attacks import run_attacks, table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run_attacks(Path(tmp), args.attack_seconds, quiet_seconds=8.0)
+    print("\n" + table(rows))
+    out = args.out or REPO / "benchmarks" / "results" / "hostile_attacks.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                               "stack": "smoke RAM++ (only tagger) and SigLIP, CPU", "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}", file=sys.stderr)
     return 0
 
 

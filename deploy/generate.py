@@ -231,7 +231,8 @@ services:
     stop_grace_period: 40s
     healthcheck:
       <<: *healthcheck
-      start_period: 30s
+      # Its health is SERVING once a tagger can answer: allow the quickest tagger's load.
+      start_period: {min((s.deployment.start_seconds for s in ordered), default=300)}s
 {gate}    depends_on:
 {depends}      redis:
         condition: service_healthy

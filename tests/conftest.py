@@ -44,7 +44,7 @@ def model_service(name: str, models: Path, log_dir: Path, *args: str, port: int 
     return ServerProcess(argv, port=port, log_path=log_dir / f"{name}-{port or 'auto'}.log", metrics_port=metrics_port)
 
 
-def orchestrator(log_dir: Path, *args: str, name: str = "orchestrator") -> ServerProcess:
+def orchestrator(log_dir: Path, *args: str, name: str = "orchestrator", metrics_port: int = 0) -> ServerProcess:
     """`archivetag serve orchestrator` with its result cache in log_dir, not the user's (args may override)."""
     argv = archivetag_command("serve", "orchestrator", "--cache-path", str(log_dir / f"{name}-cache.sqlite"), *args)
-    return ServerProcess(argv, log_path=log_dir / f"{name}.log")
+    return ServerProcess(argv, log_path=log_dir / f"{name}.log", metrics_port=metrics_port)

@@ -13,8 +13,8 @@ from archivetag.runtime import registry
 from archivetag.runtime.channels import is_loopback_host, message_limit_bytes
 from archivetag.runtime.logs import fields
 from archivetag.runtime.specs import TAGGER, TAGGING_SERVICE, VIEW_TYPE, ServerSpec
-from archivetag.v1 import tagging_pb2_grpc
-from archivetag_orchestrator.auth import AuthInterceptor, TokenAuthenticator, TokenError, load_tokens
+from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
+from archivetag_orchestrator.auth import AuthInterceptor, TokenAuthenticator, TokenError, load_tokens, metrics_names
 from archivetag_orchestrator.backends import Backend, TargetError
 from archivetag_orchestrator.breaker import CircuitBreaker
 from archivetag_orchestrator.cache import ResultCache, open_store
@@ -54,9 +54,6 @@ class OrchestratorApp:
             parse_client_overflow(settings.client_overflow)
         except ValueError as exc:
             raise SystemExit(f"bad --client-overflow: {exc}") from None
-        self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight,
-                                       settings.client_max_queued, weights=weights,
-                                       interactive_reserve=settings.interactive_reserve)
         self.budget = ByteBudget(settings.max_mb_in_flight * MIB, settings.client_max_mb_in_flight * MIB)
         try:
             store = open_store(settings)
@@ -64,10 +61,19 @@ class OrchestratorApp:
             raise SystemExit(f"cannot open the result cache (--cache {settings.cache}): {exc}") from None
         self.cache = ResultCache(store, self.router, shared=settings.cache_scope == "shared")
         self.servicer: TaggingServicer | None = None
-        self.interceptors = [AuthInterceptor(self._authenticator())]
+        tokens = self._tokens()
+        self.interceptors = [AuthInterceptor(TokenAuthenticator(tokens) if tokens else None)]
+        open_metrics = (bool(settings.metrics_port) and not settings.metrics_token_file
+                        and not is_loopback_host(settings.host))
+        self.scheduler = FairScheduler(settings.max_in_flight, settings.client_max_in_flight,
+                                       settings.client_max_queued, weights=weights,
+                                       interactive_reserve=settings.interactive_reserve,
+                                       client_label=metrics_names(tokens, open_metrics))
         self.health: health_aio.HealthServicer | None = None
+        self._readiness: asyncio.Task | None = None
 
-    def _authenticator(self) -> TokenAuthenticator | None:
+    def _tokens(self) -> dict[str, str]:
+        """{token: client name}; empty with auth off."""
         s = self.settings
         if not s.auth:
             if is_loopback_host(s.host):
@@ -75,7 +81,7 @@ class OrchestratorApp:
             else:
                 log.warning("client authentication is off on a network address: every caller that can reach "
                             "this port is trusted", extra=fields(host=s.host))
-            return None
+            return {}
         try:
             tokens = load_tokens(s.api_tokens_file, s.api_tokens)
         except TokenError as exc:
@@ -87,7 +93,7 @@ class OrchestratorApp:
                 "single-user machine"
             )
         log.info("client authentication on", extra=fields(clients=sorted(set(tokens.values()))))
-        return TokenAuthenticator(tokens)
+        return tokens
 
     def _backend(self, spec: ServerSpec) -> Backend:
         s = self.settings
@@ -118,11 +124,33 @@ class OrchestratorApp:
         # SERVING once every backend's health is known (or the first-health wait is over), so
         # callers who wait for it route on real health; calls that come sooner wait per request.
         await asyncio.gather(*(b.until_health_known() for b in self.backends.values()))
-        await self.health.set(TAGGING_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        log.info("orchestrator ready", extra=fields(
-            backends={n: b.describe_health() for n, b in self.backends.items()}))
+        self._readiness = asyncio.get_running_loop().create_task(self._follow_taggers(), name="readiness")
+
+    async def _follow_taggers(self) -> None:
+        """The orchestrator's readiness (health of archivetag.v1.TaggingService): SERVING while a tagger can
+        answer (one SERVING by its health), NOT_SERVING while none can. A probe of the process ("") says only
+        that it is alive. docs/operations.md says how Kubernetes and compose use each."""
+        assert self.health is not None, "register() first"
+        taggers = [b for b in self.router.taggers if b.enabled]
+        ready: bool | None = None
+        while True:
+            changed = [asyncio.ensure_future(b.health_changed.wait()) for b in taggers]
+            now = any(b.health() == tagging_pb2.BACKEND_HEALTH_SERVING for b in taggers)
+            if now != ready:
+                ready = now
+                await self.health.set(TAGGING_SERVICE, health_pb2.HealthCheckResponse.SERVING if ready
+                                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+                log.info("orchestrator ready" if ready else "orchestrator not ready: no tagger can answer",
+                         extra=fields(backends={n: b.describe_health() for n, b in self.backends.items()}))
+            try:
+                await asyncio.wait(changed, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in changed:
+                    waiter.cancel()
 
     async def drain(self) -> None:
+        if self._readiness is not None:
+            self._readiness.cancel()  # the bootstrap has turned every service NOT_SERVING for the shutdown
         if self.servicer is not None:
             self.servicer.drain()
 

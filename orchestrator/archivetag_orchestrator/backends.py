@@ -39,6 +39,8 @@ log = logging.getLogger("archivetag.orchestrator.backends")
 
 # Ping backends this often, and drop a connection whose ping is unanswered this long.
 KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS = 4.0, 3.0
+# A probe (Backend.probe) waits this long at most for a replica's answer.
+PROBE_SECONDS = 1.0
 
 # Why a backend that is not SERVING gets no call, as a FallbackReason.
 HEALTH_FALLBACK = {
@@ -193,6 +195,8 @@ class Backend:
         self.channel: grpc.aio.Channel | None = None
         self._raw_methods: dict[str, Any] = {}
         self._watchers: dict[str, asyncio.Task] = {}
+        self._reconnect_now: dict[str, asyncio.Event] = {}  # cuts a watch's backoff short (a probe saw it serve)
+        self._probe: asyncio.Future | None = None
         self._resolver: asyncio.Task | None = None
         self.health_changed = asyncio.Event()
         self.capacity = BackendCapacity(spec.name)
@@ -207,6 +211,9 @@ class Backend:
                                     keepalive_timeout_seconds=KEEPALIVE_TIMEOUT_SECONDS,
                                     reconnect_max_seconds=self.reconnect_max),
             ("grpc.dns_min_time_between_resolutions_ms", int(self.resolve_every * 1000)),
+            # Its own connections: grpc shares subchannels between channels of equal options, and a new channel
+            # (after a probe saw a replica serve) would inherit the old one's reconnect backoff.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if balanced:
             config = {
@@ -283,6 +290,7 @@ class Backend:
 
     def _start_watch(self, address: str) -> None:
         self.replicas[address] = Replica(address)
+        self._reconnect_now[address] = asyncio.Event()
         self._watchers[address] = asyncio.get_running_loop().create_task(
             self._watch(address), name=f"{self.name}-watch-{address}"
         )
@@ -332,13 +340,14 @@ class Backend:
         """Keep a Watch stream open to one replica (reconnected with capped, jittered backoff),
         and beside it a Health/Check with a short deadline: a stopped process keeps its
         connection and its stream open, and only an unanswered check shows it is hung."""
-        async with grpc.aio.insecure_channel(address, options=self._channel_options(False)) as channel:
-            checker = asyncio.get_running_loop().create_task(self._check(address, channel))
-            try:
-                await self._watch_stream(address, channel)
-            finally:
-                checker.cancel()
-                await asyncio.gather(checker, return_exceptions=True)
+        while True:  # a new channel each time a probe saw the replica serve: this one may be in a reconnect backoff
+            async with grpc.aio.insecure_channel(address, options=self._channel_options(False)) as channel:
+                checker = asyncio.get_running_loop().create_task(self._check(address, channel))
+                try:
+                    await self._watch_stream(address, channel)
+                finally:
+                    checker.cancel()
+                    await asyncio.gather(checker, return_exceptions=True)
 
     async def _check(self, address: str, channel: grpc.aio.Channel) -> None:
         health = health_pb2_grpc.HealthStub(channel)
@@ -359,6 +368,7 @@ class Backend:
                 await self._model_info(info_stub, SERVING)
 
     async def _watch_stream(self, address: str, channel: grpc.aio.Channel) -> None:
+        """Watch until a probe asks for a reconnect now (then return, for a new channel)."""
         failures = 0
         health = health_pb2_grpc.HealthStub(channel)
         info_stub = self.spec.stub(channel)
@@ -377,7 +387,13 @@ class Backend:
             except grpc.aio.AioRpcError as exc:
                 self._set_replica(address, UNREACHABLE, f"{exc.code().name}: {exc.details()}")
             failures += 1
-            await asyncio.sleep(backoff_seconds(failures, 0.2, self.reconnect_max))
+            wake = self._reconnect_now[address]
+            try:
+                await asyncio.wait_for(wake.wait(), backoff_seconds(failures, 0.2, self.reconnect_max))
+            except TimeoutError:
+                continue
+            wake.clear()
+            return
 
     async def _model_info(self, stub: Any, status: str) -> str:
         """Refresh the model identity; return why the replica does not serve ('' if it does)."""
@@ -389,6 +405,47 @@ class Backend:
             self.model, self.model_settings = info.model, dict(info.settings)
             self._resize()
         return "" if status == SERVING else f"{info.state.phase}: {info.state.reason}"
+
+    async def probe(self, seconds: float) -> None:
+        """Ask every replica that is not SERVING for its health now, on a fresh connection, rather than when its
+        watch next reconnects (up to --reconnect-max-seconds after failures): a request that finds no tagger
+        asks once before it is refused. Concurrent callers share one probe; each waits at most `seconds`."""
+        if not self.enabled or seconds <= 0:
+            return
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_replicas(min(seconds, PROBE_SECONDS)))
+        await asyncio.wait({self._probe}, timeout=seconds)  # a caller that gives up leaves the probe to others
+
+    async def _probe_replicas(self, seconds: float) -> None:
+        request = health_pb2.HealthCheckRequest(service=self.health_service)
+
+        async def ask(address: str) -> None:
+            options = client_channel_options(self.max_message_bytes)
+            async with grpc.aio.insecure_channel(address, options=options) as channel:
+                try:
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=seconds)
+                except grpc.aio.AioRpcError:
+                    return  # still down: the watch goes on reporting it
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    return
+                await self._model_info(self.spec.stub(channel), SERVING)
+            log.info("backend replica serving (probed)", extra=fields(backend=self.name, replica=address))
+            self._set_replica(address, SERVING, "")
+            self._reconnect_now[address].set()
+            self._reconnect_calls()
+
+        await asyncio.gather(*(ask(r.address) for r in list(self.replicas.values()) if r.status != SERVING))
+
+    def _reconnect_calls(self) -> None:
+        """The call channel, if it is waiting out a reconnect backoff, replaced by one that connects now:
+        otherwise the first calls to a replica a probe found serving would fail fast until the backoff ends."""
+        if self.channel is None or self.channel.get_state() != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return
+        assert self.target is not None
+        old, self.channel = self.channel, grpc.aio.insecure_channel(self.target.channel_target,
+                                                                    options=self._channel_options(True))
+        self._raw_methods.clear()
+        asyncio.get_running_loop().create_task(old.close(grace=None))
 
     def health(self) -> tagging_pb2.BackendHealth:
         """Aggregated health over the replicas, as a BackendHealth value."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -50,7 +50,10 @@ def parse_weights(entries: list[str]) -> dict[str, float]:
 
 class FairScheduler:
     def __init__(self, capacity: int, per_client: int, max_queued: int, *,
-                 weights: dict[str, float] | None = None, interactive_reserve: int = 0):
+                 weights: dict[str, float] | None = None, interactive_reserve: int = 0,
+                 client_label: Callable[[str], str] = str):
+        """client_label: a client's name as its metrics show it (auth.metrics_names)."""
+        self.client_label = client_label
         self.capacity = max(1, capacity)
         self.per_client = max(1, min(per_client, self.capacity))
         self.max_queued = max(1, max_queued)
@@ -75,12 +78,12 @@ class FairScheduler:
     async def slot(self, client: str, lane: str = INTERACTIVE) -> AsyncIterator[float]:
         """Hold one processing slot for `client`; yields the seconds spent waiting for it."""
         waited = await self.acquire(client, lane)
-        CLIENT_QUEUE_WAIT.labels(client, lane).observe(waited)
+        CLIENT_QUEUE_WAIT.labels(self.client_label(client), lane).observe(waited)
         try:
             yield waited
         finally:
             self.release(client)
-            CLIENT_ANSWERED.labels(client, lane).inc()
+            CLIENT_ANSWERED.labels(self.client_label(client), lane).inc()
 
     async def acquire(self, client: str, lane: str = INTERACTIVE) -> float:
         started = time.monotonic()
@@ -114,7 +117,7 @@ class FairScheduler:
         self.running_by_client[client] -= 1
         if not self.running_by_client[client]:
             del self.running_by_client[client]
-        CLIENT_IN_FLIGHT.labels(client).set(self.running_by_client.get(client, 0))
+        CLIENT_IN_FLIGHT.labels(self.client_label(client)).set(self.running_by_client.get(client, 0))
         self._dispatch()
 
     def _may_run(self, client: str, lane: str) -> bool:
@@ -126,7 +129,7 @@ class FairScheduler:
     def _grant(self, client: str) -> None:
         self.running += 1
         self.running_by_client[client] = self.running_by_client.get(client, 0) + 1
-        CLIENT_IN_FLIGHT.labels(client).set(self.running_by_client[client])
+        CLIENT_IN_FLIGHT.labels(self.client_label(client)).set(self.running_by_client[client])
 
     def _forget(self, client: str, lane: str, future: asyncio.Future) -> None:
         queue = self.waiting[lane].get(client)

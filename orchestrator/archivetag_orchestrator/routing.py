@@ -152,6 +152,11 @@ class Router:
             fallbacks[backend.name] = fallback
             reasons.append(f"{backend.name}: {why}")
 
+        if not any(b.health() == tagging_pb2.BACKEND_HEALTH_SERVING for b in self.taggers):
+            # None serving by the health watches: ask each once now (a replica that just came up is seen here,
+            # not when its watch next reconnects), then route or refuse on what they said.
+            await asyncio.gather(*(b.probe(deadline - time.monotonic() - MIN_CALL_SECONDS) for b in self.taggers))
+
         for index, backend in enumerate(self.taggers):
             if not backend.enabled:
                 passed_over(backend, tagging_pb2.FALLBACK_REASON_DISABLED, "disabled")

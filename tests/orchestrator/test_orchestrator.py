@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -180,7 +181,7 @@ def test_auth_is_checked_by_the_orchestrator_alone(tmp_path):
     """No model service is reachable: a client still gets UNAUTHENTICATED, not a backend error."""
     dead = f"127.0.0.1:{free_port()}"
     with orchestrator(tmp_path, *TOKEN_ARGS, *targets(florence=dead, rampp=dead, siglip=dead)) as server:
-        server.wait_status(TAGGING, "SERVING", timeout=60)
+        server.wait_status("", "SERVING", timeout=60)  # the process; its readiness stays NOT_SERVING (no tagger)
         wait_health(server.address, auth(), florence=UNREACHABLE, rampp=UNREACHABLE)
         with pytest.raises(grpc.RpcError) as info:
             stub(server.address).TagImage(tag_request(), timeout=10)
@@ -297,8 +298,9 @@ def test_both_taggers_unusable_is_unavailable_naming_each_backend(services, tmp_
     addresses = {"florence": f"127.0.0.1:{free_port()}", "rampp": f"127.0.0.1:{free_port()}",
                  "siglip": services["siglip"].address}
     with orchestrator(tmp_path, "--no-auth", *targets(**addresses)) as server:
-        server.wait_status(TAGGING, "SERVING", timeout=60)
+        server.wait_status("", "SERVING", timeout=60)
         wait_health(server.address, florence=UNREACHABLE, rampp=UNREACHABLE, siglip=SERVING)
+        assert health_status(server.address, TAGGING) == "NOT_SERVING"  # not ready: no tagger can answer
         with pytest.raises(grpc.RpcError) as info:
             stub(server.address).TagImage(tag_request(), timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -465,3 +467,24 @@ def test_the_grpcurl_lines_up_prints_and_the_docs_show_work_with_auth_on_as_prin
     tagged = subprocess.run(documented, shell=True, env=env, capture_output=True, text=True, timeout=120)
     assert tagged.returncode == 0, tagged.stderr
     assert '"tags"' in tagged.stdout
+
+
+def test_readiness_follows_the_taggers_and_a_tagger_that_just_came_up_is_probed_not_waited_for(
+        smoke_models, services, tmp_path):
+    """The orchestrator's readiness (its TaggingService health) is SERVING only while a tagger can answer. A
+    tagger that comes up is used by the first request after it serves, although the orchestrator's watch of
+    it is still waiting out a reconnect backoff (a minute, here): that request probes before refusing."""
+    rampp = model_service("rampp", smoke_models, tmp_path)
+    addresses = {"florence": f"127.0.0.1:{free_port()}", "rampp": rampp.address, "siglip": services["siglip"].address}
+    args = ("--no-auth", "--reconnect-max-seconds", "60", "--taggers", "rampp,florence", *targets(**addresses))
+    with orchestrator(tmp_path, *args) as server:
+        server.wait_status("", "SERVING", timeout=60)
+        wait_health(server.address, florence=UNREACHABLE, rampp=UNREACHABLE)
+        assert health_status(server.address, TAGGING) == "NOT_SERVING"
+        time.sleep(8)  # not an assertion: the watch's backoff grows (to seconds) while RAM++ stays down
+        with rampp:
+            rampp.wait_status("archivetag.v1.TaggerService", "SERVING", timeout=180)
+            reply = stub(server.address).TagImage(tag_request(), timeout=60)
+            assert reply.tagger == "rampp"
+            server.wait_status(TAGGING, "SERVING", timeout=30)
+        server.wait_status(TAGGING, "NOT_SERVING", timeout=60)

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from archivetag.runtime.errors import DeadlineExpired, InvalidInput, QueueFull
+from archivetag.runtime.metrics import DECODES_STOPPED
 
 try:  # HEIC/HEIF (phone photos) through libheif
     import pillow_heif
@@ -166,9 +167,11 @@ class DecodePlan:
 # equal the reference implementation's); larger ones are shrunk first, which bounds the
 # memory and time of everything after the decode.
 SHRINK_ABOVE_PIXELS = 16_000_000
-# Copies of the reduced image alive at once while it is turned into upright RGB
-# (alpha compositing holds the RGBA image, a white background and the result).
-_OUTPUT_COPIES = 4
+# Copies of the reduced image (4 bytes a pixel) alive at once while it is turned into upright RGB: with alpha,
+# the RGBA image, a white background and the result (and a turn); another mode, its RGB conversion and a turn;
+# RGB, a turn or a reduction only (the decoded image is the result otherwise). Measured against peak RSS per
+# format by tests/runtime/test_decode_memory.py.
+_ALPHA_COPIES, _CONVERTED_COPIES, _RGB_COPIES = 4, 2, 1
 # Row bands, buffers and the like, beyond the pixel arrays.
 _FIXED_OVERHEAD = 16 * 1024 * 1024
 
@@ -189,7 +192,9 @@ def _plan(image: Image.Image, stored_size: tuple[int, int], min_edge: int | None
         codec = width * height * 4  # libheif's frame; libtiff's strip buffer or RGBA raster
     factor = max(1, min(width, height) // min_edge) if min_edge and width * height > SHRINK_ABOVE_PIXELS else 1
     premultiplied = decoded if factor > 1 and image.mode in ("LA", "RGBA") else 0  # Pillow's copy while reducing
-    output = -(-width // factor) * -(-height // factor) * 4 * _OUTPUT_COPIES
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    copies = _ALPHA_COPIES if has_alpha else _RGB_COPIES if image.mode == "RGB" else _CONVERTED_COPIES
+    output = -(-width // factor) * -(-height // factor) * 4 * copies
     assert image.format is not None  # set by Image.open, which identified the file
     return DecodePlan(image.format, (width, height), image.mode, factor,
                       decoded + codec + premultiplied + output + _FIXED_OVERHEAD, stored_size)
@@ -207,15 +212,35 @@ def check_image_size(data: bytes, max_bytes: int) -> None:
         )
 
 
+class DecodeStopped(Exception):
+    """The decode's caller left: its reader stopped handing the decoder data."""
+
+
+class _StoppableReader(io.BytesIO):
+    """The image bytes as the decoder reads them, block by block (Pillow reads 64 KiB at a time between
+    decoder calls), until `stop` is set: then the next read raises and the decode ends there."""
+
+    def __init__(self, data: bytes, stop: threading.Event | None):
+        super().__init__(data)
+        self.stop = stop
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.stop is not None and self.stop.is_set():
+            raise DecodeStopped("the caller left")
+        return super().read(size)
+
+
 def open_image(
     data: bytes, limits: ImageLimits = ImageLimits(), min_edge: int | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[Image.Image, DecodePlan]:
-    """Read the header only: check the limits and plan the decode. Raises InvalidInput."""
+    """Read the header only: check the limits and plan the decode. Raises InvalidInput.
+    stop: once set, the pixel decode (finish_decode) ends at its next read with DecodeStopped."""
     check_image_size(data, limits.max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            image = Image.open(_StoppableReader(data, stop), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
         what = _describe_non_image(data)
         raise InvalidInput(
@@ -365,6 +390,8 @@ def finish_decode(image: Image.Image, plan: DecodePlan) -> Image.Image:
             return _with_source_size(_to_rgb(image), orientation, plan)
     except MemoryError:
         raise QueueFull("not enough memory to decode this image now; retry later") from None
+    except DecodeStopped:
+        raise
     except Exception as exc:  # noqa: BLE001 - a file Pillow cannot decode is the client's problem, whatever it raises
         raise InvalidInput(f"image data is truncated or corrupt ({plan.format}): {_reason(exc)}") from None
 
@@ -493,10 +520,11 @@ class ImageDecoder:
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
         self._running_since: dict[int, float] = {}  # decode thread id → when its step started
 
-    def _open(self, image_proto, deadline: float | None) -> tuple[bytes, Image.Image, DecodePlan]:
+    def _open(self, image_proto, deadline: float | None,
+              stop: threading.Event) -> tuple[bytes, Image.Image, DecodePlan]:
         _check_deadline(deadline, "the image was read")
         data = read_image_source(image_proto, self.allowed_roots, self.limits.max_bytes, deadline)
-        return (data, *open_image(data, self.limits, self.min_edge))
+        return (data, *open_image(data, self.limits, self.min_edge, stop))
 
     def _finish(self, data: bytes, image: Image.Image, plan: DecodePlan,
                 then: Callable[[Image.Image], Any] | None, deadline: float | None) -> Any:
@@ -525,9 +553,20 @@ class ImageDecoder:
         then: further per-image work (the model's preprocessing) to run in the same thread,
         inside the memory budget. deadline: a time.monotonic() value, or None.
         """
-        data, image, plan = await self._in_pool(self._open, image_proto, deadline)
+        stop = threading.Event()
+        data, image, plan = await self._in_pool(self._open, image_proto, deadline, stop)
         async with self.memory.hold(plan.peak_bytes, deadline):
-            return await self._in_pool(self._finish, data, image, plan, then, deadline)
+            work = asyncio.ensure_future(self._in_pool(self._finish, data, image, plan, then, deadline))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The caller left (cancelled, or its deadline passed): the decode stops at its next read, and
+                # its memory stays held until the thread has let go of it.
+                stop.set()
+                outcome = (await asyncio.gather(work, return_exceptions=True))[0]
+                if isinstance(outcome, DecodeStopped):
+                    DECODES_STOPPED.inc()
+                raise
 
     def longest_step_seconds(self) -> float:
         """How long the longest-running decode step has been running (0: none is), for the watchdog."""

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 from archivetag.runtime.interceptors import CallInterceptor
 from archivetag.runtime.logs import fields
@@ -28,6 +34,9 @@ BATCH_SIZE = Histogram(
 INFERENCE_SECONDS = Histogram(
     "archivetag_inference_seconds", "Time of one batched inference call.", ["model"], buckets=_LATENCY_BUCKETS
 )
+DECODES_STOPPED = Counter(
+    "archivetag_decodes_stopped_total", "Image decodes stopped part-way because their caller left."
+)
 QUEUE_DEPTH = Gauge("archivetag_queue_depth", "Requests waiting for inference.", ["model"])
 MODEL_SERVING = Gauge("archivetag_model_serving", "1 when the model's health is SERVING.", ["model"])
 REQUESTS = Counter(
@@ -38,10 +47,32 @@ REQUEST_SECONDS = Histogram(
 )
 
 
-def start_metrics_server(host: str, port: int) -> None:
-    if port:
-        start_http_server(port, addr=host)
-        log.info("metrics listening", extra=fields(address=f"{host}:{port}", path="/metrics"))
+def start_metrics_server(host: str, port: int, token: str = "") -> None:
+    """/metrics on host:port (port 0: none); with a token, only for 'Authorization: Bearer <token>'."""
+    if not port:
+        return
+    app = make_wsgi_app()
+    expected = hashlib.sha256(f"Bearer {token}".encode()).digest()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        offered = hashlib.sha256(environ.get("HTTP_AUTHORIZATION", "").encode()).digest()
+        if token and not hmac.compare_digest(offered, expected):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+            return [b"the metrics endpoint needs 'Authorization: Bearer <token>' (--metrics-token-file)\n"]
+        return app(environ, start_response)
+
+    server = make_server(host, port, guarded, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics listening", extra=fields(address=f"{host}:{port}", path="/metrics", token=bool(token)))
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not worth a log line each
+        pass
 
 
 def _code_name(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:

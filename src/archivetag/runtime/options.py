@@ -19,6 +19,13 @@ SERVER_OPTIONS = OptionGroup(
         Option("port", 0, "gRPC port.", int),
         Option("metrics_port", 0, "Prometheus metrics HTTP port; 0 turns metrics off.", int),
         Option(
+            "metrics_token_file", None,
+            "File holding a token the metrics endpoint then requires ('Authorization: Bearer <token>', what "
+            "Prometheus' authorization.credentials_file sends). Without it the endpoint is open to whoever reaches "
+            "the port, and the orchestrator on a network address names its clients there by pseudonym.",
+            parse_path, metavar="FILE",
+        ),
+        Option(
             "max_image_bytes", 32 * 1024 * 1024,
             "Largest encoded image accepted, in bytes; a larger one is INVALID_ARGUMENT (IMAGE_TOO_LARGE). "
             "The gRPC message limit is this plus 4 MiB, so the image limit is always the one a client meets.",

@@ -90,6 +90,19 @@ async def _refuse_long_name(request: health_pb2.HealthCheckRequest, context: grp
                             f"service name of {len(request.service)} characters; names are at most {MAX_SERVICE_NAME}")
 
 
+def metrics_token(settings) -> str:
+    """The token the metrics endpoint requires ('' for none), from --metrics-token-file."""
+    if not settings.metrics_token_file:
+        return ""
+    try:
+        token = settings.metrics_token_file.read_text().strip()
+    except OSError as exc:
+        raise SystemExit(f"cannot read --metrics-token-file {settings.metrics_token_file}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise SystemExit(f"--metrics-token-file {settings.metrics_token_file}: a token of at least 16 characters")
+    return token
+
+
 def _server_credentials(settings) -> grpc.ServerCredentials | None:
     if not settings.tls_cert and not settings.tls_key:
         if settings.tls_client_ca:
@@ -124,7 +137,7 @@ def _enable_reflection(server: grpc.aio.Server, service_names: list[str]) -> Non
 async def serve(app: ServerApp, settings) -> int:
     """Run the server until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
-    start_metrics_server(settings.host, settings.metrics_port)
+    start_metrics_server(settings.host, settings.metrics_port, metrics_token(settings))
     server = grpc.aio.server(
         options=server_channel_options(settings),
         interceptors=[
