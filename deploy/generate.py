@@ -35,6 +35,9 @@ from pathlib import Path
 from archivetag.runtime import registry
 from archivetag.runtime.specs import ServerSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import observability  # noqa: E402 - deploy/observability.py, beside this script
+
 DEPLOY = Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
 COMMAND = "python deploy/generate.py"
@@ -703,6 +706,10 @@ def generated() -> dict[str, str]:
         files[f"k8s/{spec.name}/service.yaml"] = k8s_model_service(spec)
     for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
         files[name] = dockerfile(name, DEPLOY / name)
+    files["grafana/archivetag.json"] = observability.dashboard()
+    files["prometheus/alerts.yaml"] = observability.alert_rules()
+    files["prometheus/alerts.test.yaml"] = observability.alert_tests()
+    files["prometheus/prometheus.yml"] = observability.prometheus_config(registry.servers())
     return files
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Gauge
 
 from archivetag.runtime.backoff import backoff_seconds
 from archivetag.runtime.batcher import INTERACTIVE, LANE_METADATA_KEY
@@ -39,6 +40,10 @@ log = logging.getLogger("archivetag.orchestrator.backends")
 
 # Ping backends this often, and drop a connection whose ping is unanswered this long.
 KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS = 4.0, 3.0
+BACKEND_SERVING = Gauge("archivetag_backend_serving", "1 while the orchestrator sees a replica of the backend SERVING.",
+                        ["backend"])
+BACKEND_BREAKER_OPEN = Gauge("archivetag_backend_breaker_open", "1 while the backend's circuit breaker is open.",
+                             ["backend"])
 # A probe (Backend.probe) waits this long at most for a replica's answer.
 PROBE_SECONDS = 1.0
 
@@ -200,6 +205,10 @@ class Backend:
         self._resolver: asyncio.Task | None = None
         self.health_changed = asyncio.Event()
         self.capacity = BackendCapacity(spec.name)
+        # Read at scrape time: the orchestrator's own view, which is what routing acts on.
+        BACKEND_SERVING.labels(self.name).set_function(
+            lambda: float(self.health() == tagging_pb2.BACKEND_HEALTH_SERVING))
+        BACKEND_BREAKER_OPEN.labels(self.name).set_function(lambda: float(self.breaker.current_state() == OPEN))
 
     # -- lifecycle ----------------------------------------------------------------
     def _channel_options(self, balanced: bool) -> list[tuple[str, Any]]:

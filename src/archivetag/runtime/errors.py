@@ -15,8 +15,12 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from prometheus_client import Counter
 
 from archivetag.v1 import tagging_pb2
+
+ERRORS_ANSWERED = Counter("archivetag_errors_total",
+                          "Errors answered (calls and stream items), by reason (docs/errors.md).", ["reason"])
 
 DOMAIN = "archivetag.v1"
 REASON_PREFIX = "ERROR_REASON_"
@@ -137,7 +141,13 @@ class ErrorStatus:
 
 
 def status_for(exc: BaseException) -> ErrorStatus:
-    """The status, message, reason and details for an exception."""
+    """The status, message, reason and details for an exception about to be answered (counted by reason)."""
+    status = _status_for(exc)
+    ERRORS_ANSWERED.labels(status.reason).inc()
+    return status
+
+
+def _status_for(exc: BaseException) -> ErrorStatus:
     if isinstance(exc, ServiceError):
         return ErrorStatus(exc.code, str(exc), exc.reason, exc.metadata, exc.field)
     # Matched by name so that this module does not import torch.

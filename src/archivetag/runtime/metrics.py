@@ -34,6 +34,10 @@ BATCH_SIZE = Histogram(
 INFERENCE_SECONDS = Histogram(
     "archivetag_inference_seconds", "Time of one batched inference call.", ["model"], buckets=_LATENCY_BUCKETS
 )
+DECODE_SECONDS = Histogram(
+    "archivetag_decode_seconds", "Time of one image decode step: its header, or its pixels and preprocessing.",
+    ["step"], buckets=_LATENCY_BUCKETS,
+)
 DECODES_STOPPED = Counter(
     "archivetag_decodes_stopped_total", "Image decodes stopped part-way because their caller left."
 )
