@@ -176,7 +176,7 @@ def table(results: dict) -> str:
     q = results["query"]
     table_mb = results["embeddings_table_bytes"]
     lines = [
-        f"{results['photos']:,} photos, {results['dim']}-dim float32 embeddings",
+        f"{results['photos']:,} photos, {results['dim']}-dim embeddings (stored as float16 since format 2)",
         f"  insert (ResultStore.record)   {results['insert_ms_per_photo']:.2f} ms/photo, "
         f"{results['insert_seconds_total']:.0f} s total",
         f"  database file                 {results['database_bytes'] / 2**20:.0f} MiB"

@@ -18,18 +18,19 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
+from archivetag import labels
 from archivetag.client import CLIENT_OPTIONS, AsyncTaggingClient, ClientError, ItemResult, RetryPolicy, TagItem
+from archivetag.phash import photo_hash
 from archivetag.results import CLAIM_SECONDS, ResultStore, StoreError, default_db_path, models_key
 from archivetag.runtime.settings import Option, OptionGroup, parse_bool, parse_path
 from archivetag.v1 import common_pb2, tagging_pb2
-
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
+from archivetag.walk import PHOTO_SUFFIXES, PhotoSource, find_photos, shown  # noqa: F401 - bulk's API
 
 DB_OPTION = Option("db", None, "SQLite database for the results (default: in the user's data directory).",
                    parse_path, metavar="FILE")
@@ -53,6 +54,8 @@ TAG_OPTIONS = OptionGroup(
         Option("overflow", "server", "When the primary tagger is busy: 'wait' for it (every photo gets its answer), "
                "'fallback' to the next tagger at once (throughput first), or 'server': the orchestrator's policy "
                "for this client (docs/errors.md, \"Overload\").", choices=("server", "wait", "fallback")),
+        Option("labels", None, "Also score each photo against this label set (JSON/YAML file, or a bundled set: "
+               "place-types) with SigLIP; stored in label_scores (docs/search.md).", metavar="FILE"),
     ),
 )
 OPTION_GROUPS = [CLIENT_OPTIONS, TAG_OPTIONS]
@@ -89,65 +92,6 @@ def ocr_line(path: Path, ocr: common_pb2.OcrResult, tagger: str) -> str:
     return f"text: {shown(path)}: {json.dumps(text, ensure_ascii=False) if text else 'none found'}{regions}"
 
 
-def shown(path: Path | str) -> str:
-    """A path for messages and the terminal: odd bytes of a name that is not UTF-8 escaped (\\udcff), and
-    control characters too (\\x1b), so a file name cannot write to the terminal (a fake "tagged" line)."""
-    text = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def find_photos(paths: list[Path], all_files: bool = False,
-                follow_links: bool = False) -> tuple[list[Path], list[str]]:
-    """(photo files, problems): the files under the paths given, walked without recursion (a tree of any
-    depth), links to directories not descended, links to files outside the paths given skipped unless
-    follow_links. Every path or folder that could not be read is a problem, said, never skipped silently."""
-    found: list[Path] = []
-    problems: list[str] = []
-    roots = [Path(os.path.realpath(p)) for p in paths if p.is_dir()]
-
-    def inside(target: Path) -> bool:
-        return any(target.is_relative_to(root) for root in roots)
-
-    def consider(entry: Path) -> None:
-        if not (all_files or entry.suffix.lower() in PHOTO_SUFFIXES):
-            return
-        if entry.is_symlink():
-            target = Path(os.path.realpath(entry))
-            if not (follow_links or inside(target)):
-                problems.append(f"{shown(entry)}: a link to {shown(target)}, outside the folders given: skipped "
-                                "(--follow-links tags it)")
-                return
-        found.append(entry)
-
-    for path in paths:
-        if path.is_dir():
-            folders = [path]
-            while folders:
-                folder = folders.pop()
-                try:
-                    with os.scandir(folder) as entries:
-                        listed = sorted(entries, key=lambda e: e.name)
-                except OSError as exc:
-                    problems.append(f"{shown(folder)}: cannot read this folder: {exc.strerror or exc}")
-                    continue
-                for entry in reversed(listed):  # depth first, in name order
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            folders.append(Path(entry.path))
-                        elif entry.is_file(follow_symlinks=True):
-                            consider(Path(entry.path))
-                    except OSError as exc:
-                        problems.append(f"{shown(entry.path)}: {exc.strerror or exc}")
-        elif path.is_file():
-            found.append(path)
-        elif path.exists():
-            problems.append(f"{shown(path)}: not a regular file or folder")
-        else:
-            problems.append(f"{shown(path)}: no such file or folder")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique, problems
-
-
 @dataclass
 class Photo:
     path: Path
@@ -155,6 +99,7 @@ class Photo:
     sha256: str
     size: int
     mtime: float
+    phash: int | None = None  # archivetag.phash, computed when the photo is sent to be stored
 
 
 class NotSent(Exception):
@@ -227,7 +172,8 @@ class Tagger:
             self.summary.failed += 1
             self.say(f"failed: {shown(photo.path)}: {error.code.name} ({error.reason_name}): {error.message}")
         if self.store is not None:
-            self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, answer.response)
+            self.store.record(photo.path, photo.sha256, photo.size, photo.mtime, self.key, answer.response,
+                              phash=photo.phash)
             if answer.ok and answer.result is not None and answer.result.HasField("ocr"):
                 self.say(ocr_line(photo.path, answer.result.ocr, answer.result.tagger))
         else:
@@ -242,19 +188,25 @@ class Tagger:
             self.store.release(path)
         self._advance()
 
-    async def run(self, client: AsyncTaggingClient, photos: list[Path]) -> None:
-        """Stream the photos; the client keeps the window, reopens a broken stream and resends."""
-        next_id = 0
-        while photos:
-            await self._stream(client, photos, next_id)
-            next_id += len(photos)
-            photos = await self._take_deferred() if self.deferred else []
+    async def run(self, client: AsyncTaggingClient, photos: list[Path] | AsyncIterator[Path]) -> None:
+        """Stream the photos (a list, or the walk as it finds them: PhotoSource.photos); the client keeps the
+        window, reopens a broken stream and resends."""
+        self.next_id = 0
+        if isinstance(photos, list) and not photos:
+            return
+        await self._stream(client, _each(photos) if isinstance(photos, list) else photos)
+        while self.deferred:
+            again = await self._take_deferred()
+            if not again:
+                return
+            await self._stream(client, _each(again))
 
-    async def _stream(self, client: AsyncTaggingClient, photos: list[Path], first_id: int) -> None:
+    async def _stream(self, client: AsyncTaggingClient, photos: AsyncIterator[Path]) -> None:
         sent: dict[str, Photo] = {}
 
         async def items():
-            for index, path in enumerate(photos, first_id):
+            async for path in photos:
+                index, self.next_id = self.next_id, self.next_id + 1
                 if self.store is not None and self.store.claim(path):
                     self.deferred.append(path)  # another run on this database is tagging it
                     continue
@@ -269,10 +221,13 @@ class Tagger:
                     self.summary.skipped += 1
                     self._advance()
                     continue
+                if self.store is not None:  # `duplicates` tells the same photo from similar ones by it
+                    photo.phash = await asyncio.to_thread(photo_hash, photo.data)
                 sent[str(index)] = photo
                 # The database keeps each photo's SigLIP embedding, for `similar` and `duplicates`.
                 yield TagItem(photo.data, id=str(index), max_tags=self.settings.max_tags, ocr=ocr_mode(self.settings),
-                              include_embedding=self.store is not None, overflow=OVERFLOW[self.settings.overflow])
+                              include_embedding=self.store is not None, overflow=OVERFLOW[self.settings.overflow],
+                              labels=labels.for_settings(self.settings))
 
         renewer = asyncio.create_task(self._renew_claims()) if self.store is not None else None
         try:
@@ -313,6 +268,11 @@ class Tagger:
             self.store.renew_claims()
 
 
+async def _each(paths: list[Path]) -> AsyncIterator[Path]:
+    for path in paths:
+        yield path
+
+
 IDENTITY_WAIT_SECONDS = 60.0
 
 
@@ -340,13 +300,36 @@ async def settled_status(client: AsyncTaggingClient, say: Callable[[str], None])
     return status
 
 
-async def tag_photos(settings, photos: list[Path], store: ResultStore | None, progress) -> Summary:
+async def tag_photos(settings, photos: list[Path] | PhotoSource, store: ResultStore | None, progress) -> Summary:
+    """Tag the photos: a list, or the walk (PhotoSource, started by the caller) as it finds them. The walk
+    checks each chunk against the store by stat and hands over only what must be read; the progress bar
+    learns its total when the walk ends."""
     # A lost connection is retried with backoff (2 s doubling to 30 s), `--retries` times.
     retry = RetryPolicy(max_attempts=settings.retries + 1, initial_backoff=2.0, max_backoff=30.0)
     async with AsyncTaggingClient.from_settings(settings, retry=retry) as client:
         status = await settled_status(client, lambda text: say_above(progress, text))
-        key = models_key([b.model for b in status.backends], ocr_mode(settings))
+        key = models_key([b.model for b in status.backends], ocr_mode(settings),
+                         labels.digest(labels.for_settings(settings)))
         runner = Tagger(settings, store, key, progress)
+        if isinstance(photos, PhotoSource):
+            if store is not None:
+                store.remember_models(key, [b.model for b in status.backends])
+            photos.set_key(key if store is not None else None)
+
+            def skipped(count: int) -> None:
+                runner.summary.skipped += count
+                progress.update(count)
+
+            def walked(total: int) -> None:
+                runner.summary.total = total
+                progress.total = total
+                progress.refresh()
+
+            started = time.monotonic()
+            await runner.run(client, photos.photos(skipped, lambda problem: runner.say(f"archivetag tag: {problem}"),
+                                                   walked))
+            runner.summary.seconds = time.monotonic() - started
+            return runner.summary
         runner.summary.total = len(photos)
         todo = photos
         if store is not None:
@@ -363,21 +346,34 @@ async def tag_photos(settings, photos: list[Path], store: ResultStore | None, pr
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    photos, problems = find_photos(args.paths, args.all_files, args.follow_links)
-    for problem in problems:
-        print(f"archivetag tag: {problem}", file=sys.stderr)
-    if not photos:
+    try:
+        labels.for_settings(args)  # a bad --labels file stops the run before any photo is read
+    except labels.LabelsError as exc:
+        print(f"archivetag tag: --labels: {exc}", file=sys.stderr)
+        return 2
+    # The walk starts at once, in a thread, and tagging with the first photo it finds (archivetag.walk).
+    db_path = None if args.json else Path(args.db or default_db_path())
+    photos = PhotoSource(args.paths, args.all_files, args.follow_links, db_path).start()
+    if not photos.wait_first():
+        photos.close()
+        for problem in photos.problems:
+            print(f"archivetag tag: {problem}", file=sys.stderr)
         print("archivetag tag: no photos found", file=sys.stderr)
         return 2
     try:
-        store = None if args.json else ResultStore(args.db or default_db_path())
+        store = None if db_path is None else ResultStore(db_path)
     except StoreError as exc:
+        photos.close()
         print(f"archivetag tag: {exc}", file=sys.stderr)
         return 2
-    progress = tqdm(total=len(photos), unit="photo", desc="tagging", disable=args.no_progress, file=sys.stderr,
+    progress = tqdm(total=None, unit="photo", desc="tagging", disable=args.no_progress, file=sys.stderr,
                     dynamic_ncols=True)
     try:
         summary = asyncio.run(tag_photos(args, photos, store, progress))
+        if store is not None and summary.tagged:  # the next `similar` or `duplicates` starts at once
+            from archivetag import vector_index
+
+            vector_index.update(store.db, store.path, lambda text: say_above(progress, text))
     except sqlite3.Error as exc:  # a full disk, a database another program broke: said, not a traceback
         progress.close()
         print(f"archivetag tag: cannot write the results to {store.path if store else 'the database'}: {exc}",
@@ -395,9 +391,11 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted: everything answered so far is saved; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
+        photos.close()
         if store is not None:
             store.close()
     progress.close()
+    problems = photos.problems
     rate = summary.tagged / summary.seconds if summary.seconds else 0.0
     print(
         f"{summary.total} photos: {summary.tagged} tagged, {summary.skipped} already done, "

@@ -3,10 +3,12 @@
     files(path, sha256, size, mtime, result_id)   one row per photo path
     results(sha256, models_key, status, ...)       one row per photo content and model set
     tags, view_scores, result_models               the details of a result
+    label_scores                                   the run's label set scored (tag --labels)
     ocr_texts, ocr_regions                          the text read in the photo, when it was asked for
     model_sets(models_key, models_json)            which models a key stands for
     claims(path, owner, expires_at)                photos a running `tag` is working on
-    embeddings(result_id, space, dim, vector)      SigLIP embeddings (archivetag.vectors)
+    embeddings(result_id, space, dim, vector)      SigLIP embeddings, float16 (archivetag.vectors)
+    photo_hashes(sha256, phash)                    perceptual hashes, for `duplicates` (archivetag.phash)
 
 A photo is done when its content has an 'ok' result for the current model set (and OCR mode),
 with its embedding (or marked degraded: SigLIP did not answer); then a re-run skips it, whatever
@@ -100,6 +102,13 @@ CREATE TABLE IF NOT EXISTS claims (
     owner TEXT NOT NULL,                 -- 'host:pid:random' of the run
     expires_at REAL NOT NULL             -- unix time; the run renews it while alive
 );
+CREATE TABLE IF NOT EXISTS label_scores (
+    result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,                  -- a label of the run's label set (tag --labels)
+    probability REAL NOT NULL,           -- SigLIP's sigmoid: independent per label
+    logit REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS label_scores_by_result ON label_scores(result_id);
 CREATE INDEX IF NOT EXISTS tags_by_name ON tags(name);
 CREATE INDEX IF NOT EXISTS tags_by_result ON tags(result_id);
 CREATE INDEX IF NOT EXISTS view_scores_by_result ON view_scores(result_id);
@@ -115,12 +124,16 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("archivetag")) / "archivetag.sqlite"
 
 
-def models_key(models: list[common_pb2.ModelIdentity], ocr: int = common_pb2.OCR_MODE_UNSPECIFIED) -> str:
+def models_key(models: list[common_pb2.ModelIdentity], ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
+               labels: str = "") -> str:
     """A short key for a set of models and what was asked of them: same names, revisions and weights (and
-    OCR mode) → same key. Without OCR the key is what it was before OCR existed."""
+    OCR mode, and label set: labels.digest) → same key. Without OCR and labels the key is what it was before
+    they existed."""
     identity: list[tuple[str, ...]] = sorted((m.family, m.name, m.revision, m.weights_sha256) for m in models)
     if ocr != common_pb2.OCR_MODE_UNSPECIFIED:
         identity.append(("ocr", common_pb2.OcrMode.Name(ocr)))
+    if labels:
+        identity.append(("labels", labels))
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
@@ -185,6 +198,7 @@ class ResultStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._spaces_known: set[str] = set()  # embedding spaces this run has remembered in model_sets
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -196,6 +210,7 @@ class ResultStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            vectors.migrate(self.db)  # a store from before format 2: its float32 vectors become float16, once
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use {self.path} as the results database: {exc}") from None
 
@@ -216,6 +231,7 @@ class ResultStore:
             yield
         except BaseException:
             self.db.rollback()
+            self._spaces_known.clear()  # what the transaction remembered is gone with it
             raise
         self.db.commit()
 
@@ -296,14 +312,16 @@ class ResultStore:
         )
 
     def record(self, path: Path, sha256: str, size: int, mtime: float, key: str,
-               answer: tagging_pb2.TagImagesResponse) -> int:
+               answer: tagging_pb2.TagImagesResponse, phash: int | None = None) -> int:
         """Store one answer (result or error) and its details, in one transaction, and drop the
         photo's claim. A good result of the same content stands: the path is linked to it
         whatever this answer says (an error elsewhere, or the same tags again), and gets this
-        answer's embedding if it had none. The embedding is kept in its own table, not twice."""
+        answer's embedding if it had none. The embedding is kept in its own table, not twice;
+        the content's perceptual hash (phash, computed by `tag` from the file) beside it."""
         answer, embedding = _without_embedding(answer)
         with self._writing():
             self._release(path)
+            vectors.store_hash(self.db, sha256, phash)
             good = self._ok_result(sha256, key)
             if good is not None:
                 self._upsert_file(path, sha256, size, mtime, good)
@@ -329,6 +347,10 @@ class ResultStore:
                 self.db.executemany(
                     "INSERT INTO view_scores (result_id, name, probability, logit) VALUES (?, ?, ?, ?)",
                     [(result_id, s.name, s.probability, s.logit) for s in r.view_type.scores],
+                )
+                self.db.executemany(
+                    "INSERT INTO label_scores (result_id, name, probability, logit) VALUES (?, ?, ?, ?)",
+                    [(result_id, s.name, s.probability, s.logit) for s in r.labels],
                 )
                 self.db.executemany(
                     "INSERT INTO result_models "
@@ -372,7 +394,9 @@ class ResultStore:
         if model is None or not embedding:
             return
         space = models_key([model])
-        self._remember_models(space, [model])
+        if space not in self._spaces_known:  # once per run, not per photo (it serialises the model to JSON)
+            self._remember_models(space, [model])
+            self._spaces_known.add(space)
         vectors.store(self.db, result_id, space, embedding)
 
 

@@ -18,15 +18,18 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToJson
 
-from archivetag import bulk, vectors
+from archivetag import bulk, vector_index, vectors
 from archivetag.bulk import DB_OPTION, MAX_PHOTO_OPTION, NotSent, Photo, shown
 from archivetag.client import CLIENT_OPTIONS, ClientError, TaggingClient
 from archivetag.results import ResultStore, StoreError, default_db_path, models_key, path_from_key, path_key
-from archivetag.runtime.settings import Option, OptionGroup
+from archivetag.runtime.settings import Option, OptionGroup, parse_bool
 
 STORE_OPTIONS = OptionGroup("results database", (DB_OPTION,))
+EXACT_OPTION = Option("exact", False, "Search every vector exactly, without the index (as stores under "
+                      f"{vector_index.EXACT_BELOW:,} photos always are): slow for a large store; for checking the "
+                      "index.", parse_bool)
 SIMILAR_OPTIONS = OptionGroup("similar", (Option("limit", 10, "How many of the closest photos to list.", int),
-                                          MAX_PHOTO_OPTION))
+                                          MAX_PHOTO_OPTION, EXACT_OPTION))
 OPTION_GROUPS = [CLIENT_OPTIONS, STORE_OPTIONS, SIMILAR_OPTIONS]
 
 
@@ -86,14 +89,14 @@ def embed(args: argparse.Namespace, store: ResultStore, photo: Photo) -> tuple[s
             raise CannotAnswer(f"{shown(args.photo)}: the orchestrator cannot use it: {exc.message}") from None
         raise CannotAnswer(f"{args.target}: {exc} (the photo is not in the database, so it must be embedded)") from None
     model = vectors.embedding_model(result)
-    blob = vectors.as_blob(result.embedding)
-    if model is None or blob is None:
+    vector = vectors.normalised(result.embedding)
+    if model is None or vector is None:
         why = "; ".join(result.degraded_reasons) or "no embedding in the answer"
         raise CannotAnswer(f"{shown(args.photo)}: SigLIP did not embed it ({why})")
-    return models_key([model]), np.frombuffer(blob, dtype="<f4"), "orchestrator", json.loads(MessageToJson(model))
+    return models_key([model]), vector, "orchestrator", json.loads(MessageToJson(model))
 
 
-def closest(db: sqlite3.Connection, space: vectors.Space, query: np.ndarray, limit: int,
+def closest(db: sqlite3.Connection, space: vectors.Space | vector_index.IndexedSpace, query: np.ndarray, limit: int,
             skip: str | bytes) -> list[tuple[Path, float]]:
     """The `limit` closest stored paths (a photo's own path left out), closest first."""
     wanted = limit + 1  # results, each with one path or more
@@ -116,7 +119,8 @@ def answer(args: argparse.Namespace) -> tuple[dict, str]:
     store = open_store(args.db)
     try:
         space_key, query, source, model = embed(args, store, photo)
-        space = vectors.load_space(store.db, space_key)
+        space = vector_index.searcher(store.db, store.path, space_key, exact=args.exact,
+                                      say=lambda text: print(text, file=sys.stderr))
         note = other_spaces_note(store.db, space_key)
         if not len(space):
             raise CannotAnswer(f"no tagged photo was embedded by {model_name(model)}: tag photos "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import subprocess
 
 import numpy as np
@@ -39,7 +40,7 @@ def unit(*values: float) -> list[float]:
 def test_the_embedding_is_stored_once_beside_the_result_not_in_the_response_blob(store, tmp_path):
     result_id = store.record(tmp_path / "a.jpg", "sha-a", 10, 1.0, KEY, answer(unit(1, 2, 3)))
     space, vector = vectors.stored_embedding(store.db, "sha-a")
-    assert vector.tolist() == pytest.approx(unit(1, 2, 3), abs=1e-6)
+    assert vector.tolist() == pytest.approx(unit(1, 2, 3), abs=5e-4)  # kept in half precision
     (blob,) = store.db.execute("SELECT response FROM results WHERE id = ?", (result_id,)).fetchone()
     assert not tagging_pb2.TagImagesResponse.FromString(blob).result.embedding
     assert vectors.model_of_space(store.db, space)["revision"] == "r1"
@@ -89,9 +90,10 @@ def test_embeddings_of_another_siglip_model_are_never_compared(store, tmp_path):
         return subprocess.run([*archivetag_command(), *args, "--db", str(store.path), "--json"],
                               capture_output=True, text=True, timeout=120)
 
-    duplicates = run("duplicates", "--threshold", "0.9")
+    duplicates = run("duplicates", "--similar-threshold", "0.9", "--same-threshold", "0.9")
     assert duplicates.returncode == 0, duplicates.stderr
-    assert json.loads(duplicates.stdout)["groups"] == []
+    assert json.loads(duplicates.stdout)["same_photo"]["groups"] == []
+    assert json.loads(duplicates.stdout)["similar"]["groups"] == []
     assert json.loads(duplicates.stdout)["model"]["revision"] == "r2"  # the newest photos' model
     assert "1 photos embedded by another SigLIP model are not compared" in duplicates.stderr
 
@@ -119,7 +121,7 @@ def test_a_threshold_that_links_almost_everything_is_refused(monkeypatch):
     monkeypatch.setattr(vectors, "MAX_PAIRS", 10)
     rows = np.random.default_rng(0).normal(size=(20, 8)) + 5.0  # all close to one direction
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    with pytest.raises(vectors.TooManyPairs, match="raise --threshold"):
+    with pytest.raises(vectors.TooManyPairs, match="raise --similar-threshold"):
         vectors.components(space_of(*rows.tolist()), threshold=0.5)
 
 
@@ -132,3 +134,36 @@ def test_nearest_is_exact_and_ordered():
     found = space.nearest(query, 5, exclude={7})
     expected = [int(i) for i in np.argsort(-(rows @ query)) if i != 7][:5]
     assert [result_id for result_id, _ in found] == expected
+
+
+def test_an_old_store_with_float32_vectors_migrates_to_half_precision_without_tagging_again(tmp_path):
+    """A store written before format 2 (float32 blobs, no embedding_format row): opening it converts every
+    vector once; its photos stay done (nothing is sent again) and search answers as before."""
+    db = tmp_path / "old.sqlite"
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"\xff\xd8 a photo")
+    stat = photo.stat()
+    old = ResultStore(db)
+    old.remember_models(KEY, [])
+    old.record(photo, "sha-a", stat.st_size, stat.st_mtime, KEY, answer(unit(1, 2, 3)))
+    old.record(tmp_path / "b.jpg", "sha-b", 10, 1.0, KEY, answer(unit(1, 2, 3.1)))
+    old.record(tmp_path / "c.jpg", "sha-c", 10, 1.0, KEY, answer(unit(-3, 0, 1)))
+    with old.db:  # as the old code wrote them: float32
+        for result_id, vector in old.db.execute("SELECT result_id, vector FROM embeddings").fetchall():
+            full = np.frombuffer(vector, "<f2").astype("<f4").tobytes()
+            old.db.execute("UPDATE embeddings SET vector = ? WHERE result_id = ?", (full, result_id))
+        old.db.execute("DROP TABLE embedding_format")
+    old.close()
+    assert {n for (n,) in sqlite3.connect(db).execute("SELECT length(vector) FROM embeddings")} == {12}
+
+    store = ResultStore(db)
+    assert {n for (n,) in store.db.execute("SELECT length(vector) FROM embeddings")} == {6}  # 3 × float16
+    assert store.path_is_done(photo, KEY) and store.is_done("sha-a", KEY)  # a re-run sends nothing
+    _, vector = vectors.stored_embedding(store.db, "sha-a")
+    assert vector.tolist() == pytest.approx(unit(1, 2, 3), abs=5e-4)
+    space = vectors.load_space(store.db, vectors.spaces(store.db)[0][0])
+    assert [r for r, _ in space.nearest(vector, 2)] == [1, 2]
+    store.close()
+    again = ResultStore(db)
+    assert again.db.execute("SELECT version FROM embedding_format").fetchall() == [(2,)]  # converted once
+    again.close()

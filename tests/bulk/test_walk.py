@@ -1,14 +1,21 @@
 """What `archivetag tag` reads from real folders: it stays inside the folders it is given, says what it
-skips and why, walks any depth, shows names safely, and hashes exactly the bytes it records."""
+skips and why, walks any depth, shows names safely, hashes exactly the bytes it records, hands each photo
+over as it finds it, and skips what is unchanged since it was tagged (by stat, without reading it)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
 from archivetag.bulk import NotSent, find_photos, read_photo, shown
+from archivetag.results import ResultStore
+from archivetag.v1 import tagging_pb2
+from archivetag.walk import PhotoSource, walk_photos
+from tests.bulk.conftest import KEY, with_embedding
 
 
 def photo_file(path: Path, data: bytes = b"\xff\xd8 a photo") -> Path:
@@ -86,3 +93,77 @@ def test_a_file_that_changes_while_read_is_not_sent(tmp_path):
     still = photo_file(tmp_path / "a.jpg", b"\xff\xd8" + b"x" * 1000)
     photo = read_photo(still, 32)
     assert (photo.size, photo.data) == (1002, still.read_bytes())
+
+
+def test_the_walk_hands_over_each_photo_as_it_is_found_not_after_the_whole_tree(tmp_path):
+    """Tagging starts with the first photo found: a photo added to a folder the walk has not reached yet,
+    after the first photo was handed over, is still found (nothing was listed ahead)."""
+    first = photo_file(tmp_path / "photos" / "a" / "1.jpg")
+    (tmp_path / "photos" / "z").mkdir()
+    problems: list[str] = []
+    walk = walk_photos([tmp_path / "photos"], problems)
+    assert next(walk) == first.resolve()
+    later = photo_file(tmp_path / "photos" / "z" / "2.jpg")
+    assert list(walk) == [later.resolve()] and not problems
+
+
+def test_a_folder_given_twice_or_inside_another_and_a_file_given_by_name_are_each_walked_once(tmp_path):
+    a = photo_file(tmp_path / "photos" / "a.jpg")
+    b = photo_file(tmp_path / "photos" / "sub" / "b.jpg")
+    found, problems = find_photos([tmp_path / "photos", tmp_path / "photos" / "sub", a, tmp_path / "photos"])
+    assert sorted(found) == sorted([a.resolve(), b.resolve()]) and len(found) == 2 and not problems
+
+
+def done_store(tmp_path: Path, photos: list[Path]) -> Path:
+    """A store in which these photos were tagged, as `tag` records them (their size and modification time)."""
+    db = tmp_path / "results.sqlite"
+    store = ResultStore(db)
+    store.remember_models(KEY, [])
+    for photo in photos:
+        data = photo.read_bytes()
+        stat = photo.stat()
+        store.record(photo.resolve(), hashlib.sha256(data).hexdigest(), stat.st_size, stat.st_mtime, KEY,
+                     with_embedding(tagging_pb2.TagImagesResponse(id="1", result={"tagger": "rampp"})))
+    store.close()
+    return db
+
+
+def walk_with_store(paths: list[Path], db: Path) -> tuple[list[Path], int, int | None]:
+    """(photos handed over to be read, photos skipped as unchanged, the total told once the walk ended)."""
+    async def consume():
+        source = PhotoSource(paths, db_path=db).start()
+        source.set_key(KEY)
+        skipped, total = [0], [None]
+        handed = [p async for p in source.photos(lambda n: skipped.__setitem__(0, skipped[0] + n), lambda _: None,
+                                                 lambda n: total.__setitem__(0, n))]
+        source.close()
+        return handed, skipped[0], total[0]
+    return asyncio.run(consume())
+
+
+def test_resume_skips_unchanged_photos_by_stat_and_hands_over_only_new_and_changed_ones(tmp_path):
+    folder = tmp_path / "photos"
+    old = [photo_file(folder / f"{n:02d}.jpg", b"\xff\xd8 photo %d" % n) for n in range(40)]
+    db = done_store(tmp_path, old)
+    changed = old[3]
+    changed.write_bytes(b"\xff\xd8 edited since, and longer")
+    new = photo_file(folder / "new" / "n.jpg")
+    handed, skipped, total = walk_with_store([folder], db)
+    assert sorted(handed) == sorted([changed.resolve(), new.resolve()])
+    assert (skipped, total) == (39, 41)
+
+
+def test_every_problem_met_during_the_walk_is_handed_over_with_the_photos(tmp_path):
+    photos = [photo_file(tmp_path / f"{n}.jpg") for n in range(5)]
+    missing = tmp_path / "missing.jpg"
+
+    async def consume():
+        source = PhotoSource([*photos, missing]).start()
+        source.set_key(None)
+        said: list[str] = []
+        handed = [p async for p in source.photos(lambda n: None, said.append, lambda n: None)]
+        return handed, said
+
+    handed, said = asyncio.run(consume())
+    assert handed == [p.resolve() for p in photos]
+    assert said == [f"{missing}: no such file or folder"]

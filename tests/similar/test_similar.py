@@ -11,6 +11,7 @@ needs the real checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -64,6 +65,12 @@ def variants_of(image: Image.Image) -> dict[str, bytes]:
     }
 
 
+def another_shot(image: Image.Image) -> Image.Image:
+    """The same scene from a step aside: the left three quarters of it, at the full size."""
+    w, h = image.size
+    return image.crop((0, 0, w * 3 // 4, h)).resize((w, h), Image.LANCZOS)
+
+
 @pytest.fixture(scope="module")
 def tagged(front, tmp_path_factory):
     """A folder of five versions of one picture, five other pictures and an exact copy of one, tagged."""
@@ -71,6 +78,7 @@ def tagged(front, tmp_path_factory):
     files = variants_of(scene(1))
     files.update({f"other-{seed}.png": encode(scene(seed), "PNG") for seed in range(2, 7)})
     files["copy-of-other-2.png"] = files["other-2.png"]
+    files["b-shot.png"] = encode(another_shot(scene(1)), "PNG")
     for name, data in files.items():
         (folder / name).write_bytes(data)
     db = folder.parent / "results.sqlite"
@@ -92,9 +100,9 @@ def test_tag_stores_one_embedding_per_photo_content_under_the_siglip_model(tagge
         rows = con.execute("SELECT e.space, e.dim, length(e.vector) FROM embeddings e").fetchall()
         (models_json,) = con.execute("SELECT m.models_json FROM model_sets m WHERE m.models_key = ?",
                                      (rows[0][0],)).fetchone()
-    assert len(rows) == 10  # 11 files, one exact copy
+    assert len(rows) == 11  # 12 files, one exact copy
     assert len({space for space, _, _ in rows}) == 1
-    assert {(dim, size) for _, dim, size in rows} == {(64, 256)}  # the smoke SigLIP's width, float32
+    assert {(dim, size) for _, dim, size in rows} == {(64, 128)}  # the smoke SigLIP's width, float16
     (model,) = json.loads(models_json)
     assert model["family"] == "siglip"
     assert model["name"] == "archivetag/siglip-smoke"
@@ -102,38 +110,81 @@ def test_tag_stores_one_embedding_per_photo_content_under_the_siglip_model(tagge
 
 
 def test_the_threshold_separates_copies_from_different_photos(tagged):
-    """The numbers behind THRESHOLD, from the stored embeddings: every variant of the picture is
-    closer to a.png than THRESHOLD, every other picture further."""
+    """The numbers behind the defaults, from the stored embeddings: every variant of the picture is closer to
+    a.png than THRESHOLD, every other picture further; another shot of its scene scores in between, above
+    the similar tier's 0.88 (and the same tier's 0.95: the hashes tell it apart)."""
     result = run("similar", str(tagged["folder"] / "a.png"), "--db", str(tagged["db"]), "--limit", "20", "--json")
     assert result.returncode == 0, result.stderr
     scores = {Path(m["path"]).name: m["similarity"] for m in json.loads(result.stdout)["matches"]}
     variants = {name: s for name, s in scores.items() if name.startswith("a-")}
-    others = {name: s for name, s in scores.items() if not name.startswith("a-")}
+    others = {name: s for name, s in scores.items() if not name.startswith(("a-", "b-"))}
     assert len(variants) == 4, scores
     assert min(variants.values()) > THRESHOLD + 0.01, scores
     assert max(others.values()) < THRESHOLD - 0.01, scores
+    assert 0.88 < scores["b-shot.png"] < min(variants.values()), scores
 
 
-def test_duplicates_groups_the_reencodes_and_rescales_and_the_copy_and_nothing_else(tagged):
-    result = run("duplicates", "--db", str(tagged["db"]), "--threshold", str(THRESHOLD), "--json")
+def test_duplicates_tells_reencodes_and_resizes_of_one_photo_from_another_shot_and_other_photos(tagged):
+    result = run("duplicates", "--db", str(tagged["db"]), "--json")  # the documented defaults
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    groups = sorted(names(p["path"] for p in group) for group in answer["groups"])
-    assert groups == [{"a.png", "a-q95.jpg", "a-q50.jpg", "a-half.png", "a-double-q85.jpg"},
-                      {"other-2.png", "copy-of-other-2.png"}]
-    assert answer["embeddings_compared"] == 10
+    same = sorted(names(p["path"] for p in group) for group in answer["same_photo"]["groups"])
+    assert same == [{"a.png", "a-q95.jpg", "a-q50.jpg", "a-half.png", "a-double-q85.jpg"},
+                    {"other-2.png", "copy-of-other-2.png"}]
+    assert all(p["hash_distance"] <= 4 for group in answer["same_photo"]["groups"] for p in group)
+    (similar,) = answer["similar"]["groups"]  # the other shot: the same scene, not the same photo
+    assert names(p["path"] for p in similar) == {"a.png", "a-q95.jpg", "a-q50.jpg", "a-half.png",
+                                                  "a-double-q85.jpg", "b-shot.png"}
+    assert {p["same_photo"] for p in similar if not p["path"].endswith("b-shot.png")} == {1}
+    assert [p["same_photo"] for p in similar if p["path"].endswith("b-shot.png")] == [None]
+    assert answer["embeddings_compared"] == 11 and answer["search"] == "exact"
     assert answer["model"]["name"] == "archivetag/siglip-smoke"
 
 
+def test_the_same_photo_tier_needs_the_hashes_to_agree_not_only_the_embeddings(tagged):
+    """At an embedding threshold that also links the other shot, the hash still keeps it apart."""
+    scores = json.loads(run("similar", str(tagged["folder"] / "a.png"), "--db", str(tagged["db"]), "--json",
+                            "--limit", "20").stdout)
+    shot = next(m["similarity"] for m in scores["matches"] if m["path"].endswith("b-shot.png"))
+    loose = run("duplicates", "--db", str(tagged["db"]), "--json", "--same-threshold", str(round(shot - 0.01, 3)))
+    groups = json.loads(loose.stdout)["same_photo"]["groups"]
+    assert "b-shot.png" not in set().union(*(names(p["path"] for p in group) for group in groups))
+    blind = run("duplicates", "--db", str(tagged["db"]), "--json", "--same-threshold", str(round(shot - 0.01, 3)),
+                "--max-hash-distance", "64")  # the embedding alone: the other shot joins
+    groups = json.loads(blind.stdout)["same_photo"]["groups"]
+    assert "b-shot.png" in set().union(*(names(p["path"] for p in group) for group in groups))
+
+
 def test_duplicates_prints_each_group_with_its_photos(tagged):
-    result = run("duplicates", "--db", str(tagged["db"]), "--threshold", str(THRESHOLD))
+    result = run("duplicates", "--db", str(tagged["db"]))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "group 1: 5 photos (similarity to the first)"
-    assert lines[6] == "group 2: 2 photos (similarity to the first)"
-    assert len(lines) == 9
-    assert f"  1.0000  {tagged['folder'] / 'copy-of-other-2.png'}" in lines
-    assert "2 groups among 10 distinct photos" in result.stderr
+    assert lines[0] == "same photo 1: 5 photos (similarity and hash distance to the first)"
+    assert lines[6] == "same photo 2: 2 photos (similarity and hash distance to the first)"
+    assert lines[9] == "similar 1: 6 photos (similarity to the first)"
+    assert f"  1.0000   0  {tagged['folder'] / 'copy-of-other-2.png'}" in lines
+    assert any(line.endswith("a.png  (same photo 1)") for line in lines)
+    assert "2 same-photo groups" in result.stderr and "1 similar groups" in result.stderr
+
+
+def test_an_unchanged_photo_is_not_read_again_on_resume(front, tmp_path):
+    """Resume goes by path, size and modification time: a photo whose bytes were swapped for garbage of the
+    same size, its modification time put back, is skipped without being read. Were it read, its content
+    (hash) would differ, it would be sent, fail to decode, and the run would say so and exit 1."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in (11, 12, 13):
+        (folder / f"p{seed}.png").write_bytes(encode(scene(seed), "PNG"))
+    db = tmp_path / "results.sqlite"
+    first = run("tag", str(folder), "--db", str(db), "--target", front.address, "--no-progress")
+    assert first.returncode == 0, first.stderr
+    photo = folder / "p12.png"
+    stat = photo.stat()
+    photo.write_bytes(b"\0" * stat.st_size)  # not a photo any more, but the same size ...
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and modification time
+    again = run("tag", str(folder), "--db", str(db), "--target", front.address, "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "3 photos: 0 tagged, 3 already done, 0 failed, 0 unreadable" in again.stderr
 
 
 def test_similar_embeds_a_photo_not_tagged_and_ranks_its_reencodes_first(tagged, tmp_path):
@@ -149,7 +200,7 @@ def test_similar_embeds_a_photo_not_tagged_and_ranks_its_reencodes_first(tagged,
     similarities = [m["similarity"] for m in answer["matches"]]
     assert similarities == sorted(similarities, reverse=True)
     with sqlite3.connect(tagged["db"]) as con:  # asking stored nothing
-        assert con.execute("SELECT count(*) FROM files").fetchone()[0] == 11
+        assert con.execute("SELECT count(*) FROM files").fetchone()[0] == 12
 
 
 def test_similar_uses_the_stored_embedding_of_a_tagged_photo_without_the_orchestrator(tagged):
@@ -192,6 +243,6 @@ def test_similar_and_duplicates_without_a_database_say_to_tag_first(tmp_path):
 
 
 def test_duplicates_refuses_a_threshold_outside_0_to_1(tagged):
-    result = run("duplicates", "--db", str(tagged["db"]), "--threshold", "1.5")
+    result = run("duplicates", "--db", str(tagged["db"]), "--similar-threshold", "1.5")
     assert result.returncode == 2
-    assert "--threshold must be above 0 and at most 1" in result.stderr
+    assert "--similar-threshold must be above 0 and at most 1" in result.stderr
