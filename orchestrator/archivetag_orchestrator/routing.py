@@ -9,7 +9,9 @@
     INVALID_ARGUMENT → the image's fault: back to the caller (with the backend's reason), no failover
     no tagger answered → DEADLINE_EXCEEDED if the caller's deadline is what stopped one, else UNAVAILABLE
     the view-type providers (SigLIP) run concurrently, the first that can answer; if none can, the
-        result is degraded, not an error
+        result is degraded, not an error; the request's label set goes with it and its scores come back
+    EmbedText (texts -> SigLIP text embeddings): the first view-type provider that can answer; a bad
+        text is INVALID_ARGUMENT (the provider's field named); none answering is UNAVAILABLE
     OCR asked of a tagger that cannot read text (RAM++) → its tags, ocr NOT_AVAILABLE, degraded
 """
 
@@ -23,8 +25,9 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter
 
+from archivetag.runtime import tracing
 from archivetag.runtime.batcher import INTERACTIVE
-from archivetag.runtime.errors import DeadlineExpired, NotServing, reraise_from_call
+from archivetag.runtime.errors import DeadlineExpired, NotServing, QueueFull, reraise_from_call
 from archivetag.runtime.logs import fields
 from archivetag.v1 import common_pb2, tagger_pb2, tagging_pb2, view_type_pb2
 from archivetag_orchestrator.backends import HEALTH_FALLBACK, Backend, BackendBusy
@@ -58,6 +61,7 @@ class ViewOutcome:
     backend: str = "view type"  # the provider that answered, or the last one tried
     model: common_pb2.ModelIdentity | None = None
     embedding: tuple[float, ...] = ()
+    labels: tuple[view_type_pb2.LabelScore, ...] = ()
 
 
 @dataclass
@@ -123,6 +127,7 @@ class Router:
             response.degraded_reasons.append(view.problem)
             DEGRADED.labels(view.backend).inc()
         response.embedding.extend(view.embedding)
+        response.labels.extend(view.labels)
         if outcome.response.HasField("ocr"):
             response.ocr.CopyFrom(outcome.response.ocr)
             if response.ocr.status == common_pb2.OCR_STATUS_NOT_AVAILABLE:
@@ -151,6 +156,9 @@ class Router:
         def passed_over(backend: Backend, fallback: tagging_pb2.FallbackReason, why: str) -> None:
             fallbacks[backend.name] = fallback
             reasons.append(f"{backend.name}: {why}")
+            reason = tagging_pb2.FallbackReason.Name(fallback)
+            tracing.event("passed over", backend=backend.name, reason=reason, why=why)
+            log.info("tagger passed over", extra=fields(backend=backend.name, reason=reason, why=why))
 
         if not any(b.health() == tagging_pb2.BACKEND_HEALTH_SERVING for b in self.taggers):
             # None serving by the health watches: ask each once now (a replica that just came up is seen here,
@@ -229,7 +237,8 @@ class Router:
         """The view type from the first provider that answers, or 'unknown' with why none did. Never raises."""
         problems: list[str] = []
         started = time.monotonic()
-        classify = with_image(view_type_pb2.ClassifyRequest(include_embedding=request.include_embedding), image)
+        classify = with_image(view_type_pb2.ClassifyRequest(include_embedding=request.include_embedding,
+                                                            labels=request.labels), image)
         last = "view type"
         for backend in self.view_types:
             last = backend.name
@@ -256,11 +265,61 @@ class Router:
                 reply = await backend.call(method, classify, timeout, timeout >= backend.deadline, lane)
             except grpc.aio.AioRpcError as exc:
                 spent = time.monotonic() - attempt
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and request.labels.labels:
+                    raise reraise_from_call(exc) from None  # a bad label set is the caller's to fix
                 problems.append(f"{backend.name}: {exc.code().name} after {spent:.1f} s ({exc.details()})")
                 continue
             finally:
                 backend.capacity.release()
             view = tagging_pb2.ViewType(name=reply.view_type, confidence=reply.confidence, scores=reply.scores)
-            return ViewOutcome(view, time.monotonic() - started, "", backend.name, reply.model, tuple(reply.embedding))
+            return ViewOutcome(view, time.monotonic() - started, "", backend.name, reply.model, tuple(reply.embedding),
+                               tuple(reply.labels))
         return ViewOutcome(tagging_pb2.ViewType(name="unknown"), time.monotonic() - started,
                            "; ".join(problems) or "no view-type service is installed", last)
+
+    # -- texts ------------------------------------------------------------------------
+    async def embed_text(self, texts: list[str], deadline: float,
+                         lane: str = INTERACTIVE) -> view_type_pb2.ViewTypeServiceEmbedTextResponse:
+        """Texts embedded by the first view-type provider that can (SigLIP's text tower)."""
+        problems: list[str] = []
+        payload = view_type_pb2.ViewTypeServiceEmbedTextRequest(texts=texts).SerializeToString()
+        busy = False
+        for backend in self.view_types:
+            if not backend.enabled:
+                problems.append(f"{backend.name}: disabled")
+                continue
+            await backend.until_health_known(deadline - time.monotonic() - MIN_CALL_SECONDS)
+            timeout = min(backend.deadline, deadline - time.monotonic())
+            why_not = (backend.usable()[1] if timeout >= MIN_CALL_SECONDS
+                       else "no time left before the caller's deadline")
+            if not why_not and backend.model_settings.get("text_tower") != "yes":
+                # Not called: an export without a text tower (or a service from before EmbedText) would
+                # answer UNAVAILABLE / UNIMPLEMENTED, counted against the breaker its Classify calls share.
+                why_not = "its model has no text tower (re-export it: archivetag models export-siglip)"
+            if why_not:
+                problems.append(f"{backend.name}: {why_not}")
+                continue
+            try:
+                await backend.admit(lane, timeout - MIN_CALL_SECONDS)
+            except BackendBusy as exc:
+                backend.breaker.release_probe()
+                busy = busy or not exc.unusable
+                problems.append(f"{backend.name}: {exc}")
+                continue
+            try:
+                timeout = min(backend.deadline, deadline - time.monotonic())
+                method = backend.raw_method("EmbedText", view_type_pb2.ViewTypeServiceEmbedTextResponse)
+                return await backend.call(method, payload, timeout, timeout >= backend.deadline, lane)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise reraise_from_call(exc) from None
+                busy = busy or exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                problems.append(f"{backend.name}: {exc.code().name} ({exc.details()})")
+            finally:
+                backend.capacity.release()
+        why = "; ".join(problems) or "no view-type service is installed"
+        if time.monotonic() >= deadline:
+            raise DeadlineExpired(f"deadline passed before the texts were embedded: {why}")
+        if busy:
+            raise QueueFull(f"every view-type service is busy: {why}; retry later")
+        raise NotServing(f"no view-type service could embed the texts: {why}")

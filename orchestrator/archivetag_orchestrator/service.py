@@ -212,6 +212,22 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
             for task in list(pending.values()):
                 task.cancel()
 
+    # -- texts ------------------------------------------------------------------------------
+    async def EmbedText(self, request, context):
+        """SigLIP text embeddings for search by words (the client's own stored image embeddings)."""
+        try:
+            time_left = self._time_left(context)
+            try:
+                async with asyncio.timeout(time_left):
+                    reply = await self.router.embed_text(list(request.texts), time.monotonic() + time_left)
+            except TimeoutError:
+                raise DeadlineExpired(f"deadline of {time_left:.1f} s passed before the texts were embedded",
+                                      metadata={"deadline_seconds": round(time_left, 3)}) from None
+            return tagging_pb2.EmbedTextResponse(embeddings=reply.embeddings, model=reply.model,
+                                                 logit_scale=reply.logit_scale, logit_bias=reply.logit_bias)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status in one place (errors.py)
+            await abort_with(context, exc)
+
     # -- status -----------------------------------------------------------------------------
     async def GetStatus(self, request, context):
         return tagging_pb2.GetStatusResponse(

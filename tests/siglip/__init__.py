@@ -50,3 +50,30 @@ def models_dir_with(tmp_path: Path, export: Path) -> Path:
     models = tmp_path / "models"
     shutil.copytree(export, models / "siglip")
     return models
+
+
+@dataclass(frozen=True)
+class FullSizeModel:
+    kind: str  # "siglip" or "siglip2"
+    checkpoint: Path
+    export: Path
+
+
+@functools.cache
+def full_size_export(kind: str) -> FullSizeModel:
+    """A full-size random-weight checkpoint (siglip-base-patch16-224's architecture, or siglip2-base-patch16-224's:
+    Gemma tokenizer, 256000-token vocabulary), built offline and exported once per test session."""
+    from transformers.utils import logging as transformers_logging
+
+    from archivetag_siglip.export import export_folder
+    from archivetag_siglip.smoke import write_random_checkpoint
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    root = Path(tempfile.mkdtemp(prefix=f"siglip-full-{kind}-"))
+    atexit.register(shutil.rmtree, root, True)
+    checkpoint = write_random_checkpoint(root / "checkpoint", seed=7, image_size=224, full_size=True,
+                                         siglip2=kind == "siglip2")
+    export = root / "models" / "siglip"
+    export_folder(str(checkpoint), export, model_id=f"random-{kind}-base-patch16-224")
+    return FullSizeModel(kind, checkpoint, export)

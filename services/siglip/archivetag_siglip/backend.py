@@ -1,15 +1,23 @@
-"""The SigLIP view-type backend: an ONNX Runtime vision tower + stamped class text embeddings.
+"""The SigLIP view-type backend: an ONNX Runtime vision tower + stamped class text embeddings, and the
+text tower (ONNX Runtime + `tokenizers`) for EmbedText and request-time labels.
 
 load() refuses to serve (ModelLoadError, the reason shown in health and GetModelInfo) unless
 the folder is an export of one model, unchanged: the ONNX file's SHA-256 and the text
 embeddings' SHA-256 match the manifest, the text embeddings are stamped with the manifest's
-model, and the probe image re-embeds to the manifest's embedding. No torch in this path.
+model, and the probe image re-embeds to the manifest's embedding; the text tower's files match
+their hashes, its tokenizer gives the probe texts' recorded token ids and its embeddings the
+recorded ones. No torch in this path.
+
+Images and texts share one batcher: a batch may hold Classify items (pixels, maybe a label set)
+and EmbedText items (token ids); infer_batch runs each tower once for the batch.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +25,86 @@ import numpy as np
 from PIL import Image
 
 from archivetag.runtime.checksums import sha256_file
-from archivetag.runtime.errors import ModelLoadError, abandoned_batch
+from archivetag.runtime.errors import InvalidInput, ModelLoadError, NotServing, abandoned_batch
 from archivetag.runtime.logs import fields
 from archivetag.runtime.model_card import model_identity
-from archivetag.runtime.model_service import VIEW_TYPE_SERVICE, ModelBackend
+from archivetag.runtime.model_service import VIEW_TYPE_SERVICE, ModelBackend, ViewTypeResult
 from archivetag.v1 import common_pb2
 from archivetag_siglip import layout
 from archivetag_siglip.layout import Preprocessor, read_json
-from archivetag_siglip.scoring import Thresholds, logits_for, view_types
+from archivetag_siglip.scoring import Thresholds, label_scores, logits_for, normalize, view_types
+from archivetag_siglip.text import TextTokenizer, TextTower, TokenizerSpec
 
 log = logging.getLogger("archivetag.siglip")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TEXT_LOGIT_TOLERANCE = 1e-3  # stored probe embedding x loaded text embeddings vs the manifest's logits
+DEFAULT_TEMPLATE = "a photo of {}."
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """A request's label set, checked: (name, prompts) per label, in request order."""
+
+    labels: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass
+class ImageItem:
+    pixels: np.ndarray
+    include_embedding: bool
+    labels: LabelRequest | None = None
+
+
+@dataclass
+class TextItem:
+    ids: np.ndarray  # (N, max_length) int64
+
+
+@dataclass
+class SiglipViewResult(ViewTypeResult):
+    """The view type, and the request's labels: (name, probability, logit), most probable first."""
+
+    labels: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+@dataclass
+class TextResult:
+    embeddings: np.ndarray  # (N, D), normalised
+    logit_scale: float
+    logit_bias: float
+
+
+class LabelCache:
+    """Prompt text -> normalised embedding, least recently used dropped beyond `size` (bounded memory).
+    Used only on the inference thread."""
+
+    def __init__(self, size: int):
+        self.size = max(0, size)
+        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, prompt: str) -> np.ndarray | None:
+        row = self._rows.get(prompt)
+        if row is not None:
+            self._rows.move_to_end(prompt)
+            self.hits += 1
+        else:
+            self.misses += 1
+        return row
+
+    def put(self, prompt: str, row: np.ndarray) -> None:
+        if not self.size:
+            return
+        self._rows[prompt] = row
+        self._rows.move_to_end(prompt)
+        while len(self._rows) > self.size:
+            self._rows.popitem(last=False)
 
 
 def refuse_old_app_files(folder: Path) -> None:
@@ -68,6 +142,12 @@ class SiglipBackend(ModelBackend):
         self.preprocess: Preprocessor | None = None
         self.onnx_sha256 = ""
         self.probe_cosine = float("nan")
+        self.max_texts = settings.siglip_max_texts
+        self.max_text_chars = settings.siglip_max_text_chars
+        self.max_labels = settings.siglip_max_labels
+        self.label_cache = LabelCache(settings.siglip_label_cache_size)
+        self.text: TextTower | None = None
+        self.text_probe_cosine = float("nan")
 
     # -- loading --------------------------------------------------------------------------
     def load(self) -> None:
@@ -96,6 +176,7 @@ class SiglipBackend(ModelBackend):
                                  f"re-export with `{layout.EXPORT_COMMAND}`") from None
         self.session, self.providers = self._open_session(onnx_path)
         self._check_probe(manifest)
+        self._load_text_tower(manifest)
         log.info("siglip model checked", extra=fields(
             model=manifest["model"]["id"], providers=",".join(self.providers), precision=self.precision,
             probe_cosine=round(self.probe_cosine, 6), classes=",".join(self.classes),
@@ -138,6 +219,42 @@ class SiglipBackend(ModelBackend):
         if logits.shape != expected.shape or not np.allclose(logits, expected, atol=TEXT_LOGIT_TOLERANCE, rtol=0):
             raise ModelLoadError("the text embeddings do not reproduce the probe's class logits recorded at export: "
                                  f"they belong to another model; re-export with `{layout.EXPORT_COMMAND}`")
+
+    def _load_text_tower(self, manifest: dict[str, Any]) -> None:
+        """The text tower, if exported (older exports have none: EmbedText and labels are then refused)."""
+        entry = manifest.get("text_tower")
+        if entry is None:
+            log.warning("this SigLIP export has no text tower: EmbedText and labels are unavailable; "
+                        f"re-export with `{layout.EXPORT_COMMAND}`")
+            return
+        try:
+            spec = TokenizerSpec.from_dict(entry["tokenizer"])
+            for name, expected in ((entry["file"], entry["sha256"]), (spec.file, entry["tokenizer"]["sha256"])):
+                path = self.folder / name
+                if not path.exists() or sha256_file(path) != expected:
+                    raise ModelLoadError(f"{path.name} is missing or does not match the manifest's SHA-256: the text "
+                                         f"tower is not the one exported with this model; re-export with "
+                                         f"`{layout.EXPORT_COMMAND}`")
+            tokenizer = TextTokenizer(self.folder, spec)
+            probe = entry["probe"]
+            ids = tokenizer(list(probe["texts"]))
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise ModelLoadError(f"{self.folder}: the text tower export is incomplete or damaged "
+                                 f"({type(exc).__name__}: {exc}); re-export with `{layout.EXPORT_COMMAND}`") from None
+        if not np.array_equal(ids, np.asarray(probe["input_ids"], dtype=np.int64)):
+            raise ModelLoadError("the tokenizer here does not give the probe texts' token ids recorded at export "
+                                 "(another tokenizers version, or a changed file); re-export with "
+                                 f"`{layout.EXPORT_COMMAND}`")
+        session, _ = self._open_session(self.folder / entry["file"])
+        tower = TextTower(session, tokenizer, max_batch=max(1, self.max_texts))
+        got = tower.embed_ids(ids).astype(np.float64)
+        expected = normalize(np.asarray(probe["embeddings"], dtype=np.float32)).astype(np.float64)
+        self.text_probe_cosine = float(np.min(np.sum(got * expected, axis=-1)))
+        if not self.text_probe_cosine >= self.probe_tolerance:
+            raise ModelLoadError(f"the text tower's probe embeddings do not match the manifest (cosine "
+                                 f"{self.text_probe_cosine:.5f} < {self.probe_tolerance}); re-export with "
+                                 f"`{layout.EXPORT_COMMAND}`")
+        self.text = tower
 
     def _check_onnx_file(self, manifest: dict[str, Any]) -> Path:
         entry = manifest["vision"] if self.precision == "fp32" else manifest.get("vision_int8")
@@ -218,24 +335,126 @@ class SiglipBackend(ModelBackend):
     def _embed(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
-    def prepare(self, image: Image.Image, request: Any) -> tuple[np.ndarray, bool]:
+    def prepare(self, image: Image.Image, request: Any) -> ImageItem:
         include = bool(getattr(request, "include_embedding", False))
+        labels = self.label_request(request.labels) if request is not None and request.HasField("labels") else None
         assert self.preprocess is not None  # load() ran
-        return self.preprocess(image), include
+        return ImageItem(self.preprocess(image), include, labels)
 
-    def infer_batch(self, items: list[tuple[np.ndarray, bool]], abandoned: Callable[[], bool]) -> Sequence[Any]:
+    # -- texts ------------------------------------------------------------------------------
+    def _check_text(self, text: str, field_name: str) -> str:
+        if not text.strip():
+            raise InvalidInput(f"{field_name} is empty: give words to embed", reason="FIELD_INVALID",
+                               field=field_name)
+        if len(text) > self.max_text_chars:
+            raise InvalidInput(f"{field_name} has {len(text)} characters; at most {self.max_text_chars} "
+                               "(ARCHIVETAG_SIGLIP_MAX_TEXT_CHARS; the model reads 64 tokens)",
+                               reason="FIELD_INVALID", field=field_name,
+                               metadata={"limit": self.max_text_chars, "setting": "ARCHIVETAG_SIGLIP_MAX_TEXT_CHARS"})
+        return text
+
+    def _no_text_tower(self) -> str:
+        return f"this SigLIP export has no text tower; re-export it with `{layout.EXPORT_COMMAND}`"
+
+    def label_request(self, label_set: Any) -> LabelRequest | None:
+        """A LabelSet checked against the limits; None when it holds no labels."""
+        if not label_set.labels:
+            return None
+        if self.text is None:
+            raise InvalidInput(f"labels cannot be scored: {self._no_text_tower()}", reason="FIELD_INVALID",
+                               field="labels")
+        if len(label_set.labels) > self.max_labels:
+            raise InvalidInput(f"labels.labels has {len(label_set.labels)} labels; at most {self.max_labels} "
+                               "(ARCHIVETAG_SIGLIP_MAX_LABELS)", reason="FIELD_INVALID", field="labels.labels",
+                               metadata={"limit": self.max_labels, "setting": "ARCHIVETAG_SIGLIP_MAX_LABELS"})
+        template = label_set.template or DEFAULT_TEMPLATE
+        if "{}" not in template:
+            raise InvalidInput(f"labels.template {template!r} has no {{}} for the label's name",
+                               reason="FIELD_INVALID", field="labels.template")
+        labels, names, prompt_count = [], set(), 0
+        for i, label in enumerate(label_set.labels):
+            name = self._check_text(label.name, f"labels.labels[{i}].name").strip()
+            if name in names:
+                raise InvalidInput(f"labels.labels[{i}].name {name!r} is used twice", reason="FIELD_INVALID",
+                                   field=f"labels.labels[{i}].name")
+            names.add(name)
+            prompts = tuple(self._check_text(p, f"labels.labels[{i}].prompts[{j}]")
+                            for j, p in enumerate(label.prompts)) or (template.replace("{}", name),)
+            prompt_count += len(prompts)
+            labels.append((name, prompts))
+        if prompt_count > self.max_texts * 4:
+            raise InvalidInput(f"the label set has {prompt_count} prompts; at most {self.max_texts * 4} "
+                               "(4 x ARCHIVETAG_SIGLIP_MAX_TEXTS)", reason="FIELD_INVALID", field="labels.labels")
+        return LabelRequest(tuple(labels))
+
+    def prepare_text(self, texts: Sequence[str]) -> TextItem:
+        """An EmbedText request's texts, checked and tokenized (off the event loop)."""
+        if self.text is None:
+            raise NotServing(f"EmbedText is unavailable: {self._no_text_tower()}",
+                             metadata={"model": self.family, "phase": "no_text_tower"})
+        if not texts:
+            raise InvalidInput("texts is empty: give at least one text", reason="FIELD_INVALID", field="texts")
+        if len(texts) > self.max_texts:
+            raise InvalidInput(f"texts has {len(texts)} entries; at most {self.max_texts} per request "
+                               "(ARCHIVETAG_SIGLIP_MAX_TEXTS)", reason="FIELD_INVALID", field="texts",
+                               metadata={"limit": self.max_texts, "setting": "ARCHIVETAG_SIGLIP_MAX_TEXTS"})
+        checked = [self._check_text(text, f"texts[{i}]") for i, text in enumerate(texts)]
+        return TextItem(self.text.tokenizer(checked))
+
+    def _label_embeddings(self, requests: list[LabelRequest]) -> dict[str, np.ndarray]:
+        """Every prompt's embedding, from the cache or embedded now (one text-tower run for the batch)."""
+        assert self.text is not None
+        found: dict[str, np.ndarray] = {}
+        missing: list[str] = []
+        for request in requests:
+            for _, prompts in request.labels:
+                for prompt in prompts:
+                    if prompt in found or prompt in missing:
+                        continue
+                    row = self.label_cache.get(prompt)
+                    if row is None:
+                        missing.append(prompt)
+                    else:
+                        found[prompt] = row
+        if missing:
+            for prompt, row in zip(missing, self.text.embed(missing)):
+                found[prompt] = row
+                self.label_cache.put(prompt, row)
+        return found
+
+    def infer_batch(self, items: list[Any], abandoned: Callable[[], bool]) -> Sequence[Any]:
         if abandoned():
             return abandoned_batch(len(items))
-        pixels = np.stack([pixels for pixels, _ in items])
-        embeddings = self._embed(pixels)
-        results = view_types(embeddings, self.class_embeddings, self.classes, self.logit_scale, self.logit_bias,
-                             self.thresholds)
-        for result, (_, include) in zip(results, items):
-            if not include:
-                result.embedding = []
-        if log.isEnabledFor(logging.DEBUG):  # raw logits: thresholds depend on the checkpoint
-            log.debug("siglip batch", extra=fields(
-                size=len(items), logits=[{n: round(logit, 3) for n, _, logit in r.scores} for r in results]))
+        results: list[Any] = [None] * len(items)
+        images = [i for i, item in enumerate(items) if isinstance(item, ImageItem)]
+        texts = [i for i, item in enumerate(items) if isinstance(item, TextItem)]
+        if images:
+            batch = [items[i] for i in images]
+            embeddings = self._embed(np.stack([item.pixels for item in batch]))
+            views = view_types(embeddings, self.class_embeddings, self.classes, self.logit_scale, self.logit_bias,
+                               self.thresholds)
+            asked = [item.labels for item in batch if item.labels is not None]
+            prompts = self._label_embeddings(asked) if asked else {}
+            for index, item, view, embedding in zip(images, batch, views, embeddings):
+                scores = []
+                if item.labels is not None:
+                    names = [name for name, _ in item.labels.labels]
+                    rows = np.stack([normalize(np.mean([prompts[p] for p in ps], axis=0))
+                                     for _, ps in item.labels.labels])
+                    scores = label_scores(embedding, rows, names, self.logit_scale, self.logit_bias)
+                results[index] = SiglipViewResult(view.view_type, view.confidence, view.scores,
+                                                  view.embedding if item.include_embedding else [], scores)
+            if log.isEnabledFor(logging.DEBUG):  # raw logits: thresholds depend on the checkpoint
+                log.debug("siglip batch", extra=fields(
+                    size=len(batch), logits=[{n: round(logit, 3) for n, _, logit in r.scores} for r in views]))
+        if texts:
+            assert self.text is not None  # prepare_text refused otherwise
+            counts = [len(items[i].ids) for i in texts]
+            embedded = self.text.embed_ids(np.concatenate([items[i].ids for i in texts]))
+            start = 0
+            for index, count in zip(texts, counts):
+                results[index] = TextResult(embedded[start:start + count], self.logit_scale, self.logit_bias)
+                start += count
         return results
 
     # -- identity ---------------------------------------------------------------------------
@@ -265,6 +484,12 @@ class SiglipBackend(ModelBackend):
             "logit_bias": f"{self.logit_bias:.6f}",
             "manifest": str(self.folder / layout.MANIFEST),
             "text_padding": "max_length",
+            "text_tower": "yes" if self.text is not None else "no (re-export)",
+            "text_probe_cosine": f"{self.text_probe_cosine:.6f}",
+            "max_texts": str(self.max_texts),
+            "max_text_chars": str(self.max_text_chars),
+            "max_labels": str(self.max_labels),
+            "label_cache_size": str(self.label_cache.size),
         }
 
     def vocabulary(self) -> list[str]:

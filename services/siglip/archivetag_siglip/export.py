@@ -1,6 +1,8 @@
-"""Export a SigLIP checkpoint into the folder the service serves (see layout.py).
+"""Export a SigLIP (or SigLIP 2 FixRes) checkpoint into the folder the service serves (see layout.py).
 
-The vision tower goes to ONNX (checked against torch), the classes' prompt ensembles become
+The vision tower goes to ONNX (checked against torch), the text tower too with its tokenizer as a
+`tokenizers` file (token ids checked against transformers' tokenizer, embeddings against torch), so
+the service embeds any text at run time without torch; the classes' prompt ensembles become
 text embeddings (tokenized with padding="max_length" at the model's length, as SigLIP was
 trained), and a manifest stamps everything with the model it came from, with a probe image
 and its embedding so the service can prove at start that nothing drifted.
@@ -124,6 +126,171 @@ def class_embeddings(model, tokenizer, classes: dict[str, list[str]]) -> np.ndar
     return torch.stack(rows).numpy().astype(np.float32)
 
 
+# -- the text tower ---------------------------------------------------------------------------
+# Strings the exporter checks token for token against transformers (and the service re-checks at start):
+# case, punctuation, whitespace, non-ASCII, special tokens, over-long.
+PROBE_TEXTS = (
+    "a photo of a hospital.",
+    "An OPERATING theatre!!",
+    "  staircase   with\tgraffiti ",
+    "Café Müller — Zürich, 1920s",
+    "ΟΔΟΣ ΣΤΑΘΜΟΣ",
+    "病院の廊下",
+    "it's a \"derelict\" asylum (1890)",
+    "</s> after eos",
+    "x <unk> y",
+    "▁leading▁underscore▁",
+    "!!!",
+    "a very long description of an abandoned sanatorium " * 12,
+)
+GEMMA_TOKENIZERS = ("GemmaTokenizer", "GemmaTokenizerFast", "Siglip2Tokenizer")
+
+
+def load_text_tokenizer(folder: Path):
+    """The transformers tokenizer whose tokens the service reproduces.
+
+    SigLIP: what AutoTokenizer loads (SiglipTokenizer). SigLIP 2 FixRes checkpoints declare a GemmaTokenizer,
+    which does not lower-case; SigLIP 2 was trained on lower-cased text, so transformers' own Siglip2Tokenizer
+    (the Gemma tokenizer with lower-casing) is used, with the checkpoint's padding side."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if type(tokenizer).__name__ in GEMMA_TOKENIZERS:
+        from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
+
+        tokenizer = Siglip2Tokenizer.from_pretrained(str(folder), padding_side=tokenizer.padding_side)
+    return tokenizer
+
+
+def write_text_tokenizer(tokenizer, dest: Path, max_length: int):
+    """The tokenizer as a `tokenizers` JSON file in dest, and how to use it (text.TokenizerSpec)."""
+    from archivetag_siglip.text import SIGLIP_SCHEME, TOKENIZERS_SCHEME, TokenizerSpec
+
+    name = type(tokenizer).__name__
+    if name == "SiglipTokenizer":
+        from transformers.convert_slow_tokenizer import SpmConverter
+
+        backend = SpmConverter(tokenizer).converted()
+        scheme = SIGLIP_SCHEME
+        specials = tuple(sorted((str(t.content), int(i)) for i, t in tokenizer.added_tokens_decoder.items()
+                                if t.special))
+        lowercase = bool(getattr(tokenizer, "do_lower_case", True))
+    elif hasattr(tokenizer, "backend_tokenizer"):
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        scheme, specials, lowercase = TOKENIZERS_SCHEME, (), "Lowercase" in str(backend.normalizer)
+    else:
+        raise ExportError(f"the checkpoint's tokenizer {name} cannot be served without transformers "
+                          "(SiglipTokenizer and `tokenizers`-backed tokenizers such as SigLIP 2's can)")
+    backend.no_padding()
+    backend.no_truncation()
+    (dest / layout.TOKENIZER).write_text(backend.to_str(), encoding="utf-8")
+    return TokenizerSpec(
+        file=layout.TOKENIZER, scheme=scheme, max_length=max_length, pad_id=int(tokenizer.pad_token_id),
+        eos_id=int(tokenizer.eos_token_id), pad_token=str(tokenizer.pad_token),
+        padding_side=str(tokenizer.padding_side), lowercase=lowercase, special_tokens=specials,
+    )
+
+
+def reference_ids(tokenizer, texts, max_length: int) -> np.ndarray:
+    """Token ids as transformers gives them (padding="max_length", truncation)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SiglipTokenizer warns about a text that already ends with </s>
+        ids = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True)["input_ids"]
+    return np.asarray(ids, dtype=np.int64)
+
+
+class _TextTower:
+    """The module exported: input_ids -> what SiglipModel.get_text_features pools (not normalised)."""
+
+    @staticmethod
+    def build(model):
+        import torch
+
+        class TextTower(torch.nn.Module):
+            def __init__(self, text_model):
+                super().__init__()
+                self.text_model = text_model
+
+            def forward(self, input_ids):
+                return self.text_model(input_ids=input_ids).pooler_output
+
+        return TextTower(model.text_model).eval()
+
+
+def export_text_onnx(model, max_length: int, path: Path, exporter: str = "dynamo") -> str:
+    """Write the text tower to path: input_ids (batch, max_length) int64 -> text_embeds; returns the exporter."""
+    import torch
+
+    tower = _TextTower.build(model)
+    example = torch.ones(2, max_length, dtype=torch.int64)
+    if exporter == "dynamo":
+        try:
+            from torch.export import Dim
+
+            with torch.no_grad():
+                torch.onnx.export(
+                    tower, (example,), str(path), input_names=["input_ids"], output_names=["text_embeds"],
+                    dynamic_shapes={"input_ids": {0: Dim("batch")}}, opset_version=18, dynamo=True,
+                    external_data=False, verbose=False,
+                )
+            return "dynamo"
+        except Exception as exc:  # noqa: BLE001 - fall back to the TorchScript exporter, and say so
+            log.warning("dynamo ONNX export of the text tower failed (%s: %s); using the TorchScript exporter",
+                        type(exc).__name__, exc)
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            tower, (example,), str(path), input_names=["input_ids"], output_names=["text_embeds"],
+            dynamic_axes={"input_ids": {0: "batch"}, "text_embeds": {0: "batch"}}, opset_version=18, dynamo=False,
+        )
+    return "torchscript"
+
+
+def export_text_tower(model, tokenizer, dest: Path, exporter: str = "dynamo") -> dict[str, Any]:
+    """The text tower (ONNX) and its tokenizer, checked against transformers; the manifest's "text_tower"."""
+    import torch
+
+    from archivetag_siglip.text import TextTokenizer, TextTower
+
+    max_length = text_max_length(model)
+    spec = write_text_tokenizer(tokenizer, dest, max_length)
+    served = TextTokenizer(dest, spec)
+    expected_ids = reference_ids(tokenizer, PROBE_TEXTS, max_length)
+    ours = served(list(PROBE_TEXTS))
+    if not np.array_equal(ours, expected_ids):
+        bad = [t for t, a, b in zip(PROBE_TEXTS, ours, expected_ids) if not np.array_equal(a, b)]
+        raise ExportError(f"the exported tokenizer ({spec.scheme}) disagrees with transformers' "
+                          f"{type(tokenizer).__name__} on {bad!r}")
+    onnx_path = dest / layout.TEXT_ONNX
+    used = export_text_onnx(model, max_length, onnx_path, exporter)
+    tower = TextTower(onnx_session(onnx_path), served)
+    with torch.no_grad():
+        reference = model.get_text_features(input_ids=torch.from_numpy(expected_ids)).pooler_output.numpy()
+    reference = reference / np.maximum(np.linalg.norm(reference, axis=-1, keepdims=True), 1e-12)
+    got = tower.embed_ids(ours)
+    worst = min(cosine(a, b) for a, b in zip(reference, got))
+    if worst < 0.9999:
+        raise ExportError(f"the ONNX text tower disagrees with torch (cosine {worst:.6f} < 0.9999)")
+    return {
+        "file": layout.TEXT_ONNX,
+        "sha256": sha256_file(onnx_path),
+        "input": "input_ids",
+        "output": "text_embeds",
+        "exporter": used,
+        "tokenizer": {**spec.to_dict(), "sha256": sha256_file(dest / layout.TOKENIZER),
+                      "class": type(tokenizer).__name__},
+        "min_cosine_vs_torch": worst,
+        "probe": {"texts": list(PROBE_TEXTS), "input_ids": ours.tolist(),
+                  "embeddings": [[float(v) for v in row] for row in reference]},
+    }
+
+
 class _VisionTower:
     """The module exported: pixel_values -> what SiglipModel.get_image_features pools."""
 
@@ -222,11 +389,11 @@ def normalized(v: np.ndarray) -> np.ndarray:
 
 # -- the whole export -------------------------------------------------------------------------
 def export_folder(src: str, dest: Path, model_id: str | None = None, classes: dict[str, list[str]] | Path | None = None,
-                  int8: bool = False, exporter: str = "dynamo") -> dict[str, Any]:
+                  int8: bool = False, exporter: str = "dynamo", text_tower: bool = True) -> dict[str, Any]:
     """Export src (hub id or folder) into dest; returns the manifest written."""
     import torch
     import transformers
-    from transformers import AutoTokenizer, SiglipModel
+    from transformers import SiglipModel
 
     started = time.monotonic()
     for noisy in ("onnx_ir", "onnxscript"):  # per-pass INFO lines from the ONNX optimiser
@@ -236,7 +403,8 @@ def export_folder(src: str, dest: Path, model_id: str | None = None, classes: di
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
     if config.get("model_type") not in (None, "siglip"):
         raise ExportError(f"{src}: model_type {config.get('model_type')!r} is not a SigLIP (siglip) checkpoint; "
-                          "SigLIP 2 NaFlex checkpoints are not supported, FixRes ones are")
+                          "SigLIP 2 NaFlex checkpoints are not supported, FixRes ones (google/siglip2-*-patch16-224 "
+                          "and the like) are")
     class_prompts = validate_classes(classes) if isinstance(classes, dict) else load_classes(classes)
     model_fingerprint = fingerprint(folder)
     identity = {
@@ -247,7 +415,7 @@ def export_folder(src: str, dest: Path, model_id: str | None = None, classes: di
 
     torch.manual_seed(0)
     model = SiglipModel.from_pretrained(str(folder), dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = load_text_tokenizer(folder)
     image = image_settings(folder)
     size = tuple(image["size"])
 
@@ -325,6 +493,12 @@ def export_folder(src: str, dest: Path, model_id: str | None = None, classes: di
         },
         "exported_with": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
+
+    if text_tower:
+        manifest["text_tower"] = export_text_tower(model, tokenizer, dest, exporter)
+    else:
+        (dest / layout.TEXT_ONNX).unlink(missing_ok=True)
+        (dest / layout.TOKENIZER).unlink(missing_ok=True)
 
     int8_path = dest / layout.VISION_INT8_ONNX
     if int8:

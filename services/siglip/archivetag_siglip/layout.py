@@ -8,6 +8,8 @@ with ONNX Runtime only), so both agree on every byte. No torch or transformers h
         vision.onnx            vision tower: pixel_values -> image embedding (get_image_features)
         vision-int8.onnx       optional: the same, int8 dynamic quantisation (--int8)
         text_embeddings.json   class embeddings (prompt ensembles), logit_scale, logit_bias, stamped
+        text.onnx              text tower: input_ids (padded to max_length) -> text embedding
+        tokenizer.json         the tokenizer as a `tokenizers` file (how to use it: manifest "text_tower")
         probe.png              fixed synthetic image; its embedding is in the manifest
 """
 
@@ -25,6 +27,8 @@ MANIFEST = "manifest.json"
 VISION_ONNX = "vision.onnx"
 VISION_INT8_ONNX = "vision-int8.onnx"
 TEXT_EMBEDDINGS = "text_embeddings.json"
+TEXT_ONNX = "text.onnx"
+TOKENIZER = "tokenizer.json"
 PROBE_IMAGE = "probe.png"
 EXPORT_COMMAND = "archivetag models export-siglip --model google/siglip-base-patch16-224 --out <models>/siglip"
 PULL_COMMAND = "archivetag models pull --only siglip"

@@ -7,8 +7,9 @@ YAML file: {"class name": ["prompt", ...], ...}.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from archivetag.datafile import DataFileError, read_json_or_yaml
 
 DEFAULT_CLASSES: dict[str, list[str]] = {
     "interior": [
@@ -50,18 +51,10 @@ def load_classes(path: Path | None) -> dict[str, list[str]]:
     """Classes and prompts from a JSON or YAML file; the defaults when path is None."""
     if path is None:
         return {name: list(prompts) for name, prompts in DEFAULT_CLASSES.items()}
-    text = Path(path).read_text(encoding="utf-8")
-    if Path(path).suffix.lower() in {".yaml", ".yml"}:
-        try:
-            import yaml
-        except ImportError:
-            raise ClassesError(f"{path}: reading YAML needs the PyYAML package; or write the classes as JSON") from None
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ClassesError(f"{path} is not valid JSON: {exc}") from None
+    try:
+        data = read_json_or_yaml(path, "classes")
+    except DataFileError as exc:
+        raise ClassesError(str(exc)) from None
     return validate_classes(data, str(path))
 
 

@@ -71,3 +71,13 @@ def view_types(image_embeddings: np.ndarray, class_embeddings: np.ndarray, class
             embedding=embeddings[row].tolist() if with_embedding else [],
         ))
     return results
+
+
+def label_scores(image_embedding: np.ndarray, label_embeddings: np.ndarray, names: list[str], logit_scale: float,
+                 logit_bias: float) -> list[tuple[str, float, float]]:
+    """(name, sigmoid probability, logit) per label for one image, most probable first. Labels are
+    independent (sigmoid, not softmax): what SigLIP's zero-shot pipeline and logits_per_image give."""
+    logits = logits_for(np.asarray(image_embedding)[None], label_embeddings, logit_scale, logit_bias)[0]
+    probabilities = sigmoid(logits)
+    order = np.argsort(-logits, kind="stable")
+    return [(names[i], float(probabilities[i]), float(logits[i])) for i in order]

@@ -25,6 +25,17 @@ OPTIONS = OptionGroup(
             "`archivetag models export-siglip --int8`; faster on CPU, check it on your checkpoint first).",
             choices=("fp32", "int8"),
         ),
+        Option("siglip_max_texts", 64,
+               "Most texts one EmbedText request may carry (and a quarter of the prompts one label set may); "
+               "beyond: INVALID_ARGUMENT.", int),
+        Option("siglip_max_text_chars", 1000,
+               "Longest text (characters) EmbedText or a label accepts; beyond: INVALID_ARGUMENT. The model "
+               "reads 64 tokens of it.", int),
+        Option("siglip_max_labels", 256, "Most labels one request's label set may hold; beyond: INVALID_ARGUMENT.",
+               int),
+        Option("siglip_label_cache_size", 4096,
+               "Label prompt embeddings kept in memory (least recently used dropped; 4096 of 768 floats is "
+               "about 12 MiB); 0: embed every request's labels again.", int),
         Option(
             "siglip_probe_tolerance", 0.995,
             "At start the probe image is re-embedded; refuse to serve when its cosine to the exported "
@@ -37,7 +48,10 @@ OPTIONS = OptionGroup(
 
 DEFAULT_MODEL = "google/siglip-base-patch16-224"
 PULL_OPTIONS = OptionGroup("siglip", (
-    Option("siglip_model", DEFAULT_MODEL, "SigLIP checkpoint (hub id) to pull and export.", metavar="REPO"),
+    Option("siglip_model", DEFAULT_MODEL,
+           "SigLIP checkpoint (hub id) to pull and export: a SigLIP or a SigLIP 2 FixRes one, e.g. "
+           "google/siglip2-base-patch16-224 (multilingual, Gemma tokenizer; docs/search.md). Only the default "
+           "is pinned; another is pulled at its main branch unless --revision siglip=COMMIT.", metavar="REPO"),
 ))
 
 SPEC = ServerSpec(

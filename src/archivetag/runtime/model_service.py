@@ -13,7 +13,7 @@ import abc
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,11 +274,6 @@ class ModelServiceApp:
         self, image_proto: common_pb2.Image, request: Any, context: grpc.aio.ServicerContext
     ) -> tuple[Any, common_pb2.ServiceTimings]:
         """Decode, prepare and infer one request through the batcher."""
-        assert self.health is not None
-        if self.health.phase not in (SERVING, DRAINING):
-            raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}",
-                             metadata={"model": self.backend.family, "phase": self.health.phase})
-        lane = lane_from_metadata(context.invocation_metadata())
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         decode_seconds = 0.0
@@ -293,15 +288,22 @@ class ModelServiceApp:
             finally:
                 decode_seconds = time.perf_counter() - started
 
-        # One admission for decode and queue: a full server refuses before decoding.
-        result, info = await self.batcher.submit(timeout=remaining, prepare=decode_and_prepare, lane=lane)
-        timings = common_pb2.ServiceTimings(
-            decode_seconds=decode_seconds,
-            queue_seconds=info.queue_seconds,
-            inference_seconds=info.inference_seconds,
-            batch_size=info.batch_size,
-        )
+        result, timings = await self.infer_prepared(decode_and_prepare, context)
+        timings.decode_seconds = decode_seconds
         return result, timings
+
+    async def infer_prepared(self, prepare: Callable[[], Awaitable[Any]],
+                             context: grpc.aio.ServicerContext) -> tuple[Any, common_pb2.ServiceTimings]:
+        """One request through the batcher: `prepare` makes its batch item (decodes the image, or tokenizes
+        SigLIP's texts) after admission, so a full server refuses before spending anything on it."""
+        assert self.health is not None
+        if self.health.phase not in (SERVING, DRAINING):
+            raise NotServing(f"{self.backend.family} model is not serving ({self.health.phase}): {self.health.reason}",
+                             metadata={"model": self.backend.family, "phase": self.health.phase})
+        lane = lane_from_metadata(context.invocation_metadata())
+        result, info = await self.batcher.submit(timeout=context.time_remaining(), prepare=prepare, lane=lane)
+        return result, common_pb2.ServiceTimings(queue_seconds=info.queue_seconds,
+                                                 inference_seconds=info.inference_seconds, batch_size=info.batch_size)
 
     def identity(self) -> common_pb2.ModelIdentity:
         return self._identity or common_pb2.ModelIdentity(family=self.backend.family)

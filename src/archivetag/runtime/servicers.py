@@ -3,9 +3,11 @@ over the model behind it. Every model service of a capability is served by the s
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
-from archivetag.runtime.errors import abort_with
+from archivetag.runtime.errors import NotServing, abort_with
 from archivetag.runtime.model_service import ModelServiceApp, ocr_answer
 from archivetag.v1 import common_pb2, tagger_pb2, tagger_pb2_grpc, view_type_pb2, view_type_pb2_grpc
 
@@ -54,6 +56,26 @@ class ViewTypeServicer(view_type_pb2_grpc.ViewTypeServiceServicer):
             embedding=result.embedding if request.include_embedding else [],
             model=self.app.identity(),
             timings=timings,
+            labels=[view_type_pb2.LabelScore(name=n, probability=p, logit=logit)
+                    for n, p, logit in getattr(result, "labels", ())],
+        )
+
+    async def EmbedText(self, request: view_type_pb2.ViewTypeServiceEmbedTextRequest,
+                        context) -> view_type_pb2.ViewTypeServiceEmbedTextResponse:
+        """Texts through the same batcher (and limits) as images; the backend tokenizes (prepare_text)."""
+        app = self.app
+        try:
+            prepare_text = getattr(app.backend, "prepare_text", None)
+            if prepare_text is None:
+                raise NotServing(f"{app.backend.family} has no text tower: EmbedText is not available",
+                                 metadata={"model": app.backend.family, "phase": "no_text_tower"})
+            result, timings = await app.infer_prepared(
+                lambda: asyncio.to_thread(prepare_text, list(request.texts)), context)
+        except Exception as exc:  # noqa: BLE001
+            await abort_with(context, exc)
+        return view_type_pb2.ViewTypeServiceEmbedTextResponse(
+            embeddings=[view_type_pb2.TextEmbedding(values=row.tolist()) for row in result.embeddings],
+            model=app.identity(), logit_scale=result.logit_scale, logit_bias=result.logit_bias, timings=timings,
         )
 
     async def GetModelInfo(self, request, context) -> view_type_pb2.ViewTypeServiceGetModelInfoResponse:

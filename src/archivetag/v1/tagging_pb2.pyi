@@ -70,7 +70,7 @@ BREAKER_STATE_OPEN: BreakerState
 BREAKER_STATE_HALF_OPEN: BreakerState
 
 class TagImageRequest(_message.Message):
-    __slots__ = ("image", "context", "max_tags", "threshold", "include_embedding", "ocr", "bypass_cache", "overflow")
+    __slots__ = ("image", "context", "max_tags", "threshold", "include_embedding", "ocr", "bypass_cache", "overflow", "labels")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_TAGS_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class TagImageRequest(_message.Message):
     OCR_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
     OVERFLOW_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     context: _common_pb2.ImageContext
     max_tags: int
@@ -87,7 +88,8 @@ class TagImageRequest(_message.Message):
     ocr: _common_pb2.OcrMode
     bypass_cache: bool
     overflow: OverflowPolicy
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., max_tags: _Optional[int] = ..., threshold: _Optional[float] = ..., include_embedding: _Optional[bool] = ..., ocr: _Optional[_Union[_common_pb2.OcrMode, str]] = ..., bypass_cache: _Optional[bool] = ..., overflow: _Optional[_Union[OverflowPolicy, str]] = ...) -> None: ...
+    labels: _view_type_pb2.LabelSet
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., max_tags: _Optional[int] = ..., threshold: _Optional[float] = ..., include_embedding: _Optional[bool] = ..., ocr: _Optional[_Union[_common_pb2.OcrMode, str]] = ..., bypass_cache: _Optional[bool] = ..., overflow: _Optional[_Union[OverflowPolicy, str]] = ..., labels: _Optional[_Union[_view_type_pb2.LabelSet, _Mapping]] = ...) -> None: ...
 
 class ViewType(_message.Message):
     __slots__ = ("name", "confidence", "scores")
@@ -116,7 +118,7 @@ class StageTimings(_message.Message):
     def __init__(self, total_seconds: _Optional[float] = ..., tagger_seconds: _Optional[float] = ..., view_type_seconds: _Optional[float] = ..., failover_seconds: _Optional[float] = ..., admission_seconds: _Optional[float] = ..., tagger_wait_seconds: _Optional[float] = ...) -> None: ...
 
 class TagImageResponse(_message.Message):
-    __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding", "fallback", "primary_health", "primary_breaker", "ocr", "cached", "tagged_at")
+    __slots__ = ("tags", "caption", "tagger", "fallback_reason", "view_type", "degraded", "degraded_reasons", "models", "timings", "context", "embedding", "fallback", "primary_health", "primary_breaker", "ocr", "cached", "tagged_at", "labels")
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CAPTION_FIELD_NUMBER: _ClassVar[int]
     TAGGER_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +136,7 @@ class TagImageResponse(_message.Message):
     OCR_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     TAGGED_AT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     tags: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tag]
     caption: str
     tagger: str
@@ -151,7 +154,8 @@ class TagImageResponse(_message.Message):
     ocr: _common_pb2.OcrResult
     cached: bool
     tagged_at: _timestamp_pb2.Timestamp
-    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., tagger: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., view_type: _Optional[_Union[ViewType, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelIdentity, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., fallback: _Optional[_Union[FallbackReason, str]] = ..., primary_health: _Optional[_Union[BackendHealth, str]] = ..., primary_breaker: _Optional[_Union[BreakerState, str]] = ..., ocr: _Optional[_Union[_common_pb2.OcrResult, _Mapping]] = ..., cached: _Optional[bool] = ..., tagged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    labels: _containers.RepeatedCompositeFieldContainer[_view_type_pb2.LabelScore]
+    def __init__(self, tags: _Optional[_Iterable[_Union[_common_pb2.Tag, _Mapping]]] = ..., caption: _Optional[str] = ..., tagger: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., view_type: _Optional[_Union[ViewType, _Mapping]] = ..., degraded: _Optional[bool] = ..., degraded_reasons: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelIdentity, _Mapping]]] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., context: _Optional[_Union[_common_pb2.ImageContext, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., fallback: _Optional[_Union[FallbackReason, str]] = ..., primary_health: _Optional[_Union[BackendHealth, str]] = ..., primary_breaker: _Optional[_Union[BreakerState, str]] = ..., ocr: _Optional[_Union[_common_pb2.OcrResult, _Mapping]] = ..., cached: _Optional[bool] = ..., tagged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Iterable[_Union[_view_type_pb2.LabelScore, _Mapping]]] = ...) -> None: ...
 
 class TagImagesRequest(_message.Message):
     __slots__ = ("id", "request")
@@ -269,3 +273,21 @@ class CacheStatus(_message.Message):
     evictions: int
     last_error: str
     def __init__(self, backend: _Optional[str] = ..., entries: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., shared: _Optional[int] = ..., evictions: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class EmbedTextRequest(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EmbedTextResponse(_message.Message):
+    __slots__ = ("embeddings", "model", "logit_scale", "logit_bias")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_SCALE_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[_view_type_pb2.TextEmbedding]
+    model: _common_pb2.ModelIdentity
+    logit_scale: float
+    logit_bias: float
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[_view_type_pb2.TextEmbedding, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelIdentity, _Mapping]] = ..., logit_scale: _Optional[float] = ..., logit_bias: _Optional[float] = ...) -> None: ...

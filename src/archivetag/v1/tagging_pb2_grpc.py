@@ -54,6 +54,11 @@ class TaggingServiceStub:
                 request_serializer=archivetag_dot_v1_dot_tagging__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=archivetag_dot_v1_dot_tagging__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.EmbedText = channel.unary_unary(
+                '/archivetag.v1.TaggingService/EmbedText',
+                request_serializer=archivetag_dot_v1_dot_tagging__pb2.EmbedTextRequest.SerializeToString,
+                response_deserializer=archivetag_dot_v1_dot_tagging__pb2.EmbedTextResponse.FromString,
+                _registered_method=True)
 
 
 class TaggingServiceServicer:
@@ -96,6 +101,17 @@ class TaggingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedText(self, request, context):
+        """Embeds texts with SigLIP's text tower, for search by words over stored image
+        embeddings of the same model (docs/search.md). Errors: INVALID_ARGUMENT
+        (FIELD_INVALID naming the text, e.g. "texts[0]"), UNAUTHENTICATED,
+        UNAVAILABLE (no view-type service with a text tower answers),
+        RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaggingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +129,11 @@ def add_TaggingServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=archivetag_dot_v1_dot_tagging__pb2.GetStatusRequest.FromString,
                     response_serializer=archivetag_dot_v1_dot_tagging__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'EmbedText': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedText,
+                    request_deserializer=archivetag_dot_v1_dot_tagging__pb2.EmbedTextRequest.FromString,
+                    response_serializer=archivetag_dot_v1_dot_tagging__pb2.EmbedTextResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -201,6 +222,33 @@ class TaggingService:
             '/archivetag.v1.TaggingService/GetStatus',
             archivetag_dot_v1_dot_tagging__pb2.GetStatusRequest.SerializeToString,
             archivetag_dot_v1_dot_tagging__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archivetag.v1.TaggingService/EmbedText',
+            archivetag_dot_v1_dot_tagging__pb2.EmbedTextRequest.SerializeToString,
+            archivetag_dot_v1_dot_tagging__pb2.EmbedTextResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from archivetag.v1 import common_pb2 as archivetag_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61rchivetag/v1/view_type.proto\x12\rarchivetag.v1\x1a\x1a\x61rchivetag/v1/common.proto\"Q\n\x0f\x43lassifyRequest\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.archivetag.v1.Image\x12\x19\n\x11include_embedding\x18\x02 \x01(\x08\">\n\nClassScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\"\xd4\x01\n\x10\x43lassifyResponse\x12\x11\n\tview_type\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12)\n\x06scores\x18\x03 \x03(\x0b\x32\x19.archivetag.v1.ClassScore\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12+\n\x05model\x18\x05 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12.\n\x07timings\x18\x06 \x01(\x0b\x32\x1d.archivetag.v1.ServiceTimings\"$\n\"ViewTypeServiceGetModelInfoRequest\"\x94\x02\n#ViewTypeServiceGetModelInfoResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.archivetag.v1.ServiceState\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12R\n\x08settings\x18\x04 \x03(\x0b\x32@.archivetag.v1.ViewTypeServiceGetModelInfoResponse.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xd5\x01\n\x0fViewTypeService\x12K\n\x08\x43lassify\x12\x1e.archivetag.v1.ClassifyRequest\x1a\x1f.archivetag.v1.ClassifyResponse\x12u\n\x0cGetModelInfo\x12\x31.archivetag.v1.ViewTypeServiceGetModelInfoRequest\x1a\x32.archivetag.v1.ViewTypeServiceGetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61rchivetag/v1/view_type.proto\x12\rarchivetag.v1\x1a\x1a\x61rchivetag/v1/common.proto\"B\n\x08LabelSet\x12$\n\x06labels\x18\x01 \x03(\x0b\x32\x14.archivetag.v1.Label\x12\x10\n\x08template\x18\x02 \x01(\t\"&\n\x05Label\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07prompts\x18\x02 \x03(\t\">\n\nLabelScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\"\x1f\n\rTextEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"z\n\x0f\x43lassifyRequest\x12#\n\x05image\x18\x01 \x01(\x0b\x32\x14.archivetag.v1.Image\x12\x19\n\x11include_embedding\x18\x02 \x01(\x08\x12\'\n\x06labels\x18\x03 \x01(\x0b\x32\x17.archivetag.v1.LabelSet\">\n\nClassScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\x12\r\n\x05logit\x18\x03 \x01(\x02\"\xff\x01\n\x10\x43lassifyResponse\x12\x11\n\tview_type\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12)\n\x06scores\x18\x03 \x03(\x0b\x32\x19.archivetag.v1.ClassScore\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12+\n\x05model\x18\x05 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12.\n\x07timings\x18\x06 \x01(\x0b\x32\x1d.archivetag.v1.ServiceTimings\x12)\n\x06labels\x18\x07 \x03(\x0b\x32\x19.archivetag.v1.LabelScore\"$\n\"ViewTypeServiceGetModelInfoRequest\"\x94\x02\n#ViewTypeServiceGetModelInfoResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12*\n\x05state\x18\x02 \x01(\x0b\x32\x1b.archivetag.v1.ServiceState\x12\x0f\n\x07\x63lasses\x18\x03 \x03(\t\x12R\n\x08settings\x18\x04 \x03(\x0b\x32@.archivetag.v1.ViewTypeServiceGetModelInfoResponse.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x1fViewTypeServiceEmbedTextRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\xda\x01\n ViewTypeServiceEmbedTextResponse\x12\x30\n\nembeddings\x18\x01 \x03(\x0b\x32\x1c.archivetag.v1.TextEmbedding\x12+\n\x05model\x18\x02 \x01(\x0b\x32\x1c.archivetag.v1.ModelIdentity\x12\x13\n\x0blogit_scale\x18\x03 \x01(\x02\x12\x12\n\nlogit_bias\x18\x04 \x01(\x02\x12.\n\x07timings\x18\x05 \x01(\x0b\x32\x1d.archivetag.v1.ServiceTimings2\xc3\x02\n\x0fViewTypeService\x12K\n\x08\x43lassify\x12\x1e.archivetag.v1.ClassifyRequest\x1a\x1f.archivetag.v1.ClassifyResponse\x12u\n\x0cGetModelInfo\x12\x31.archivetag.v1.ViewTypeServiceGetModelInfoRequest\x1a\x32.archivetag.v1.ViewTypeServiceGetModelInfoResponse\x12l\n\tEmbedText\x12..archivetag.v1.ViewTypeServiceEmbedTextRequest\x1a/.archivetag.v1.ViewTypeServiceEmbedTextResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._loaded_options = None
   _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_options = b'8\001'
-  _globals['_CLASSIFYREQUEST']._serialized_start=76
-  _globals['_CLASSIFYREQUEST']._serialized_end=157
-  _globals['_CLASSSCORE']._serialized_start=159
-  _globals['_CLASSSCORE']._serialized_end=221
-  _globals['_CLASSIFYRESPONSE']._serialized_start=224
-  _globals['_CLASSIFYRESPONSE']._serialized_end=436
-  _globals['_VIEWTYPESERVICEGETMODELINFOREQUEST']._serialized_start=438
-  _globals['_VIEWTYPESERVICEGETMODELINFOREQUEST']._serialized_end=474
-  _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE']._serialized_start=477
-  _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE']._serialized_end=753
-  _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_start=706
-  _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_end=753
-  _globals['_VIEWTYPESERVICE']._serialized_start=756
-  _globals['_VIEWTYPESERVICE']._serialized_end=969
+  _globals['_LABELSET']._serialized_start=76
+  _globals['_LABELSET']._serialized_end=142
+  _globals['_LABEL']._serialized_start=144
+  _globals['_LABEL']._serialized_end=182
+  _globals['_LABELSCORE']._serialized_start=184
+  _globals['_LABELSCORE']._serialized_end=246
+  _globals['_TEXTEMBEDDING']._serialized_start=248
+  _globals['_TEXTEMBEDDING']._serialized_end=279
+  _globals['_CLASSIFYREQUEST']._serialized_start=281
+  _globals['_CLASSIFYREQUEST']._serialized_end=403
+  _globals['_CLASSSCORE']._serialized_start=405
+  _globals['_CLASSSCORE']._serialized_end=467
+  _globals['_CLASSIFYRESPONSE']._serialized_start=470
+  _globals['_CLASSIFYRESPONSE']._serialized_end=725
+  _globals['_VIEWTYPESERVICEGETMODELINFOREQUEST']._serialized_start=727
+  _globals['_VIEWTYPESERVICEGETMODELINFOREQUEST']._serialized_end=763
+  _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE']._serialized_start=766
+  _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE']._serialized_end=1042
+  _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_start=995
+  _globals['_VIEWTYPESERVICEGETMODELINFORESPONSE_SETTINGSENTRY']._serialized_end=1042
+  _globals['_VIEWTYPESERVICEEMBEDTEXTREQUEST']._serialized_start=1044
+  _globals['_VIEWTYPESERVICEEMBEDTEXTREQUEST']._serialized_end=1092
+  _globals['_VIEWTYPESERVICEEMBEDTEXTRESPONSE']._serialized_start=1095
+  _globals['_VIEWTYPESERVICEEMBEDTEXTRESPONSE']._serialized_end=1313
+  _globals['_VIEWTYPESERVICE']._serialized_start=1316
+  _globals['_VIEWTYPESERVICE']._serialized_end=1639
 # @@protoc_insertion_point(module_scope)

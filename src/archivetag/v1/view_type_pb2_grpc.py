@@ -46,6 +46,11 @@ class ViewTypeServiceStub:
                 request_serializer=archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceGetModelInfoRequest.SerializeToString,
                 response_deserializer=archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceGetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.EmbedText = channel.unary_unary(
+                '/archivetag.v1.ViewTypeService/EmbedText',
+                request_serializer=archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceEmbedTextRequest.SerializeToString,
+                response_deserializer=archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceEmbedTextResponse.FromString,
+                _registered_method=True)
 
 
 class ViewTypeServiceServicer:
@@ -69,6 +74,19 @@ class ViewTypeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedText(self, request, context):
+        """Embeds texts with the model's text tower (search by words): one L2-normalised
+        embedding per text, in the same space as the image embeddings, so a dot
+        product is SigLIP's cosine. Text requests share Classify's batcher and
+        limits. Errors: INVALID_ARGUMENT (FIELD_INVALID: no texts, too many, an
+        empty or over-long text; the BadRequest field names it, e.g. "texts[2]"),
+        RESOURCE_EXHAUSTED (INFERENCE_QUEUE_FULL), UNAVAILABLE (MODEL_NOT_SERVING,
+        also when the export has no text tower: re-export it), DEADLINE_EXCEEDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ViewTypeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +99,11 @@ def add_ViewTypeServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceGetModelInfoRequest.FromString,
                     response_serializer=archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceGetModelInfoResponse.SerializeToString,
+            ),
+            'EmbedText': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedText,
+                    request_deserializer=archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceEmbedTextRequest.FromString,
+                    response_serializer=archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceEmbedTextResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +162,33 @@ class ViewTypeService:
             '/archivetag.v1.ViewTypeService/GetModelInfo',
             archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceGetModelInfoRequest.SerializeToString,
             archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceGetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archivetag.v1.ViewTypeService/EmbedText',
+            archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceEmbedTextRequest.SerializeToString,
+            archivetag_dot_v1_dot_view__type__pb2.ViewTypeServiceEmbedTextResponse.FromString,
             options,
             channel_credentials,
             insecure,

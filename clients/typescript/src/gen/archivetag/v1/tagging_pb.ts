@@ -10,7 +10,7 @@ import type { ErrorReason } from "./errors_pb.js";
 import { file_archivetag_v1_errors } from "./errors_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
-import type { ClassScore } from "./view_type_pb.js";
+import type { ClassScore, LabelScore, LabelSet, TextEmbedding } from "./view_type_pb.js";
 import { file_archivetag_v1_view_type } from "./view_type_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file archivetag/v1/tagging.proto.
  */
 export const file_archivetag_v1_tagging: GenFile = /*@__PURE__*/
-  fileDesc("ChthcmNoaXZldGFnL3YxL3RhZ2dpbmcucHJvdG8SDWFyY2hpdmV0YWcudjEiowIKD1RhZ0ltYWdlUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhAKCG1heF90YWdzGAMgASgNEhYKCXRocmVzaG9sZBgEIAEoAkgAiAEBEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAUgASgIEiMKA29jchgGIAEoDjIWLmFyY2hpdmV0YWcudjEuT2NyTW9kZRIUCgxieXBhc3NfY2FjaGUYFCABKAgSLwoIb3ZlcmZsb3cYFSABKA4yHS5hcmNoaXZldGFnLnYxLk92ZXJmbG93UG9saWN5QgwKCl90aHJlc2hvbGQiVwoIVmlld1R5cGUSDAoEbmFtZRgBIAEoCRISCgpjb25maWRlbmNlGAIgASgCEikKBnNjb3JlcxgDIAMoCzIZLmFyY2hpdmV0YWcudjEuQ2xhc3NTY29yZSKqAQoMU3RhZ2VUaW1pbmdzEhUKDXRvdGFsX3NlY29uZHMYASABKAESFgoOdGFnZ2VyX3NlY29uZHMYAiABKAESGQoRdmlld190eXBlX3NlY29uZHMYAyABKAESGAoQZmFpbG92ZXJfc2Vjb25kcxgEIAEoARIZChFhZG1pc3Npb25fc2Vjb25kcxgFIAEoARIbChN0YWdnZXJfd2FpdF9zZWNvbmRzGAYgASgBIuYEChBUYWdJbWFnZVJlc3BvbnNlEiAKBHRhZ3MYASADKAsyEi5hcmNoaXZldGFnLnYxLlRhZxIPCgdjYXB0aW9uGAIgASgJEg4KBnRhZ2dlchgDIAEoCRIXCg9mYWxsYmFja19yZWFzb24YBCABKAkSKgoJdmlld190eXBlGAUgASgLMhcuYXJjaGl2ZXRhZy52MS5WaWV3VHlwZRIQCghkZWdyYWRlZBgGIAEoCBIYChBkZWdyYWRlZF9yZWFzb25zGAcgAygJEiwKBm1vZGVscxgIIAMoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIsCgd0aW1pbmdzGAkgASgLMhsuYXJjaGl2ZXRhZy52MS5TdGFnZVRpbWluZ3MSLAoHY29udGV4dBgKIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhEKCWVtYmVkZGluZxgLIAMoAhIvCghmYWxsYmFjaxgMIAEoDjIdLmFyY2hpdmV0YWcudjEuRmFsbGJhY2tSZWFzb24SNAoOcHJpbWFyeV9oZWFsdGgYDSABKA4yHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRIZWFsdGgSNAoPcHJpbWFyeV9icmVha2VyGA4gASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSJQoDb2NyGA8gASgLMhguYXJjaGl2ZXRhZy52MS5PY3JSZXN1bHQSDgoGY2FjaGVkGBQgASgIEi0KCXRhZ2dlZF9hdBgVIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoQVGFnSW1hZ2VzUmVxdWVzdBIKCgJpZBgBIAEoCRIvCgdyZXF1ZXN0GAIgASgLMh4uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlcXVlc3Qi4AEKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEioKBnJlYXNvbhgEIAEoDjIaLmFyY2hpdmV0YWcudjEuRXJyb3JSZWFzb24SOAoIbWV0YWRhdGEYBSADKAsyJi5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvci5NZXRhZGF0YUVudHJ5Eg0KBWZpZWxkGAYgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKIAQoRVGFnSW1hZ2VzUmVzcG9uc2USCgoCaWQYASABKAkSMQoGcmVzdWx0GAIgASgLMh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlc3BvbnNlSAASKQoFZXJyb3IYAyABKAsyGC5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvckgAQgkKB291dGNvbWUiEgoQR2V0U3RhdHVzUmVxdWVzdCLpAwoNQmFja2VuZFN0YXR1cxIMCgRuYW1lGAEgASgJEgwKBHJvbGUYAiABKAkSDgoGdGFyZ2V0GAMgASgJEiwKBmhlYWx0aBgEIAEoDjIcLmFyY2hpdmV0YWcudjEuQmFja2VuZEhlYWx0aBIsCgdicmVha2VyGAUgASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSEAoIcmVwbGljYXMYBiABKA0SGAoQc2VydmluZ19yZXBsaWNhcxgHIAEoDRIbChNsYXRlbmN5X3A1MF9zZWNvbmRzGAggASgBEhsKE2xhdGVuY3lfcDk1X3NlY29uZHMYCSABKAESEAoIb2tfY291bnQYCiABKAQSEwoLZXJyb3JfY291bnQYCyABKAQSEgoKbGFzdF9lcnJvchgMIAEoCRIrCgVtb2RlbBgNIAEoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIzCg9sYXN0X2Vycm9yX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2xhc3RfZXJyb3JfcmVzb2x2ZWQYDyABKAgSDQoFY2FsbHMYECABKA0SEAoIY2FwYWNpdHkYESABKA0SDwoHd2FpdGluZxgSIAEoDSKRAQoRR2V0U3RhdHVzUmVzcG9uc2USLgoIYmFja2VuZHMYASADKAsyHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRTdGF0dXMSEQoJaW5fZmxpZ2h0GAIgASgNEg4KBnF1ZXVlZBgDIAEoDRIpCgVjYWNoZRgEIAEoCzIaLmFyY2hpdmV0YWcudjEuQ2FjaGVTdGF0dXMikwEKC0NhY2hlU3RhdHVzEg8KB2JhY2tlbmQYASABKAkSDwoHZW50cmllcxgCIAEoBBINCgVieXRlcxgDIAEoBBIMCgRoaXRzGAQgASgEEg4KBm1pc3NlcxgFIAEoBBIOCgZzaGFyZWQYBiABKAQSEQoJZXZpY3Rpb25zGAcgASgEEhIKCmxhc3RfZXJyb3IYCCABKAkqaQoOT3ZlcmZsb3dQb2xpY3kSHwobT1ZFUkZMT1dfUE9MSUNZX1VOU1BFQ0lGSUVEEAASGAoUT1ZFUkZMT1dfUE9MSUNZX1dBSVQQARIcChhPVkVSRkxPV19QT0xJQ1lfRkFMTEJBQ0sQAirhAgoORmFsbGJhY2tSZWFzb24SHwobRkFMTEJBQ0tfUkVBU09OX1VOU1BFQ0lGSUVEEAASHAoYRkFMTEJBQ0tfUkVBU09OX0RJU0FCTEVEEAESHwobRkFMTEJBQ0tfUkVBU09OX05PVF9TRVJWSU5HEAISHwobRkFMTEJBQ0tfUkVBU09OX1VOUkVBQ0hBQkxFEAMSIgoeRkFMTEJBQ0tfUkVBU09OX0hFQUxUSF9VTktOT1dOEAQSIAocRkFMTEJBQ0tfUkVBU09OX0JSRUFLRVJfT1BFThAFEiUKIUZBTExCQUNLX1JFQVNPTl9ERUFETElORV9FWENFRURFRBAGEh4KGkZBTExCQUNLX1JFQVNPTl9PVkVSTE9BREVEEAcSHwobRkFMTEJBQ0tfUkVBU09OX0NBTExfRkFJTEVEEAgSIAocRkFMTEJBQ0tfUkVBU09OX05PX1RJTUVfTEVGVBAJKqgBCg1CYWNrZW5kSGVhbHRoEh4KGkJBQ0tFTkRfSEVBTFRIX1VOU1BFQ0lGSUVEEAASGgoWQkFDS0VORF9IRUFMVEhfU0VSVklORxABEh4KGkJBQ0tFTkRfSEVBTFRIX05PVF9TRVJWSU5HEAISHgoaQkFDS0VORF9IRUFMVEhfVU5SRUFDSEFCTEUQAxIbChdCQUNLRU5EX0hFQUxUSF9ESVNBQkxFRBAEKnwKDEJyZWFrZXJTdGF0ZRIdChlCUkVBS0VSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQlJFQUtFUl9TVEFURV9DTE9TRUQQARIWChJCUkVBS0VSX1NUQVRFX09QRU4QAhIbChdCUkVBS0VSX1NUQVRFX0hBTEZfT1BFThADMoECCg5UYWdnaW5nU2VydmljZRJLCghUYWdJbWFnZRIeLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VSZXF1ZXN0Gh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlc3BvbnNlElIKCVRhZ0ltYWdlcxIfLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VzUmVxdWVzdBogLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VzUmVzcG9uc2UoATABEk4KCUdldFN0YXR1cxIfLmFyY2hpdmV0YWcudjEuR2V0U3RhdHVzUmVxdWVzdBogLmFyY2hpdmV0YWcudjEuR2V0U3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_archivetag_v1_common, file_archivetag_v1_errors, file_google_protobuf_timestamp, file_archivetag_v1_view_type]);
+  fileDesc("ChthcmNoaXZldGFnL3YxL3RhZ2dpbmcucHJvdG8SDWFyY2hpdmV0YWcudjEizAIKD1RhZ0ltYWdlUmVxdWVzdBIjCgVpbWFnZRgBIAEoCzIULmFyY2hpdmV0YWcudjEuSW1hZ2USLAoHY29udGV4dBgCIAEoCzIbLmFyY2hpdmV0YWcudjEuSW1hZ2VDb250ZXh0EhAKCG1heF90YWdzGAMgASgNEhYKCXRocmVzaG9sZBgEIAEoAkgAiAEBEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAUgASgIEiMKA29jchgGIAEoDjIWLmFyY2hpdmV0YWcudjEuT2NyTW9kZRIUCgxieXBhc3NfY2FjaGUYFCABKAgSLwoIb3ZlcmZsb3cYFSABKA4yHS5hcmNoaXZldGFnLnYxLk92ZXJmbG93UG9saWN5EicKBmxhYmVscxgHIAEoCzIXLmFyY2hpdmV0YWcudjEuTGFiZWxTZXRCDAoKX3RocmVzaG9sZCJXCghWaWV3VHlwZRIMCgRuYW1lGAEgASgJEhIKCmNvbmZpZGVuY2UYAiABKAISKQoGc2NvcmVzGAMgAygLMhkuYXJjaGl2ZXRhZy52MS5DbGFzc1Njb3JlIqoBCgxTdGFnZVRpbWluZ3MSFQoNdG90YWxfc2Vjb25kcxgBIAEoARIWCg50YWdnZXJfc2Vjb25kcxgCIAEoARIZChF2aWV3X3R5cGVfc2Vjb25kcxgDIAEoARIYChBmYWlsb3Zlcl9zZWNvbmRzGAQgASgBEhkKEWFkbWlzc2lvbl9zZWNvbmRzGAUgASgBEhsKE3RhZ2dlcl93YWl0X3NlY29uZHMYBiABKAEikQUKEFRhZ0ltYWdlUmVzcG9uc2USIAoEdGFncxgBIAMoCzISLmFyY2hpdmV0YWcudjEuVGFnEg8KB2NhcHRpb24YAiABKAkSDgoGdGFnZ2VyGAMgASgJEhcKD2ZhbGxiYWNrX3JlYXNvbhgEIAEoCRIqCgl2aWV3X3R5cGUYBSABKAsyFy5hcmNoaXZldGFnLnYxLlZpZXdUeXBlEhAKCGRlZ3JhZGVkGAYgASgIEhgKEGRlZ3JhZGVkX3JlYXNvbnMYByADKAkSLAoGbW9kZWxzGAggAygLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5EiwKB3RpbWluZ3MYCSABKAsyGy5hcmNoaXZldGFnLnYxLlN0YWdlVGltaW5ncxIsCgdjb250ZXh0GAogASgLMhsuYXJjaGl2ZXRhZy52MS5JbWFnZUNvbnRleHQSEQoJZW1iZWRkaW5nGAsgAygCEi8KCGZhbGxiYWNrGAwgASgOMh0uYXJjaGl2ZXRhZy52MS5GYWxsYmFja1JlYXNvbhI0Cg5wcmltYXJ5X2hlYWx0aBgNIAEoDjIcLmFyY2hpdmV0YWcudjEuQmFja2VuZEhlYWx0aBI0Cg9wcmltYXJ5X2JyZWFrZXIYDiABKA4yGy5hcmNoaXZldGFnLnYxLkJyZWFrZXJTdGF0ZRIlCgNvY3IYDyABKAsyGC5hcmNoaXZldGFnLnYxLk9jclJlc3VsdBIOCgZjYWNoZWQYFCABKAgSLQoJdGFnZ2VkX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgZsYWJlbHMYECADKAsyGS5hcmNoaXZldGFnLnYxLkxhYmVsU2NvcmUiTwoQVGFnSW1hZ2VzUmVxdWVzdBIKCgJpZBgBIAEoCRIvCgdyZXF1ZXN0GAIgASgLMh4uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlcXVlc3Qi4AEKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgFEg4KBnN0YXR1cxgCIAEoCRIPCgdtZXNzYWdlGAMgASgJEioKBnJlYXNvbhgEIAEoDjIaLmFyY2hpdmV0YWcudjEuRXJyb3JSZWFzb24SOAoIbWV0YWRhdGEYBSADKAsyJi5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvci5NZXRhZGF0YUVudHJ5Eg0KBWZpZWxkGAYgASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKIAQoRVGFnSW1hZ2VzUmVzcG9uc2USCgoCaWQYASABKAkSMQoGcmVzdWx0GAIgASgLMh8uYXJjaGl2ZXRhZy52MS5UYWdJbWFnZVJlc3BvbnNlSAASKQoFZXJyb3IYAyABKAsyGC5hcmNoaXZldGFnLnYxLkl0ZW1FcnJvckgAQgkKB291dGNvbWUiEgoQR2V0U3RhdHVzUmVxdWVzdCLpAwoNQmFja2VuZFN0YXR1cxIMCgRuYW1lGAEgASgJEgwKBHJvbGUYAiABKAkSDgoGdGFyZ2V0GAMgASgJEiwKBmhlYWx0aBgEIAEoDjIcLmFyY2hpdmV0YWcudjEuQmFja2VuZEhlYWx0aBIsCgdicmVha2VyGAUgASgOMhsuYXJjaGl2ZXRhZy52MS5CcmVha2VyU3RhdGUSEAoIcmVwbGljYXMYBiABKA0SGAoQc2VydmluZ19yZXBsaWNhcxgHIAEoDRIbChNsYXRlbmN5X3A1MF9zZWNvbmRzGAggASgBEhsKE2xhdGVuY3lfcDk1X3NlY29uZHMYCSABKAESEAoIb2tfY291bnQYCiABKAQSEwoLZXJyb3JfY291bnQYCyABKAQSEgoKbGFzdF9lcnJvchgMIAEoCRIrCgVtb2RlbBgNIAEoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIzCg9sYXN0X2Vycm9yX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE2xhc3RfZXJyb3JfcmVzb2x2ZWQYDyABKAgSDQoFY2FsbHMYECABKA0SEAoIY2FwYWNpdHkYESABKA0SDwoHd2FpdGluZxgSIAEoDSKRAQoRR2V0U3RhdHVzUmVzcG9uc2USLgoIYmFja2VuZHMYASADKAsyHC5hcmNoaXZldGFnLnYxLkJhY2tlbmRTdGF0dXMSEQoJaW5fZmxpZ2h0GAIgASgNEg4KBnF1ZXVlZBgDIAEoDRIpCgVjYWNoZRgEIAEoCzIaLmFyY2hpdmV0YWcudjEuQ2FjaGVTdGF0dXMikwEKC0NhY2hlU3RhdHVzEg8KB2JhY2tlbmQYASABKAkSDwoHZW50cmllcxgCIAEoBBINCgVieXRlcxgDIAEoBBIMCgRoaXRzGAQgASgEEg4KBm1pc3NlcxgFIAEoBBIOCgZzaGFyZWQYBiABKAQSEQoJZXZpY3Rpb25zGAcgASgEEhIKCmxhc3RfZXJyb3IYCCABKAkiIQoQRW1iZWRUZXh0UmVxdWVzdBINCgV0ZXh0cxgBIAMoCSKbAQoRRW1iZWRUZXh0UmVzcG9uc2USMAoKZW1iZWRkaW5ncxgBIAMoCzIcLmFyY2hpdmV0YWcudjEuVGV4dEVtYmVkZGluZxIrCgVtb2RlbBgCIAEoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRITCgtsb2dpdF9zY2FsZRgDIAEoAhISCgpsb2dpdF9iaWFzGAQgASgCKmkKDk92ZXJmbG93UG9saWN5Eh8KG09WRVJGTE9XX1BPTElDWV9VTlNQRUNJRklFRBAAEhgKFE9WRVJGTE9XX1BPTElDWV9XQUlUEAESHAoYT1ZFUkZMT1dfUE9MSUNZX0ZBTExCQUNLEAIq4QIKDkZhbGxiYWNrUmVhc29uEh8KG0ZBTExCQUNLX1JFQVNPTl9VTlNQRUNJRklFRBAAEhwKGEZBTExCQUNLX1JFQVNPTl9ESVNBQkxFRBABEh8KG0ZBTExCQUNLX1JFQVNPTl9OT1RfU0VSVklORxACEh8KG0ZBTExCQUNLX1JFQVNPTl9VTlJFQUNIQUJMRRADEiIKHkZBTExCQUNLX1JFQVNPTl9IRUFMVEhfVU5LTk9XThAEEiAKHEZBTExCQUNLX1JFQVNPTl9CUkVBS0VSX09QRU4QBRIlCiFGQUxMQkFDS19SRUFTT05fREVBRExJTkVfRVhDRUVERUQQBhIeChpGQUxMQkFDS19SRUFTT05fT1ZFUkxPQURFRBAHEh8KG0ZBTExCQUNLX1JFQVNPTl9DQUxMX0ZBSUxFRBAIEiAKHEZBTExCQUNLX1JFQVNPTl9OT19USU1FX0xFRlQQCSqoAQoNQmFja2VuZEhlYWx0aBIeChpCQUNLRU5EX0hFQUxUSF9VTlNQRUNJRklFRBAAEhoKFkJBQ0tFTkRfSEVBTFRIX1NFUlZJTkcQARIeChpCQUNLRU5EX0hFQUxUSF9OT1RfU0VSVklORxACEh4KGkJBQ0tFTkRfSEVBTFRIX1VOUkVBQ0hBQkxFEAMSGwoXQkFDS0VORF9IRUFMVEhfRElTQUJMRUQQBCp8CgxCcmVha2VyU3RhdGUSHQoZQlJFQUtFUl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFEJSRUFLRVJfU1RBVEVfQ0xPU0VEEAESFgoSQlJFQUtFUl9TVEFURV9PUEVOEAISGwoXQlJFQUtFUl9TVEFURV9IQUxGX09QRU4QAzLRAgoOVGFnZ2luZ1NlcnZpY2USSwoIVGFnSW1hZ2USHi5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlUmVxdWVzdBofLmFyY2hpdmV0YWcudjEuVGFnSW1hZ2VSZXNwb25zZRJSCglUYWdJbWFnZXMSHy5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlc1JlcXVlc3QaIC5hcmNoaXZldGFnLnYxLlRhZ0ltYWdlc1Jlc3BvbnNlKAEwARJOCglHZXRTdGF0dXMSHy5hcmNoaXZldGFnLnYxLkdldFN0YXR1c1JlcXVlc3QaIC5hcmNoaXZldGFnLnYxLkdldFN0YXR1c1Jlc3BvbnNlEk4KCUVtYmVkVGV4dBIfLmFyY2hpdmV0YWcudjEuRW1iZWRUZXh0UmVxdWVzdBogLmFyY2hpdmV0YWcudjEuRW1iZWRUZXh0UmVzcG9uc2ViBnByb3RvMw", [file_archivetag_v1_common, file_archivetag_v1_errors, file_google_protobuf_timestamp, file_archivetag_v1_view_type]);
 
 /**
  * Request for TaggingService.TagImage.
@@ -87,6 +87,14 @@ export type TagImageRequest = Message<"archivetag.v1.TagImageRequest"> & {
    * @generated from field: archivetag.v1.OverflowPolicy overflow = 21;
    */
   overflow: OverflowPolicy;
+
+  /**
+   * Also score the photo against these labels (the archive's own words, e.g.
+   * place types), answered in TagImageResponse.labels; docs/search.md.
+   *
+   * @generated from field: archivetag.v1.LabelSet labels = 7;
+   */
+  labels?: LabelSet | undefined;
 };
 
 /**
@@ -320,6 +328,14 @@ export type TagImageResponse = Message<"archivetag.v1.TagImageResponse"> & {
    * @generated from field: google.protobuf.Timestamp tagged_at = 21;
    */
   taggedAt?: Timestamp | undefined;
+
+  /**
+   * The requested labels with their probabilities, most probable first; empty
+   * without labels, or when SigLIP did not answer (then degraded).
+   *
+   * @generated from field: repeated archivetag.v1.LabelScore labels = 16;
+   */
+  labels: LabelScore[];
 };
 
 /**
@@ -728,6 +744,71 @@ export const CacheStatusSchema: GenMessage<CacheStatus> = /*@__PURE__*/
   messageDesc(file_archivetag_v1_tagging, 10);
 
 /**
+ * Request for TaggingService.EmbedText.
+ *
+ * @generated from message archivetag.v1.EmbedTextRequest
+ */
+export type EmbedTextRequest = Message<"archivetag.v1.EmbedTextRequest"> & {
+  /**
+   * The texts (see ViewTypeServiceEmbedTextRequest.texts for the limits).
+   *
+   * @generated from field: repeated string texts = 1;
+   */
+  texts: string[];
+};
+
+/**
+ * Describes the message archivetag.v1.EmbedTextRequest.
+ * Use `create(EmbedTextRequestSchema)` to create a new message.
+ */
+export const EmbedTextRequestSchema: GenMessage<EmbedTextRequest> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_tagging, 11);
+
+/**
+ * Response of TaggingService.EmbedText.
+ *
+ * @generated from message archivetag.v1.EmbedTextResponse
+ */
+export type EmbedTextResponse = Message<"archivetag.v1.EmbedTextResponse"> & {
+  /**
+   * One L2-normalised embedding per text, in request order.
+   *
+   * @generated from field: repeated archivetag.v1.TextEmbedding embeddings = 1;
+   */
+  embeddings: TextEmbedding[];
+
+  /**
+   * The SigLIP model that embedded them: compare only with image embeddings
+   * this model made (TagImageResponse.models, the view-type entry).
+   *
+   * @generated from field: archivetag.v1.ModelIdentity model = 2;
+   */
+  model?: ModelIdentity | undefined;
+
+  /**
+   * The model's logit scale (a log): probability = sigmoid(exp(logit_scale) *
+   * cosine + logit_bias).
+   *
+   * @generated from field: float logit_scale = 3;
+   */
+  logitScale: number;
+
+  /**
+   * The model's logit bias (see logit_scale).
+   *
+   * @generated from field: float logit_bias = 4;
+   */
+  logitBias: number;
+};
+
+/**
+ * Describes the message archivetag.v1.EmbedTextResponse.
+ * Use `create(EmbedTextResponseSchema)` to create a new message.
+ */
+export const EmbedTextResponseSchema: GenMessage<EmbedTextResponse> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_tagging, 12);
+
+/**
  * When the primary tagger is busy: whether an image waits for it or overflows
  * to the next tagger (docs/errors.md, "Overload").
  *
@@ -990,6 +1071,20 @@ export const TaggingService: GenService<{
     methodKind: "unary";
     input: typeof GetStatusRequestSchema;
     output: typeof GetStatusResponseSchema;
+  },
+  /**
+   * Embeds texts with SigLIP's text tower, for search by words over stored image
+   * embeddings of the same model (docs/search.md). Errors: INVALID_ARGUMENT
+   * (FIELD_INVALID naming the text, e.g. "texts[0]"), UNAUTHENTICATED,
+   * UNAVAILABLE (no view-type service with a text tower answers),
+   * RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED.
+   *
+   * @generated from rpc archivetag.v1.TaggingService.EmbedText
+   */
+  embedText: {
+    methodKind: "unary";
+    input: typeof EmbedTextRequestSchema;
+    output: typeof EmbedTextResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_archivetag_v1_tagging, 0);

@@ -12,7 +12,125 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file archivetag/v1/view_type.proto.
  */
 export const file_archivetag_v1_view_type: GenFile = /*@__PURE__*/
-  fileDesc("Ch1hcmNoaXZldGFnL3YxL3ZpZXdfdHlwZS5wcm90bxINYXJjaGl2ZXRhZy52MSJRCg9DbGFzc2lmeVJlcXVlc3QSIwoFaW1hZ2UYASABKAsyFC5hcmNoaXZldGFnLnYxLkltYWdlEhkKEWluY2x1ZGVfZW1iZWRkaW5nGAIgASgIIj4KCkNsYXNzU2NvcmUSDAoEbmFtZRgBIAEoCRITCgtwcm9iYWJpbGl0eRgCIAEoAhINCgVsb2dpdBgDIAEoAiLUAQoQQ2xhc3NpZnlSZXNwb25zZRIRCgl2aWV3X3R5cGUYASABKAkSEgoKY29uZmlkZW5jZRgCIAEoAhIpCgZzY29yZXMYAyADKAsyGS5hcmNoaXZldGFnLnYxLkNsYXNzU2NvcmUSEQoJZW1iZWRkaW5nGAQgAygCEisKBW1vZGVsGAUgASgLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5Ei4KB3RpbWluZ3MYBiABKAsyHS5hcmNoaXZldGFnLnYxLlNlcnZpY2VUaW1pbmdzIiQKIlZpZXdUeXBlU2VydmljZUdldE1vZGVsSW5mb1JlcXVlc3QilAIKI1ZpZXdUeXBlU2VydmljZUdldE1vZGVsSW5mb1Jlc3BvbnNlEisKBW1vZGVsGAEgASgLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5EioKBXN0YXRlGAIgASgLMhsuYXJjaGl2ZXRhZy52MS5TZXJ2aWNlU3RhdGUSDwoHY2xhc3NlcxgDIAMoCRJSCghzZXR0aW5ncxgEIAMoCzJALmFyY2hpdmV0YWcudjEuVmlld1R5cGVTZXJ2aWNlR2V0TW9kZWxJbmZvUmVzcG9uc2UuU2V0dGluZ3NFbnRyeRovCg1TZXR0aW5nc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEy1QEKD1ZpZXdUeXBlU2VydmljZRJLCghDbGFzc2lmeRIeLmFyY2hpdmV0YWcudjEuQ2xhc3NpZnlSZXF1ZXN0Gh8uYXJjaGl2ZXRhZy52MS5DbGFzc2lmeVJlc3BvbnNlEnUKDEdldE1vZGVsSW5mbxIxLmFyY2hpdmV0YWcudjEuVmlld1R5cGVTZXJ2aWNlR2V0TW9kZWxJbmZvUmVxdWVzdBoyLmFyY2hpdmV0YWcudjEuVmlld1R5cGVTZXJ2aWNlR2V0TW9kZWxJbmZvUmVzcG9uc2ViBnByb3RvMw", [file_archivetag_v1_common]);
+  fileDesc("Ch1hcmNoaXZldGFnL3YxL3ZpZXdfdHlwZS5wcm90bxINYXJjaGl2ZXRhZy52MSJCCghMYWJlbFNldBIkCgZsYWJlbHMYASADKAsyFC5hcmNoaXZldGFnLnYxLkxhYmVsEhAKCHRlbXBsYXRlGAIgASgJIiYKBUxhYmVsEgwKBG5hbWUYASABKAkSDwoHcHJvbXB0cxgCIAMoCSI+CgpMYWJlbFNjb3JlEgwKBG5hbWUYASABKAkSEwoLcHJvYmFiaWxpdHkYAiABKAISDQoFbG9naXQYAyABKAIiHwoNVGV4dEVtYmVkZGluZxIOCgZ2YWx1ZXMYASADKAIiegoPQ2xhc3NpZnlSZXF1ZXN0EiMKBWltYWdlGAEgASgLMhQuYXJjaGl2ZXRhZy52MS5JbWFnZRIZChFpbmNsdWRlX2VtYmVkZGluZxgCIAEoCBInCgZsYWJlbHMYAyABKAsyFy5hcmNoaXZldGFnLnYxLkxhYmVsU2V0Ij4KCkNsYXNzU2NvcmUSDAoEbmFtZRgBIAEoCRITCgtwcm9iYWJpbGl0eRgCIAEoAhINCgVsb2dpdBgDIAEoAiL/AQoQQ2xhc3NpZnlSZXNwb25zZRIRCgl2aWV3X3R5cGUYASABKAkSEgoKY29uZmlkZW5jZRgCIAEoAhIpCgZzY29yZXMYAyADKAsyGS5hcmNoaXZldGFnLnYxLkNsYXNzU2NvcmUSEQoJZW1iZWRkaW5nGAQgAygCEisKBW1vZGVsGAUgASgLMhwuYXJjaGl2ZXRhZy52MS5Nb2RlbElkZW50aXR5Ei4KB3RpbWluZ3MYBiABKAsyHS5hcmNoaXZldGFnLnYxLlNlcnZpY2VUaW1pbmdzEikKBmxhYmVscxgHIAMoCzIZLmFyY2hpdmV0YWcudjEuTGFiZWxTY29yZSIkCiJWaWV3VHlwZVNlcnZpY2VHZXRNb2RlbEluZm9SZXF1ZXN0IpQCCiNWaWV3VHlwZVNlcnZpY2VHZXRNb2RlbEluZm9SZXNwb25zZRIrCgVtb2RlbBgBIAEoCzIcLmFyY2hpdmV0YWcudjEuTW9kZWxJZGVudGl0eRIqCgVzdGF0ZRgCIAEoCzIbLmFyY2hpdmV0YWcudjEuU2VydmljZVN0YXRlEg8KB2NsYXNzZXMYAyADKAkSUgoIc2V0dGluZ3MYBCADKAsyQC5hcmNoaXZldGFnLnYxLlZpZXdUeXBlU2VydmljZUdldE1vZGVsSW5mb1Jlc3BvbnNlLlNldHRpbmdzRW50cnkaLwoNU2V0dGluZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjAKH1ZpZXdUeXBlU2VydmljZUVtYmVkVGV4dFJlcXVlc3QSDQoFdGV4dHMYASADKAki2gEKIFZpZXdUeXBlU2VydmljZUVtYmVkVGV4dFJlc3BvbnNlEjAKCmVtYmVkZGluZ3MYASADKAsyHC5hcmNoaXZldGFnLnYxLlRleHRFbWJlZGRpbmcSKwoFbW9kZWwYAiABKAsyHC5hcmNoaXZldGFnLnYxLk1vZGVsSWRlbnRpdHkSEwoLbG9naXRfc2NhbGUYAyABKAISEgoKbG9naXRfYmlhcxgEIAEoAhIuCgd0aW1pbmdzGAUgASgLMh0uYXJjaGl2ZXRhZy52MS5TZXJ2aWNlVGltaW5nczLDAgoPVmlld1R5cGVTZXJ2aWNlEksKCENsYXNzaWZ5Eh4uYXJjaGl2ZXRhZy52MS5DbGFzc2lmeVJlcXVlc3QaHy5hcmNoaXZldGFnLnYxLkNsYXNzaWZ5UmVzcG9uc2USdQoMR2V0TW9kZWxJbmZvEjEuYXJjaGl2ZXRhZy52MS5WaWV3VHlwZVNlcnZpY2VHZXRNb2RlbEluZm9SZXF1ZXN0GjIuYXJjaGl2ZXRhZy52MS5WaWV3VHlwZVNlcnZpY2VHZXRNb2RlbEluZm9SZXNwb25zZRJsCglFbWJlZFRleHQSLi5hcmNoaXZldGFnLnYxLlZpZXdUeXBlU2VydmljZUVtYmVkVGV4dFJlcXVlc3QaLy5hcmNoaXZldGFnLnYxLlZpZXdUeXBlU2VydmljZUVtYmVkVGV4dFJlc3BvbnNlYgZwcm90bzM", [file_archivetag_v1_common]);
+
+/**
+ * Labels to score an image against, chosen by the caller (zero-shot, per request).
+ *
+ * @generated from message archivetag.v1.LabelSet
+ */
+export type LabelSet = Message<"archivetag.v1.LabelSet"> & {
+  /**
+   * The labels. Each is scored on its own with SigLIP's sigmoid, not against the
+   * others: a photo may fit several, or none.
+   *
+   * @generated from field: repeated archivetag.v1.Label labels = 1;
+   */
+  labels: Label[];
+
+  /**
+   * The prompt for labels that bring none of their own; "{}" stands for the
+   * label's name. Empty: "a photo of {}.".
+   *
+   * @generated from field: string template = 2;
+   */
+  template: string;
+};
+
+/**
+ * Describes the message archivetag.v1.LabelSet.
+ * Use `create(LabelSetSchema)` to create a new message.
+ */
+export const LabelSetSchema: GenMessage<LabelSet> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_view_type, 0);
+
+/**
+ * One label of a LabelSet.
+ *
+ * @generated from message archivetag.v1.Label
+ */
+export type Label = Message<"archivetag.v1.Label"> & {
+  /**
+   * The label's name, as the answer carries it, e.g. "hospital".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Descriptions of the label, e.g. "a photo of a hospital ward."; the label's
+   * text embedding is the mean of their normalised embeddings, normalised.
+   * Empty: the set's template filled with the name.
+   *
+   * @generated from field: repeated string prompts = 2;
+   */
+  prompts: string[];
+};
+
+/**
+ * Describes the message archivetag.v1.Label.
+ * Use `create(LabelSchema)` to create a new message.
+ */
+export const LabelSchema: GenMessage<Label> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_view_type, 1);
+
+/**
+ * How well one label describes an image.
+ *
+ * @generated from message archivetag.v1.LabelScore
+ */
+export type LabelScore = Message<"archivetag.v1.LabelScore"> & {
+  /**
+   * The label's name, as requested.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * SigLIP's sigmoid probability that the label describes the image:
+   * sigmoid(exp(logit_scale) * cos(image, label) + logit_bias). Independent per
+   * label: the labels need not sum to 1.
+   *
+   * @generated from field: float probability = 2;
+   */
+  probability: number;
+
+  /**
+   * The raw logit inside the sigmoid.
+   *
+   * @generated from field: float logit = 3;
+   */
+  logit: number;
+};
+
+/**
+ * Describes the message archivetag.v1.LabelScore.
+ * Use `create(LabelScoreSchema)` to create a new message.
+ */
+export const LabelScoreSchema: GenMessage<LabelScore> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_view_type, 2);
+
+/**
+ * One text's embedding.
+ *
+ * @generated from message archivetag.v1.TextEmbedding
+ */
+export type TextEmbedding = Message<"archivetag.v1.TextEmbedding"> & {
+  /**
+   * L2-normalised; as long as the image embeddings.
+   *
+   * @generated from field: repeated float values = 1;
+   */
+  values: number[];
+};
+
+/**
+ * Describes the message archivetag.v1.TextEmbedding.
+ * Use `create(TextEmbeddingSchema)` to create a new message.
+ */
+export const TextEmbeddingSchema: GenMessage<TextEmbedding> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_view_type, 3);
 
 /**
  * Request for ViewTypeService.Classify.
@@ -34,6 +152,17 @@ export type ClassifyRequest = Message<"archivetag.v1.ClassifyRequest"> & {
    * @generated from field: bool include_embedding = 2;
    */
   includeEmbedding: boolean;
+
+  /**
+   * Also score the image against these labels (ClassifyResponse.labels). At
+   * most the service's label limits (ARCHIVETAG_SIGLIP_MAX_LABELS labels,
+   * ARCHIVETAG_SIGLIP_MAX_TEXTS prompts in all, each at most
+   * ARCHIVETAG_SIGLIP_MAX_TEXT_CHARS characters); beyond, or an empty name or
+   * prompt: INVALID_ARGUMENT (FIELD_INVALID) naming the field.
+   *
+   * @generated from field: archivetag.v1.LabelSet labels = 3;
+   */
+  labels?: LabelSet | undefined;
 };
 
 /**
@@ -41,7 +170,7 @@ export type ClassifyRequest = Message<"archivetag.v1.ClassifyRequest"> & {
  * Use `create(ClassifyRequestSchema)` to create a new message.
  */
 export const ClassifyRequestSchema: GenMessage<ClassifyRequest> = /*@__PURE__*/
-  messageDesc(file_archivetag_v1_view_type, 0);
+  messageDesc(file_archivetag_v1_view_type, 4);
 
 /**
  * Score of one view-type class.
@@ -76,7 +205,7 @@ export type ClassScore = Message<"archivetag.v1.ClassScore"> & {
  * Use `create(ClassScoreSchema)` to create a new message.
  */
 export const ClassScoreSchema: GenMessage<ClassScore> = /*@__PURE__*/
-  messageDesc(file_archivetag_v1_view_type, 1);
+  messageDesc(file_archivetag_v1_view_type, 5);
 
 /**
  * Response of ViewTypeService.Classify.
@@ -126,6 +255,14 @@ export type ClassifyResponse = Message<"archivetag.v1.ClassifyResponse"> & {
    * @generated from field: archivetag.v1.ServiceTimings timings = 6;
    */
   timings?: ServiceTimings | undefined;
+
+  /**
+   * Every requested label with its probability, most probable first; empty
+   * when the request carried no labels.
+   *
+   * @generated from field: repeated archivetag.v1.LabelScore labels = 7;
+   */
+  labels: LabelScore[];
 };
 
 /**
@@ -133,7 +270,7 @@ export type ClassifyResponse = Message<"archivetag.v1.ClassifyResponse"> & {
  * Use `create(ClassifyResponseSchema)` to create a new message.
  */
 export const ClassifyResponseSchema: GenMessage<ClassifyResponse> = /*@__PURE__*/
-  messageDesc(file_archivetag_v1_view_type, 2);
+  messageDesc(file_archivetag_v1_view_type, 6);
 
 /**
  * Request for ViewTypeService.GetModelInfo.
@@ -148,7 +285,7 @@ export type ViewTypeServiceGetModelInfoRequest = Message<"archivetag.v1.ViewType
  * Use `create(ViewTypeServiceGetModelInfoRequestSchema)` to create a new message.
  */
 export const ViewTypeServiceGetModelInfoRequestSchema: GenMessage<ViewTypeServiceGetModelInfoRequest> = /*@__PURE__*/
-  messageDesc(file_archivetag_v1_view_type, 3);
+  messageDesc(file_archivetag_v1_view_type, 7);
 
 /**
  * Response of ViewTypeService.GetModelInfo.
@@ -190,7 +327,82 @@ export type ViewTypeServiceGetModelInfoResponse = Message<"archivetag.v1.ViewTyp
  * Use `create(ViewTypeServiceGetModelInfoResponseSchema)` to create a new message.
  */
 export const ViewTypeServiceGetModelInfoResponseSchema: GenMessage<ViewTypeServiceGetModelInfoResponse> = /*@__PURE__*/
-  messageDesc(file_archivetag_v1_view_type, 4);
+  messageDesc(file_archivetag_v1_view_type, 8);
+
+/**
+ * Request for ViewTypeService.EmbedText.
+ *
+ * @generated from message archivetag.v1.ViewTypeServiceEmbedTextRequest
+ */
+export type ViewTypeServiceEmbedTextRequest = Message<"archivetag.v1.ViewTypeServiceEmbedTextRequest"> & {
+  /**
+   * The texts, e.g. "staircase with graffiti". Each non-empty and at most
+   * ARCHIVETAG_SIGLIP_MAX_TEXT_CHARS characters; at most
+   * ARCHIVETAG_SIGLIP_MAX_TEXTS of them. Tokenized as the model's own tokenizer
+   * does (SigLIP lower-cases and drops punctuation) and cut at its 64 tokens.
+   *
+   * @generated from field: repeated string texts = 1;
+   */
+  texts: string[];
+};
+
+/**
+ * Describes the message archivetag.v1.ViewTypeServiceEmbedTextRequest.
+ * Use `create(ViewTypeServiceEmbedTextRequestSchema)` to create a new message.
+ */
+export const ViewTypeServiceEmbedTextRequestSchema: GenMessage<ViewTypeServiceEmbedTextRequest> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_view_type, 9);
+
+/**
+ * Response of ViewTypeService.EmbedText.
+ *
+ * @generated from message archivetag.v1.ViewTypeServiceEmbedTextResponse
+ */
+export type ViewTypeServiceEmbedTextResponse = Message<"archivetag.v1.ViewTypeServiceEmbedTextResponse"> & {
+  /**
+   * One embedding per text, in request order.
+   *
+   * @generated from field: repeated archivetag.v1.TextEmbedding embeddings = 1;
+   */
+  embeddings: TextEmbedding[];
+
+  /**
+   * The model that embedded them: the same identity Classify answers with, so
+   * its image embeddings are the ones to compare with.
+   *
+   * @generated from field: archivetag.v1.ModelIdentity model = 2;
+   */
+  model?: ModelIdentity | undefined;
+
+  /**
+   * The model's logit scale (a log): SigLIP's image-text probability is
+   * sigmoid(exp(logit_scale) * cosine + logit_bias).
+   *
+   * @generated from field: float logit_scale = 3;
+   */
+  logitScale: number;
+
+  /**
+   * The model's logit bias (see logit_scale).
+   *
+   * @generated from field: float logit_bias = 4;
+   */
+  logitBias: number;
+
+  /**
+   * Where the time went inside the service.
+   *
+   * @generated from field: archivetag.v1.ServiceTimings timings = 5;
+   */
+  timings?: ServiceTimings | undefined;
+};
+
+/**
+ * Describes the message archivetag.v1.ViewTypeServiceEmbedTextResponse.
+ * Use `create(ViewTypeServiceEmbedTextResponseSchema)` to create a new message.
+ */
+export const ViewTypeServiceEmbedTextResponseSchema: GenMessage<ViewTypeServiceEmbedTextResponse> = /*@__PURE__*/
+  messageDesc(file_archivetag_v1_view_type, 10);
 
 /**
  * Says what kind of view a photo is (by default interior, exterior, aerial or
@@ -220,6 +432,22 @@ export const ViewTypeService: GenService<{
     methodKind: "unary";
     input: typeof ViewTypeServiceGetModelInfoRequestSchema;
     output: typeof ViewTypeServiceGetModelInfoResponseSchema;
+  },
+  /**
+   * Embeds texts with the model's text tower (search by words): one L2-normalised
+   * embedding per text, in the same space as the image embeddings, so a dot
+   * product is SigLIP's cosine. Text requests share Classify's batcher and
+   * limits. Errors: INVALID_ARGUMENT (FIELD_INVALID: no texts, too many, an
+   * empty or over-long text; the BadRequest field names it, e.g. "texts[2]"),
+   * RESOURCE_EXHAUSTED (INFERENCE_QUEUE_FULL), UNAVAILABLE (MODEL_NOT_SERVING,
+   * also when the export has no text tower: re-export it), DEADLINE_EXCEEDED.
+   *
+   * @generated from rpc archivetag.v1.ViewTypeService.EmbedText
+   */
+  embedText: {
+    methodKind: "unary";
+    input: typeof ViewTypeServiceEmbedTextRequestSchema;
+    output: typeof ViewTypeServiceEmbedTextResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_archivetag_v1_view_type, 0);
