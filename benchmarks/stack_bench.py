@@ -10,7 +10,11 @@ Side by side, in one run, on the same images:
   3. the old app's design: a new Python process per image that loads the models each time.
 
     python benchmarks/stack_bench.py [--models DIR] [--images 32] [--clients 1,4,16] [--pairs 40]
-        [--out benchmarks/results/stack.json]
+        [--tracing-rounds 2] [--out benchmarks/results/stack.json]
+
+  4. the cost of tracing: stacks with tracing off and on (100% sampled, exported over OTLP to a receiver
+     in this process) started in turn, --tracing-rounds times each, the same 4-client load on each; the
+     ratio of throughputs (0 rounds: skipped).
 
 ARCHIVETAG_* variables reach the services (ARCHIVETAG_MAX_QUEUE_DELAY_MS=5: the batcher before continuous batching).
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -222,6 +227,42 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def tracing_cost(models: Path, log_dir: Path, images: list[bytes], rounds: int, requests: int) -> dict:
+    """Throughput at 4 clients with tracing off and on, stacks started in turn (off, on, off, on...)."""
+    from tests.support.otlp_receiver import OtlpReceiver
+
+    measured: dict[str, list[float]] = {"off": [], "on": []}
+    with OtlpReceiver() as receiver:
+        for round_ in range(rounds):
+            for mode in ("off", "on"):
+                saved = dict(os.environ)
+                if mode == "on":
+                    os.environ.update({**receiver.env(), "OTEL_TRACES_SAMPLER": "always_on"})
+                try:
+                    up_args, ports = stack_arguments(models, log_dir / f"tracing-{mode}-{round_}")
+
+                    async def measure() -> float:
+                        stack = Stack(up_args, say=lambda *_: None)
+                        stack.start()
+                        try:
+                            await stack.wait_serving(600)
+                            address = f"127.0.0.1:{ports['orchestrator']}"
+                            await asyncio.to_thread(run_clients, address, images, 1, 4)  # warm-up
+                            row = await asyncio.to_thread(run_clients, address, images, 4, max(1, requests // 4))
+                            return row["images_per_second"]
+                        finally:
+                            await stack.stop()
+
+                    measured[mode].append(asyncio.run(measure()))
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+        spans = len(receiver.spans)
+    off, on = float(np.median(measured["off"])), float(np.median(measured["on"]))
+    return {"rounds": rounds, "images_per_second": measured, "median_off": off, "median_on": on,
+            "throughput_on_over_off": on / off, "spans_received": spans}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, help="models directory (default: fresh smoke models)")
@@ -230,11 +271,21 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=40, help="stack/in-process pairs for the serving path's cost")
     parser.add_argument("--clients", type=lambda text: [int(n) for n in text.split(",")], default=list(CLIENT_COUNTS),
                         help="concurrent client counts, comma-separated (default 1,4,16)")
+    parser.add_argument("--tracing-rounds", type=int, default=2,
+                        help="stacks started with tracing off and on, each this many times (0: skip)")
+    parser.add_argument("--tracing-only", action="store_true", help="only the cost of tracing (section 4)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stack.json")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
     models = models_or_smoke(args.models, Path(tmp.name))
     images = test_images(16)
+    if args.tracing_only:
+        cost = tracing_cost(models, Path(tmp.name) / "logs", images, max(1, args.tracing_rounds), args.images)
+        print(json.dumps(cost, indent=2))
+        out = args.out.with_name("stack_tracing.json") if args.out.name == "stack.json" else args.out
+        out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "tracing": cost}, indent=2) + "\n")
+        tmp.cleanup()
+        return 0
 
     results: dict = {"machine": {"cpus": os.cpu_count()}, "images": args.images}
     up_args, ports = stack_arguments(models, Path(tmp.name) / "logs")
@@ -282,6 +333,12 @@ def main() -> int:
         row = overhead[f"vs_{way}"]
         print(f"serving path at 1 client, paired with in-process {way} ({overhead['pairs']} pairs): median "
               f"{row['median_ms']:+.1f} ms (p25 {row['p25_ms']:+.1f}, p75 {row['p75_ms']:+.1f}); goal ≤ 3 ms")
+    if args.tracing_rounds:
+        cost = results["tracing"] = tracing_cost(models, Path(tmp.name) / "logs", images, args.tracing_rounds,
+                                                 args.images)
+        print(f"tracing (100% sampled, OTLP) at 4 clients: {cost['median_on']:.2f} images/s on vs "
+              f"{cost['median_off']:.2f} off = {cost['throughput_on_over_off']:.3f}x throughput "
+              f"({cost['rounds']} stacks each, {cost['spans_received']} spans received)")
     write_results(args.out, results, plot)
     tmp.cleanup()
     return 0

@@ -38,13 +38,15 @@ def smoke_models(tmp_path_factory) -> Path:
 
 
 def model_service(name: str, models: Path, log_dir: Path, *args: str, port: int | None = None,
-                  metrics_port: int = 0) -> ServerProcess:
-    """`archivetag serve <name>` on a free loopback port (not started)."""
+                  metrics_port: int = 0, env: dict[str, str] | None = None) -> ServerProcess:
+    """`archivetag serve <name>` on a free loopback port (not started); env: added to the environment."""
     argv = archivetag_command("serve", name, "--models", str(models), "--stall-seconds", "60", *args)
-    return ServerProcess(argv, port=port, log_path=log_dir / f"{name}-{port or 'auto'}.log", metrics_port=metrics_port)
+    return ServerProcess(argv, port=port, log_path=log_dir / f"{name}-{port or 'auto'}.log", metrics_port=metrics_port,
+                         env=env)
 
 
-def orchestrator(log_dir: Path, *args: str, name: str = "orchestrator", metrics_port: int = 0) -> ServerProcess:
+def orchestrator(log_dir: Path, *args: str, name: str = "orchestrator", metrics_port: int = 0,
+                 env: dict[str, str] | None = None) -> ServerProcess:
     """`archivetag serve orchestrator` with its result cache in log_dir, not the user's (args may override)."""
     argv = archivetag_command("serve", "orchestrator", "--cache-path", str(log_dir / f"{name}-cache.sqlite"), *args)
-    return ServerProcess(argv, log_path=log_dir / f"{name}.log", metrics_port=metrics_port)
+    return ServerProcess(argv, log_path=log_dir / f"{name}.log", metrics_port=metrics_port, env=env)

@@ -28,6 +28,7 @@ log = logging.getLogger("archivetag.orchestrator")
 class OrchestratorApp:
     name = "orchestrator"
     service_names = [TAGGING_SERVICE]
+    answers_trace_id = True  # with tracing on, each answer's metadata carries its trace id (runtime/tracing.py)
 
     def __init__(self, settings):
         self.settings = settings

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Gauge
 
+from archivetag.runtime import tracing
 from archivetag.runtime.backoff import backoff_seconds
 from archivetag.runtime.batcher import INTERACTIVE, LANE_METADATA_KEY
 from archivetag.runtime.channels import client_channel_options
@@ -524,8 +525,17 @@ class Backend:
         when the backend turns unusable (every replica hung or gone) is abandoned at once
         with UNAVAILABLE, so it fails over instead of paying the rest of its deadline.
         """
+        with tracing.span(f"call {self.name}", backend=self.name, lane=lane, timeout_seconds=timeout) as span:
+            try:
+                return await self._call(method, request, timeout, own_deadline, lane)
+            except grpc.aio.AioRpcError as exc:
+                tracing.failed(span, f"{exc.code().name}: {exc.details()}")
+                raise
+
+    async def _call(self, method: Callable[..., Any], request: Any, timeout: float, own_deadline: bool,
+                    lane: str) -> Any:
         started = time.monotonic()
-        call = method(request, timeout=timeout, metadata=((LANE_METADATA_KEY, lane),))
+        call = method(request, timeout=timeout, metadata=tracing.outgoing_metadata(((LANE_METADATA_KEY, lane),)))
         down = asyncio.ensure_future(self._until_unusable())
         try:
             answered = asyncio.ensure_future(call)  # awaited below, so its failure is retrieved

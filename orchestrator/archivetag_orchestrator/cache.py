@@ -34,6 +34,7 @@ from typing import Protocol
 
 from prometheus_client import Counter
 
+from archivetag.runtime import tracing
 from archivetag.runtime.logs import fields
 from archivetag.v1 import common_pb2, tagging_pb2
 from archivetag_orchestrator.backends import Backend
@@ -165,7 +166,8 @@ class ResultCache:
         flight = self.in_flight[key] = asyncio.get_running_loop().create_future()
         kept = None
         try:
-            stored = await self._get(key)
+            with tracing.span("cache lookup", shared=self.shared_between_clients):
+                stored = await self._get(key)
             if stored is not None:
                 try:
                     answer = self._cached(stored, request, client)

@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from archivetag.runtime import tracing
 from archivetag.runtime.batcher import INTERACTIVE, LANES
 from archivetag.runtime.errors import QueueFull
 
@@ -77,7 +78,8 @@ class FairScheduler:
     @asynccontextmanager
     async def slot(self, client: str, lane: str = INTERACTIVE) -> AsyncIterator[float]:
         """Hold one processing slot for `client`; yields the seconds spent waiting for it."""
-        waited = await self.acquire(client, lane)
+        with tracing.span("fair-share wait", client=client, lane=lane):
+            waited = await self.acquire(client, lane)
         CLIENT_QUEUE_WAIT.labels(self.client_label(client), lane).observe(waited)
         try:
             yield waited

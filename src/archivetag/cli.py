@@ -4,7 +4,9 @@
     archivetag up                                           the whole stack on this machine
     archivetag tag PATH...                                  tag photos into SQLite
     archivetag similar PHOTO                                the closest photos already tagged
+    archivetag search "TEXT"                                photos already tagged, found by words (SigLIP)
     archivetag duplicates                                   groups of near-duplicate photos
+    archivetag export --xmp|--embed|--csv|--jsonl          tags into XMP sidecars, the photos, CSV, JSON lines
     archivetag status                                       the backends, from the orchestrator
     archivetag demo                                         the main job: stack + sample photos
     archivetag probe                                        health check (for containers)
@@ -32,7 +34,9 @@ COMMAND_MODULES = {
     "up": "archivetag.stack",
     "tag": "archivetag.bulk",
     "similar": "archivetag.similar",
+    "search": "archivetag.search",
     "duplicates": "archivetag.duplicates",
+    "export": "archivetag.export",
     "status": "archivetag.status",
     "demo": "archivetag.demo",
     "probe": "archivetag.probe",

@@ -3,6 +3,7 @@
     with TaggingClient("127.0.0.1:50051", token="...") as client:
         result = client.tag(Path("photo.jpg").read_bytes(), max_tags=10)
         text = client.tag(data, ocr=common_pb2.OCR_MODE_TEXT).ocr.text  # the text in the photo
+        found = client.embed_text(["staircase with graffiti"])  # SigLIP text embeddings (docs/search.md)
 
 Errors are raised as ClientError with the contract's typed reason (archivetag.v1.ErrorReason),
 its metadata and the bad field. Only what the contract calls retryable is retried:
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import cast
 
 import grpc
+from opentelemetry import propagate
 
 from archivetag.runtime import health_client
 from archivetag.runtime.backoff import backoff_seconds
@@ -27,7 +29,7 @@ from archivetag.runtime.channels import message_limits
 from archivetag.runtime.errors import REASON_PREFIX, read_call_error
 from archivetag.runtime.settings import Option, OptionGroup, parse_path
 from archivetag.runtime.specs import TAGGING_SERVICE
-from archivetag.v1 import common_pb2, errors_pb2, tagging_pb2, tagging_pb2_grpc
+from archivetag.v1 import common_pb2, errors_pb2, tagging_pb2, tagging_pb2_grpc, view_type_pb2
 
 CLIENT_OPTIONS = OptionGroup(
     "client",
@@ -115,6 +117,7 @@ class TagItem:
     ocr: int = common_pb2.OCR_MODE_UNSPECIFIED  # an archivetag.v1.OcrMode: read the text in the photo too
     bypass_cache: bool = False  # skip the orchestrator's result cache (docs/cache.md)
     overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED  # an OverflowPolicy: wait for a busy primary, or not
+    labels: view_type_pb2.LabelSet | None = None  # score the photo against these labels too (docs/search.md)
 
 
 @dataclass
@@ -135,7 +138,8 @@ class ItemResult:
 def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float | None = None,
                 include_embedding: bool = False, context: dict[str, str] | None = None,
                 ocr: int = common_pb2.OCR_MODE_UNSPECIFIED, bypass_cache: bool = False,
-                overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED) -> tagging_pb2.TagImageRequest:
+                overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED,
+                labels: view_type_pb2.LabelSet | None = None) -> tagging_pb2.TagImageRequest:
     request = tagging_pb2.TagImageRequest(
         max_tags=max_tags, include_embedding=include_embedding, context=common_pb2.ImageContext(**(context or {})),
         # protoc's .pyi types an enum field as its enum class; any int is a valid (open) proto3 enum value
@@ -148,12 +152,21 @@ def tag_request(image: bytes | str | Path, max_tags: int = 0, threshold: float |
         request.image.uri = str(image)
     if threshold is not None:
         request.threshold = threshold
+    if labels is not None:
+        request.labels.CopyFrom(labels)
     return request
+
+
+def label_set(labels: dict[str, list[str]] | list[str], template: str = "") -> view_type_pb2.LabelSet:
+    """A LabelSet from {"name": ["prompt", ...]} (an empty list: the template) or a list of names."""
+    pairs = labels.items() if isinstance(labels, dict) else ((name, []) for name in labels)
+    return view_type_pb2.LabelSet(labels=[view_type_pb2.Label(name=name, prompts=list(prompts))
+                                          for name, prompts in pairs], template=template)
 
 
 def _item_request(item: TagItem) -> tagging_pb2.TagImagesRequest:
     request = tag_request(item.image, item.max_tags, item.threshold, item.include_embedding, item.context, item.ocr,
-                          item.bypass_cache, item.overflow)
+                          item.bypass_cache, item.overflow, item.labels)
     return tagging_pb2.TagImagesRequest(id=item.id, request=request)
 
 
@@ -208,10 +221,18 @@ class _Base:
         orchestrator would refuse it; set it as the server's ARCHIVETAG_MAX_IMAGE_BYTES."""
         self.target = target
         self.max_image_bytes = max_image_bytes
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self.deadline = deadline
         self.retry = retry
         self._credentials = _credentials(tls_ca, tls_client_cert, tls_client_key)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Each call's metadata: the token, and the caller's OpenTelemetry trace context when it has one (an app
+        that traces gets the photo's spans in its own trace; without OpenTelemetry configured, nothing)."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return (*self._auth, *carrier.items())
 
     @classmethod
     def from_settings(cls, settings, **kwargs):
@@ -282,15 +303,22 @@ class AsyncTaggingClient(_Base):
                   include_embedding: bool = False, context: dict[str, str] | None = None,
                   ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
                   deadline: float | None = None, bypass_cache: bool = False,
-                  overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED) -> tagging_pb2.TagImageResponse:
+                  overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED,
+                  labels: view_type_pb2.LabelSet | None = None) -> tagging_pb2.TagImageResponse:
         """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
         more Florence-2 pass). deadline: seconds, retries included. overflow: an OverflowPolicy (WAIT for a
         busy primary tagger, or FALLBACK to the next one at once; unset: the orchestrator's policy for this
         client). The answer's `cached` says whether it came from the orchestrator's result cache."""
         if (too_large := self._too_large(image)) is not None:
             raise too_large
-        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache, overflow)
+        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache, overflow,
+                              labels)
         return await self._unary(self.stub.TagImage, request, deadline)
+
+    async def embed_text(self, texts: list[str], *, deadline: float | None = None) -> tagging_pb2.EmbedTextResponse:
+        """SigLIP text embeddings (normalised, one per text) and the model that made them: compare them only
+        with image embeddings of that model (docs/search.md)."""
+        return await self._unary(self.stub.EmbedText, tagging_pb2.EmbedTextRequest(texts=list(texts)), deadline)
 
     async def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:
         return await self._unary(self.stub.GetStatus, tagging_pb2.GetStatusRequest(), deadline)
@@ -408,15 +436,22 @@ class TaggingClient(_Base):
             include_embedding: bool = False, context: dict[str, str] | None = None,
             ocr: int = common_pb2.OCR_MODE_UNSPECIFIED,
             deadline: float | None = None, bypass_cache: bool = False,
-            overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED) -> tagging_pb2.TagImageResponse:
+            overflow: int = tagging_pb2.OVERFLOW_POLICY_UNSPECIFIED,
+            labels: view_type_pb2.LabelSet | None = None) -> tagging_pb2.TagImageResponse:
         """Tag one image (bytes, or a path the server may read). ocr: an OcrMode (the text in the photo, one
         more Florence-2 pass). deadline: seconds, retries included. overflow: an OverflowPolicy (WAIT for a
         busy primary tagger, or FALLBACK to the next one at once; unset: the orchestrator's policy for this
         client). The answer's `cached` says whether it came from the orchestrator's result cache."""
         if (too_large := self._too_large(image)) is not None:
             raise too_large
-        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache, overflow)
+        request = tag_request(image, max_tags, threshold, include_embedding, context, ocr, bypass_cache, overflow,
+                              labels)
         return self._unary(self.stub.TagImage, request, deadline)
+
+    def embed_text(self, texts: list[str], *, deadline: float | None = None) -> tagging_pb2.EmbedTextResponse:
+        """SigLIP text embeddings (normalised, one per text) and the model that made them: compare them only
+        with image embeddings of that model (docs/search.md)."""
+        return self._unary(self.stub.EmbedText, tagging_pb2.EmbedTextRequest(texts=list(texts)), deadline)
 
     def status(self, deadline: float = 10.0) -> tagging_pb2.GetStatusResponse:
         return self._unary(self.stub.GetStatus, tagging_pb2.GetStatusRequest(), deadline)

@@ -104,6 +104,17 @@ export interface TagOptions {
   /** What the archive knows about the photo (echoed). */
   context?: Partial<Pick<ImageContext, "viewType" | "locationType" | "region">>;
   /**
+   * Also score the photo against the archive's own labels with SigLIP (zero-shot): the answer's `labels`
+   * carries each label's probability, most probable first. A label without prompts uses `template`
+   * (default "a photo of {}."). Bad labels: INVALID_ARGUMENT (FIELD_INVALID) naming the field.
+   */
+  labels?: LabelSetInput;
+  /**
+   * A W3C trace context (`00-<trace id>-<span id>-<flags>`) the call continues: with tracing on in the
+   * orchestrator (docs/operations.md), the photo's spans join the app's trace. Unset: the orchestrator starts one.
+   */
+  traceparent?: string;
+  /**
    * This call's deadline (all retries included). Keep it well over 5 s: the orchestrator reserves
    * ARCHIVETAG_FALLBACK_RESERVE_SECONDS (default 5 s) of every deadline for the fallback tagger, so under
    * about 5 s Florence-2 is not asked at all and RAM++ answers, with
@@ -112,6 +123,29 @@ export interface TagOptions {
    */
   deadlineMs?: number;
   signal?: AbortSignal;
+}
+
+/** A label set: each label's name with its prompts (empty: the template filled with the name). */
+export interface LabelSetInput {
+  labels: { name: string; prompts?: string[] }[];
+  /** "{}" stands for the label's name; default "a photo of {}.". */
+  template?: string;
+}
+
+/** Text embeddings from SigLIP's text tower (TaggingClient.embedText). */
+export interface TextEmbeddings {
+  /** One L2-normalised vector per text, in request order. */
+  embeddings: Float32Array[];
+  /** The SigLIP model that made them: compare only with image embeddings from the same model. */
+  model: ModelIdentity;
+  /** SigLIP's score of an image for a text: sigmoid(exp(logitScale) * cosine + logitBias). */
+  logitScale: number;
+  logitBias: number;
+}
+
+/** SigLIP's probability that a text describes an image, from the cosine of their embeddings. */
+export function siglipScore(cosine: number, logitScale: number, logitBias: number): number {
+  return 1 / (1 + Math.exp(-(Math.exp(logitScale) * cosine + logitBias)));
 }
 
 /** The view-type classes of the SigLIP head; a later model may add others (the string stays open). */
@@ -130,7 +164,7 @@ export type TagResult = Omit<TagImageResponse, "viewType" | "timings" | "context
   taggedAt: Date;
 };
 
-export interface TagItem extends Omit<TagOptions, "deadlineMs" | "signal"> {
+export interface TagItem extends Omit<TagOptions, "deadlineMs" | "signal" | "traceparent"> {
   /** Unique within the call; the client numbers items that have none ("0", "1", ...). */
   id?: string;
   image: ImageInput;
@@ -146,6 +180,8 @@ export interface TagManyOptions {
   window?: number;
   /** Deadline of the whole stream; default none (each item has the server's default deadline). */
   deadlineMs?: number;
+  /** A W3C trace context the stream's items continue (as TagOptions.traceparent). */
+  traceparent?: string;
   signal?: AbortSignal;
 }
 
@@ -274,8 +310,25 @@ export class TaggingClient {
     const tooLarge = this.tooLarge(image);
     if (tooLarge) throw tooLarge;
     const request = tagRequest(image, options);
-    const response = await this.withRetry(options, (callOptions) => this.client.tagImage(request, callOptions));
+    const response = await this.withRetry(options, (callOptions) =>
+      this.client.tagImage(request, { ...callOptions, headers: traceHeaders(options.traceparent) }),
+    );
     return tagResult(response);
+  }
+
+  /**
+   * Embeds texts with SigLIP's text tower, for search by words over image embeddings the app stored
+   * (tag with `includeEmbedding`). At most 64 texts of at most 1000 characters each by default; an empty
+   * or over-long text: INVALID_ARGUMENT (FIELD_INVALID) with `field` e.g. "texts[1]". Throws ArchivetagError.
+   */
+  async embedText(texts: string[], options: { deadlineMs?: number; signal?: AbortSignal } = {}): Promise<TextEmbeddings> {
+    const reply = await this.withRetry(options, (callOptions) => this.client.embedText({ texts }, callOptions));
+    return {
+      embeddings: reply.embeddings.map((e) => Float32Array.from(e.values)),
+      model: reply.model ?? create(ModelIdentitySchema),
+      logitScale: reply.logitScale,
+      logitBias: reply.logitBias,
+    };
   }
 
   /** The refusal of an image over maxImageBytes (it is never sent), or undefined. */
@@ -357,7 +410,11 @@ export class TaggingClient {
         free = new Slots(window);
         try {
           const timeoutMs = deadlineAt === undefined ? undefined : Math.max(1, deadlineAt - Date.now());
-          for await (const answer of this.client.tagImages(requests(resend), { timeoutMs, signal: call.signal })) {
+          for await (const answer of this.client.tagImages(requests(resend), {
+            timeoutMs,
+            signal: call.signal,
+            headers: traceHeaders(options.traceparent),
+          })) {
             yield* refused.splice(0);
             const item = unanswered.get(answer.id);
             if (!item) continue; // answered already (before a reconnect)
@@ -460,6 +517,11 @@ export class TaggingClient {
   }
 }
 
+/** The `traceparent` header of a call, when the caller gave a trace context. */
+function traceHeaders(traceparent: string | undefined): Record<string, string> | undefined {
+  return traceparent ? { traceparent } : undefined;
+}
+
 /**
  * A stream or call cut off by the connection (the orchestrator died) reaches us as CANCELLED (the
  * HTTP/2 stream reset with CANCEL), which would say the caller cancelled, or ABORTED (the socket reset,
@@ -486,6 +548,9 @@ function tagRequest(
     ocr: options.ocr ?? OcrMode.UNSPECIFIED,
     bypassCache: options.bypassCache ?? false,
     overflow: options.overflow ?? OverflowPolicy.UNSPECIFIED,
+    labels: options.labels
+      ? { labels: options.labels.labels.map((l) => ({ name: l.name, prompts: l.prompts ?? [] })), template: options.labels.template ?? "" }
+      : undefined,
   };
 }
 

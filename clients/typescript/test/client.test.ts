@@ -14,6 +14,7 @@ import {
   OcrStatus,
   importFolder,
   readLedger,
+  siglipScore,
   TaggingClient,
   type ImportEvent,
   type LedgerEntry,
@@ -109,6 +110,46 @@ describe("tag", () => {
     assert.equal(error.code, Code.DeadlineExceeded);
     assert.equal(error.reason, ErrorReason.DEADLINE_PASSED);
     assert.equal(error.retryable, false);
+  });
+});
+
+describe("search by words and labels (SigLIP's text tower)", () => {
+  test("embedText gives normalised vectors an app ranks its own stored image embeddings with", async () => {
+    const stored = [];
+    for (const sample of samples) stored.push((await client.tag(sample.data, { includeEmbedding: true })).embedding);
+    const found = await client.embedText(["a staircase with graffiti", "A Staircase, with GRAFFITI!"]);
+    assert.equal(found.embeddings.length, 2);
+    assert.equal(found.model.family, "siglip");
+    const query = found.embeddings[0]!;
+    assert.ok(Math.abs(Math.hypot(...query) - 1) < 1e-4);
+    // SigLIP's tokenizer lower-cases and drops punctuation: the same text to the model.
+    const same = query.reduce((sum, v, i) => sum + v * found.embeddings[1]![i]!, 0);
+    assert.ok(same > 0.99999, String(same));
+    const scores = stored.map((image) => siglipScore(image.reduce((sum, v, i) => sum + v * query[i]!, 0),
+      found.logitScale, found.logitBias));
+    for (const score of scores) assert.ok(score >= 0 && score <= 1);
+  });
+
+  test("an empty or over-long text is INVALID_ARGUMENT naming the text", async () => {
+    const empty = await rejection(client.embedText(["church", ""]));
+    assert.equal(empty.code, Code.InvalidArgument);
+    assert.equal(empty.reason, ErrorReason.FIELD_INVALID);
+    assert.equal(empty.field, "texts[1]");
+    const long = await rejection(client.embedText(["x".repeat(5000)]));
+    assert.equal(long.reason, ErrorReason.FIELD_INVALID);
+    assert.equal(long.field, "texts[0]");
+  });
+
+  test("a label set comes back with each label's probability, most probable first", async () => {
+    const result = await client.tag(samples[0]!.data, {
+      labels: { labels: [{ name: "hospital", prompts: ["a photo of a hospital ward."] }, { name: "church" }] },
+      bypassCache: true,
+    });
+    assert.deepEqual(new Set(result.labels.map((l) => l.name)), new Set(["hospital", "church"]));
+    assert.ok(result.labels[0]!.probability >= result.labels[1]!.probability);
+    const bad = await rejection(client.tag(samples[0]!.data, { labels: { labels: [{ name: "" }] } }));
+    assert.equal(bad.reason, ErrorReason.FIELD_INVALID);
+    assert.equal(bad.field, "labels.labels[0].name");
   });
 });
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from archivetag.runtime import metrics
+from archivetag.runtime import metrics, tracing
 from archivetag.runtime.errors import DeadlineExpired, InvalidInput, NotServing, QueueFull
 from archivetag.runtime.logs import fields
 
@@ -166,7 +166,8 @@ class DynamicBatcher:
         if prepare is not None:
             self._preparing += 1
             try:
-                payload = await prepare()
+                with tracing.span("decode", model=self.name):
+                    payload = await prepare()
             finally:
                 self._preparing -= 1
         now = time.monotonic()
@@ -178,7 +179,12 @@ class DynamicBatcher:
         self._arrived.set()
         # Cancelling this coroutine (the client went away) cancels item.future, which
         # the batch loop sees and skips.
-        return await item.future
+        result, info = await item.future
+        started = item.enqueued + info.queue_seconds
+        tracing.past_span("queue wait", item.enqueued, started, model=self.name, lane=lane)
+        tracing.past_span("inference", started, started + info.inference_seconds, model=self.name,
+                          batch_size=info.batch_size)
+        return result, info
 
     # -- the loop -----------------------------------------------------------------
     def _prune(self) -> None:

@@ -20,6 +20,15 @@ def fields(**values: Any) -> dict[str, Any]:
     return {_FIELDS: values}
 
 
+def _fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """A line's fields, with the trace id of the request it was logged in when tracing is on."""
+    values = dict(getattr(record, _FIELDS, {}))
+    tracing = sys.modules.get("archivetag.runtime.tracing")  # imported (and on) only in a traced server
+    if tracing is not None and tracing.enabled() and (trace_id := tracing.current_trace_id()):
+        values["trace_id"] = trace_id
+    return values
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
@@ -28,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line.update(getattr(record, _FIELDS, {}))
+        line.update(_fields_of(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
@@ -36,7 +45,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in getattr(record, _FIELDS, {}).items())
+        extra = " ".join(f"{k}={v}" for k, v in _fields_of(record).items())
         text = f"{time.strftime('%H:%M:%S')} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
         text = f"{text} {extra}" if extra else text
         if record.exc_info:

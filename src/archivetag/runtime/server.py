@@ -19,11 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from archivetag.runtime import tracing
 from archivetag.runtime.admission import AdmissionInterceptor
 from archivetag.runtime.channels import server_channel_options
 from archivetag.runtime.interceptors import RequestDecodingInterceptor
 from archivetag.runtime.logs import configure_logging, fields
 from archivetag.runtime.metrics import RequestMetricsInterceptor, start_metrics_server
+from archivetag.runtime.tracing import TracingInterceptor
 
 log = logging.getLogger("archivetag.server")
 
@@ -138,10 +140,12 @@ async def serve(app: ServerApp, settings) -> int:
     """Run the server until SIGTERM/SIGINT, then drain. Returns the exit code."""
     configure_logging(settings.log_level, settings.log_format)
     start_metrics_server(settings.host, settings.metrics_port, metrics_token(settings))
+    traced = [TracingInterceptor(getattr(app, "answers_trace_id", False))] if tracing.configure(app.name) else []
     server = grpc.aio.server(
         options=server_channel_options(settings),
         interceptors=[
             RequestMetricsInterceptor(),
+            *traced,  # OTEL_EXPORTER_OTLP_ENDPOINT set (runtime/tracing.py); before auth, so refusals are traced
             # The app's (auth) before admission: an authenticated client's streams are counted by who it is.
             *getattr(app, "interceptors", []),
             AdmissionInterceptor(settings.max_concurrent_rpcs, settings.max_streams_per_peer),
@@ -184,6 +188,7 @@ async def serve(app: ServerApp, settings) -> int:
     startup.cancel()
     await asyncio.gather(startup, return_exceptions=True)
     await app.close()
+    tracing.shutdown()
     log.info("stopped", extra=fields(server=app.name))
     return 0
 

@@ -107,7 +107,8 @@ def add_option_groups(
             except SettingsError as exc:
                 parser.error(str(exc))
             shown = ",".join(map(str, option.default)) if isinstance(option.default, list) else option.default
-            help_text = f"{option.help} [env {option.env}; default: {shown!s}]"
+            # argparse expands %-formats in help: a literal % ("a 3% crop") is written %%.
+            help_text = f"{option.help} [env {option.env}; default: {shown!s}]".replace("%", "%%")
             if option.parse is parse_bool:
                 arg_group.add_argument(
                     option.flag, dest=option.name, default=default,
