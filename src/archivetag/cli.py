@@ -5,7 +5,7 @@
     archivetag tag PATH...                                  tag photos into SQLite
     archivetag similar PHOTO                                the closest photos already tagged
     archivetag search "TEXT"                                photos already tagged, found by words (SigLIP)
-    archivetag duplicates                                   groups of near-duplicate photos
+    archivetag duplicates                                   the same photo twice, then similar photos
     archivetag export --xmp|--embed|--csv|--jsonl          tags into XMP sidecars, the photos, CSV, JSON lines
     archivetag status                                       the backends, from the orchestrator
     archivetag demo                                         the main job: stack + sample photos
