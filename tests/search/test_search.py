@@ -63,7 +63,7 @@ def tagged(front, tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     for seed in range(8):
         (folder / f"photo-{seed}.png").write_bytes(encode(scene(seed), "PNG"))
-    db = folder.parent / "results.sqlite"
+    db = tmp_path_factory.mktemp("store") / "results.sqlite"  # its own: the base temp folder is shared
     address = front["orchestrator"].address
     result = run("tag", str(folder), "--db", str(db), "--target", address, "--token", TOKEN, "--no-progress",
                  "--labels", "place-types")

@@ -81,7 +81,7 @@ def tagged(front, tmp_path_factory):
     files["b-shot.png"] = encode(another_shot(scene(1)), "PNG")
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    db = folder.parent / "results.sqlite"
+    db = tmp_path_factory.mktemp("store") / "results.sqlite"  # its own: the base temp folder is shared
     result = run("tag", str(folder), "--db", str(db), "--target", front.address, "--no-progress")
     assert result.returncode == 0, result.stderr
     return {"folder": folder, "db": db, "target": front.address}
