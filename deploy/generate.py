@@ -38,6 +38,8 @@ from archivetag.runtime.specs import ServerSpec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import observability  # noqa: E402 - deploy/observability.py, beside this script
 
+PROMETHEUS = "prometheus"  # the Dockerfile target and compose service of Debian's Prometheus
+
 DEPLOY = Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
 COMMAND = "python deploy/generate.py"
@@ -273,6 +275,16 @@ services:
     command: ["models", "smoke"]
     volumes:
       - models:/models
+
+  # Debian's Prometheus scraping every server (replicas found by DNS), with the alert rules
+  # (`--profile observability up -d`): the data source of deploy/grafana/archivetag.json, its
+  # web page on ${{ARCHIVETAG_PROMETHEUS_PUBLISHED:-9090}} (docs/operations.md).
+  {PROMETHEUS}:
+    image: {compose_image(PROMETHEUS, "cpu")}
+{compose_build("Dockerfile.cpu", PROMETHEUS)}    profiles: ["observability"]
+    ports:
+      - "${{ARCHIVETAG_PROMETHEUS_PUBLISHED:-9090}}:9090"
+    restart: unless-stopped
 
 volumes:
   models:
@@ -652,6 +664,21 @@ RUN command -v redis-server >/dev/null \\
     || {{ apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/*; }}
 {specs_only(orchestrator, models, cuda)}{role_tail(orchestrator)}"""]
     out += [model_stage(s, cuda) for s in light]
+    out.append(f"""
+# -- {PROMETHEUS}: Debian's Prometheus with the generated scrape configuration and alert rules
+# (deploy/prometheus/); compose's "observability" profile runs it. The base's Python only answers the health check.
+FROM ${{BASE_IMAGE}} AS {PROMETHEUS}
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus && rm -rf /var/lib/apt/lists/* \\
+    && mkdir -p /prometheus && chown 10001 /prometheus
+COPY deploy/prometheus/prometheus.yml deploy/prometheus/alerts.yaml /etc/archivetag-prometheus/
+USER 10001
+EXPOSE 9090
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \\
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/-/healthy', timeout=4)"]
+ENTRYPOINT ["prometheus", "--config.file=/etc/archivetag-prometheus/prometheus.yml", \\
+            "--storage.tsdb.path=/prometheus", "--web.listen-address=:9090"]
+""")
     out.append(f"""
 # -- torch: the base with torch, in its own layer (the slow one; rebuilt only when its pin or
 # source changes), then the core's dependencies and source. TORCH_INDEX_URL: {torch_source} by default

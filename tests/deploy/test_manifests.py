@@ -213,7 +213,8 @@ def test_compose_references_only_what_exists():
             assert secret in COMPOSE["secrets"]
         if "build" in service:
             assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
-        if service.get("entrypoint") != ["redis-server"]:  # the result cache runs the image's redis-server
+        # The result cache runs the orchestrator image's redis-server; Prometheus is its own image's entrypoint.
+        if service.get("entrypoint") != ["redis-server"] and name != "prometheus":
             assert build_parser().parse_args(service["command"]).func
         env = {k for k in service.get("environment", {}) if k.startswith("ARCHIVETAG_")}
         assert env <= known_env_vars(), (name, env - known_env_vars())
@@ -223,7 +224,9 @@ def test_compose_references_only_what_exists():
 
 def test_compose_publishes_only_the_orchestrator_and_each_health_check_probes_its_own_server():
     services = COMPOSE["services"]
-    assert [n for n, s in services.items() if s.get("ports")] == ["orchestrator"]
+    published = [n for n, s in services.items() if s.get("ports")]
+    assert published == ["orchestrator", "prometheus"]  # Prometheus only in the "observability" profile
+    assert services["prometheus"]["profiles"] == ["observability"]
     for spec in registry.SERVERS:
         service = services[spec.name]
         assert service["command"] == ["serve", spec.name]
