@@ -237,7 +237,8 @@ def test_an_export_killed_midway_leaves_no_truncated_file_and_the_next_run_finis
     original = source.read_bytes()
     process = subprocess.Popen([sys.executable, "-m", "archivetag.cli", "export", "--db",
                                 str(tmp_path / "results.sqlite"), "--embed", "--xmp", "--no-progress"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               env={**os.environ, "TMPDIR": str(tmp_path)})  # what a kill leaves stays in tmp_path
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len([p for p in folder.glob("*.xmp") if not p.name.startswith(".")]) < 5:
         time.sleep(0.05)

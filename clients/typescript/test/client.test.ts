@@ -1,8 +1,8 @@
 // @archivetag/client against the real stack (smoke models): every case asserts the typed
 // reason or enum the contract promises, never a message text.
 import assert from "node:assert/strict";
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
   ArchivetagError,
@@ -225,9 +225,15 @@ describe("result cache", () => {
 });
 
 describe("the package an app installs", () => {
-  test("the npm pack tarball installs into a CommonJS and an ES module project (strict tsc); each calls health()", async () => {
+  test("the npm pack tarball installs into a CommonJS and an ES module project (strict tsc); each calls health()", async (t) => {
     const tarball = await packTarball();
     const [cjs, esm] = await Promise.all([appProject("commonjs", tarball), appProject("module", tarball)]);
+    // The pack folder and both app projects (about 16 MB) go when the test ends.
+    t.after(() => {
+      for (const dir of [dirname(tarball), dirname(dirname(cjs)), dirname(dirname(esm))]) {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
     // require() of the CommonJS build, without Node's require(esm) (Electron 33/34: Node 20.18 has none).
     const required = await child(["--no-experimental-require-module", cjs, stack.target], 60_000).finished;
     assert.equal(required.code, 0, required.stderr);

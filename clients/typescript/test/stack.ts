@@ -4,7 +4,7 @@
 // The servers (and so `up`'s --<name>-port flags) come from deploy/servers.json, the registry's
 // table that deploy/generate.py writes: no model is named here.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -99,12 +99,16 @@ export class Stack {
     return Number(readFileSync(join(this.logDir, `${service}.pid`), "utf8").trim());
   }
 
+  /** Stops the stack and removes its folder (models, logs, stores: about 40 MB a run), unless
+   * ARCHIVETAG_KEEP_TEST_DIRS is set, to read the logs of a failed run. */
   async stop(): Promise<void> {
     const child = this.process;
-    if (!child || child.exitCode !== null) return;
-    const exited = new Promise((r) => child.once("exit", r));
-    child.kill("SIGTERM");
-    await exited;
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+    }
+    if (!process.env.ARCHIVETAG_KEEP_TEST_DIRS) rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
