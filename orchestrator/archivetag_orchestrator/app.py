@@ -13,7 +13,7 @@ from archivetag.runtime import registry
 from archivetag.runtime.channels import is_loopback_host, message_limit_bytes
 from archivetag.runtime.logs import fields
 from archivetag.runtime.specs import TAGGER, TAGGING_SERVICE, VIEW_TYPE, ServerSpec
-from archivetag.v1 import tagging_pb2, tagging_pb2_grpc
+from archivetag.v1 import tagging_pb2_grpc
 from archivetag_orchestrator.auth import AuthInterceptor, TokenAuthenticator, TokenError, load_tokens, metrics_names
 from archivetag_orchestrator.backends import Backend, TargetError
 from archivetag_orchestrator.breaker import CircuitBreaker
@@ -136,13 +136,15 @@ class OrchestratorApp:
         ready: bool | None = None
         while True:
             changed = [asyncio.ensure_future(b.health_changed.wait()) for b in taggers]
-            now = any(b.health() == tagging_pb2.BACKEND_HEALTH_SERVING for b in taggers)
+            now = self.router.a_tagger_serving()
             if now != ready:
                 ready = now
                 await self.health.set(TAGGING_SERVICE, health_pb2.HealthCheckResponse.SERVING if ready
                                       else health_pb2.HealthCheckResponse.NOT_SERVING)
                 log.info("orchestrator ready" if ready else "orchestrator not ready: no tagger can answer",
                          extra=fields(backends={n: b.describe_health() for n, b in self.backends.items()}))
+            if not changed:
+                return  # every tagger disabled: never ready (asyncio.wait refuses an empty set)
             try:
                 await asyncio.wait(changed, return_when=asyncio.FIRST_COMPLETED)
             finally:

@@ -83,6 +83,10 @@ class Router:
         self.view_types = view_types  # tried in order
         self.fallback_reserve = fallback_reserve
 
+    def a_tagger_serving(self) -> bool:
+        """Is a tagger SERVING by its health watch (the orchestrator's readiness)?"""
+        return any(b.health() == tagging_pb2.BACKEND_HEALTH_SERVING for b in self.taggers)
+
     def view_type_provider(self) -> Backend | None:
         """The view-type backend a request would be sent to now (enabled and usable by health), if any."""
         return next((b for b in self.view_types
@@ -160,7 +164,7 @@ class Router:
             tracing.event("passed over", backend=backend.name, reason=reason, why=why)
             log.info("tagger passed over", extra=fields(backend=backend.name, reason=reason, why=why))
 
-        if not any(b.health() == tagging_pb2.BACKEND_HEALTH_SERVING for b in self.taggers):
+        if not self.a_tagger_serving():
             # None serving by the health watches: ask each once now (a replica that just came up is seen here,
             # not when its watch next reconnects), then route or refuse on what they said.
             await asyncio.gather(*(b.probe(deadline - time.monotonic() - MIN_CALL_SECONDS) for b in self.taggers))

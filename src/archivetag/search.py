@@ -22,7 +22,15 @@ from archivetag.bulk import shown
 from archivetag.client import CLIENT_OPTIONS, ClientError, TaggingClient
 from archivetag.results import models_key
 from archivetag.runtime.settings import Option, OptionGroup
-from archivetag.similar import STORE_OPTIONS, CannotAnswer, answer_command, closest, model_name, open_store
+from archivetag.similar import (
+    STORE_OPTIONS,
+    CannotAnswer,
+    answer_command,
+    closest,
+    model_name,
+    open_store,
+    other_spaces_note,
+)
 from archivetag.v1 import tagging_pb2
 
 SEARCH_OPTIONS = OptionGroup("search", (Option("limit", 10, "How many photos to list, the best first.", int),))
@@ -74,9 +82,7 @@ def answer(args: argparse.Namespace) -> tuple[dict, str]:
         model = json.loads(MessageToJson(embedded.model))
         space_key = models_key([embedded.model])
         space = vectors.load_space(store.db, space_key)
-        others = sum(count for name, count in vectors.spaces(store.db) if name != space_key)
-        note = (f"{others} photos embedded by another SigLIP model are not searched (tag them again with this one)"
-                if others else "")
+        note = other_spaces_note(store.db, space_key, "searched")
         if not len(space):
             raise CannotAnswer(f"no tagged photo was embedded by {model_name(model)}, the model that embedded the "
                                "text: tag photos with `archivetag tag` first" + (f"; {note}" if note else ""))

@@ -53,10 +53,11 @@ def open_store(db: Path | None) -> ResultStore:
         raise CannotAnswer(str(exc)) from None
 
 
-def other_spaces_note(db: sqlite3.Connection, space: str) -> str:
-    """A line about the vectors left out because another SigLIP model made them ('' when none)."""
+def other_spaces_note(db: sqlite3.Connection, space: str, left_out: str = "compared") -> str:
+    """A line about the vectors left out because another SigLIP model made them ('' when none).
+    left_out: what is not done with them ("compared", "searched")."""
     others = sum(count for name, count in vectors.spaces(db) if name != space)
-    return (f"{others} photos embedded by another SigLIP model are not compared (tag them again with this one)"
+    return (f"{others} photos embedded by another SigLIP model are not {left_out} (tag them again with this one)"
             if others else "")
 
 
