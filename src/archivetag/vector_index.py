@@ -33,11 +33,25 @@ import uuid
 from collections.abc import Iterator, Set
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import faiss
 import numpy as np
 
 from archivetag import vectors
+
+
+class _Faiss:
+    """faiss, imported at first use rather than with this module (issue 28): `archivetag`'s parser imports
+    `similar` and `duplicates`, which import this module, and an air-gapped GPU box's install carries no
+    faiss-cpu (about 30 MB; only large `similar`/`duplicates` searches need it)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import faiss as module
+
+        return getattr(module, name)
+
+
+faiss: Any = _Faiss()
 
 EXACT_BELOW = 20_000  # vectors; smaller spaces are searched exactly
 NPROBE = 32  # lists a `similar` query scans

@@ -22,14 +22,26 @@ def test_the_gpu_check_runs_its_measurements_on_cpu_in_dry_mode_and_writes_every
         env={**os.environ, "ARCHIVETAG_GPU_PYTHON": sys.executable},
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(out.read_text())
+    check_dry_run_result(json.loads(out.read_text()), run.stdout)
+
+
+def check_dry_run_result(result: dict, stdout: str) -> None:
+    """Every figure of the GPU check's JSON is there (issue 28, item 4), at the dry run's sizes."""
     assert result["dry_run"] is True
+    assert result["failures"] == []
+    assert [s["stage"] for s in result["stages"]] == ["install", "environment", "cuda_tests", "measure"]
+    assert all(s["status"] == "ok" for s in result["stages"]), result["stages"]
     assert set(result["models"]) == {"siglip", "rampp", "florence-base", "florence-large"}
     for label, model in result["models"].items():
-        assert [row["batch"] for row in model["runs"]] == [1, 2], label
+        expected = [(1, None), (2, None)] if not label.startswith("florence") else [(1, 1), (2, 1), (1, 2), (2, 2)]
+        assert [(row["batch"], row.get("beams")) for row in model["runs"]] == expected, label
         assert all(row["images_per_second"] > 0 for row in model["runs"]), label
+    assert "torch" in result["models"]["siglip"]["settings"]["runtime"]  # the torch runtime's code, on the CPU
+    jpeg = result["siglip_jpeg"]
+    assert [row["batch"] for row in jpeg["cpu_decode"]] == [row["batch"] for row in jpeg["device_decode"]] == [1, 2]
     assert result["decode"]["cpu_images_per_second"] > 0
     assert result["decode"]["torch_cpu_images_per_second"] > 0  # the nvJPEG path's code, on torchvision's CPU decoder
-    assert result["stack"]["requests"] == 32
+    assert set(result["stack"]["clients"]) == {"2", "4"}
+    assert all(row["requests"] == int(c) * 4 and row["p99_ms"] > 0 for c, row in result["stack"]["clients"].items())
     assert set(result["stack"]["gpu_memory_mib"]) == {"orchestrator", "florence", "rampp", "siglip"}
-    assert "GPU check on cpu" in run.stdout
+    assert "GPU check on cpu" in stdout

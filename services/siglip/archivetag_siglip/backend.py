@@ -6,7 +6,9 @@ the folder is an export of one model, unchanged: the ONNX file's SHA-256 and the
 embeddings' SHA-256 match the manifest, the text embeddings are stamped with the manifest's
 model, and the probe image re-embeds to the manifest's embedding; the text tower's files match
 their hashes, its tokenizer gives the probe texts' recorded token ids and its embeddings the
-recorded ones. No torch in this path.
+recorded ones. No torch in this path, unless the vision tower runs on torch (--siglip-runtime torch, or
+auto on a CUDA box whose ONNX Runtime has no CUDA provider: torch_runtime.py), from the same export's
+vision_torch/ weights, under the same hash and probe checks.
 
 Images and texts share one batcher: a batch may hold Classify items (pixels, maybe a label set)
 and EmbedText items (token ids); infer_batch runs each tower once for the batch.
@@ -34,6 +36,7 @@ from archivetag_siglip import layout
 from archivetag_siglip.layout import Preprocessor, read_json
 from archivetag_siglip.scoring import Thresholds, label_scores, logits_for, normalize, view_types
 from archivetag_siglip.text import TextTokenizer, TextTower, TokenizerSpec
+from archivetag_siglip.torch_runtime import ORT_CUDA, TorchVisionTower, choose_runtime
 
 log = logging.getLogger("archivetag.siglip")
 
@@ -41,6 +44,9 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TEXT_LOGIT_TOLERANCE = 1e-3  # stored probe embedding x loaded text embeddings vs the manifest's logits
 DEFAULT_TEMPLATE = "a photo of {}."
+# --siglip-precision auto serves the int8 tower only if, on the exported weights, its probe embedding has at least
+# this cosine to fp32's (random full-size weights: >= 0.9997, docs/models/siglip.md).
+INT8_MIN_PROBE_COSINE = 0.999
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,11 @@ class SiglipBackend(ModelBackend):
                                      min_match=settings.siglip_min_match_probability)
         self.ort_threads = settings.siglip_ort_threads
         self.precision = settings.siglip_precision
+        self.runtime_setting = settings.siglip_runtime
+        self.runtime = "onnx"  # what load() chose: onnx (vision.onnx on ONNX Runtime) or torch (vision_torch/)
+        self.dtype_setting = settings.dtype
+        self.torch_threads = settings.torch_threads
+        self.torch_tower: TorchVisionTower | None = None
         self.probe_tolerance = settings.siglip_probe_tolerance
         self.manifest: dict[str, Any] = {}
         self.session = None
@@ -156,6 +167,9 @@ class SiglipBackend(ModelBackend):
             raise ModelLoadError(f"no SigLIP model at {folder}: export one with `{layout.EXPORT_COMMAND}` "
                                  f"(or `{layout.PULL_COMMAND}`, or `archivetag models smoke` to try the stack)")
         refuse_old_app_files(folder)
+        if self.runtime_setting == "torch" and self.precision == "int8":
+            raise ModelLoadError("--siglip-precision int8 is an ONNX Runtime tower (vision-int8.onnx); with "
+                                 "--siglip-runtime torch use fp32 (and --dtype float16 or bfloat16 on a GPU)")
         manifest_path = folder / layout.MANIFEST
         if not manifest_path.exists():
             raise ModelLoadError(f"{folder} has no {layout.MANIFEST}: it is not an archivetag SigLIP export; "
@@ -168,19 +182,55 @@ class SiglipBackend(ModelBackend):
             self.preprocess = Preprocessor(manifest["image"])
             self.input_edge = max(self.preprocess.height, self.preprocess.width)
             self._load_text(manifest)
+            if self.precision == "auto":
+                self.precision = self._auto_precision(manifest)
             onnx_path = self._check_onnx_file(manifest)
         except ModelLoadError:
             raise
         except (KeyError, ValueError, TypeError) as exc:
             raise ModelLoadError(f"{folder}: the export is incomplete or damaged ({type(exc).__name__}: {exc}); "
                                  f"re-export with `{layout.EXPORT_COMMAND}`") from None
-        self.session, self.providers = self._open_session(onnx_path)
+        import onnxruntime as ort
+
+        # int8 is an ONNX Runtime tower (vision-int8.onnx): auto keeps it there, torch refuses it (load() start).
+        self.runtime = "onnx" if self.precision == "int8" else choose_runtime(
+            self.runtime_setting, self.device_setting, ort.get_available_providers(), manifest)
+        if self.runtime == "torch":
+            try:
+                self.torch_tower = TorchVisionTower(folder, manifest, self.device_setting, self.dtype_setting,
+                                                    self.torch_threads)
+            except (KeyError, TypeError) as exc:
+                raise ModelLoadError(f"{folder}: the export's vision_torch entry is damaged ({type(exc).__name__}: "
+                                     f"{exc}); re-export with `{layout.EXPORT_COMMAND}`") from None
+            self.providers = [f"torch:{self.torch_tower.device_name}"]
+        else:
+            self.session, self.providers = self._open_session(onnx_path)
         self._check_probe(manifest)
         self._load_text_tower(manifest)
         log.info("siglip model checked", extra=fields(
-            model=manifest["model"]["id"], providers=",".join(self.providers), precision=self.precision,
+            model=manifest["model"]["id"], runtime=self.runtime, providers=",".join(self.providers),
+            precision=self.precision,
             probe_cosine=round(self.probe_cosine, 6), classes=",".join(self.classes),
         ))
+
+    def _auto_precision(self, manifest: dict[str, Any]) -> str:
+        """--siglip-precision auto: the int8 tower when it runs on a CPU and the export has one (on a CPU it is about
+        twice as fast at cosine >= 0.9996 to fp32, docs/models/cpu.md), else fp32."""
+        import onnxruntime as ort
+
+        if "vision_int8" not in manifest or self.runtime_setting == "torch":
+            return "fp32"
+        cosine = float(manifest["vision_int8"].get("probe_cosine_to_fp32", 0.0))
+        if cosine < INT8_MIN_PROBE_COSINE:  # measured on these very weights at export
+            log.warning(f"the export's int8 tower has probe cosine {cosine:.5f} to fp32, below "
+                        f"{INT8_MIN_PROBE_COSINE}: serving fp32 (--siglip-precision int8 serves it anyway)")
+            return "fp32"
+        providers = ort.get_available_providers()
+        if self.device_setting != "cpu" and (
+                ORT_CUDA in providers
+                or choose_runtime(self.runtime_setting, self.device_setting, providers, manifest) == "torch"):
+            return "fp32"  # on a GPU
+        return "int8"
 
     def _load_text(self, manifest: dict[str, Any]) -> None:
         """Class embeddings, only if they are the ones exported with this manifest's model."""
@@ -278,11 +328,14 @@ class SiglipBackend(ModelBackend):
 
         available = ort.get_available_providers()
         setting = self.device_setting
+        if self.runtime == "torch":  # the vision tower is on torch; the text tower stays on ONNX Runtime's CPU
+            return [CUDA, CPU] if setting.startswith("cuda") and CUDA in available else [CPU]
         if setting.startswith("cuda"):
             if CUDA not in available:
                 raise ModelLoadError(f"--device {setting} asked for, but ONNX Runtime has no CUDA provider here "
-                                     f"(available: {', '.join(available)}); "
-                                     "install onnxruntime-gpu or use --device cpu")
+                                     f"(available: {', '.join(available)}); install onnxruntime-gpu, run the "
+                                     "vision tower on torch (--siglip-runtime torch, with torch and transformers "
+                                     "installed), or use --device cpu")
             return [CUDA, CPU]
         if setting == "auto" and CUDA in available:
             return [CUDA, CPU]
@@ -333,6 +386,8 @@ class SiglipBackend(ModelBackend):
 
     # -- inference ------------------------------------------------------------------------
     def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        if self.torch_tower is not None:
+            return self.torch_tower(pixels)
         return self.session.run(None, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     def prepare(self, image: Image.Image, request: Any) -> ImageItem:
@@ -463,10 +518,17 @@ class SiglipBackend(ModelBackend):
         return model_identity(
             self.family, self.folder, default_name=model.get("id", "siglip"),
             default_revision=model.get("revision", ""), weights_sha256=self.onnx_sha256,
-            device=self._device_name(), dtype="int8" if self.precision == "int8" else "float32",
+            device=self._device_name(), dtype=self._dtype_name(),
         )
 
+    def _dtype_name(self) -> str:
+        if self.torch_tower is not None:
+            return self.torch_tower.dtype_name
+        return "int8" if self.precision == "int8" else "float32"
+
     def _device_name(self) -> str:
+        if self.torch_tower is not None:
+            return self.torch_tower.device_name
         if CUDA not in self.providers:
             return "cpu"
         return f"cuda:{self._cuda_options().get('device_id', '0')}"
@@ -476,6 +538,9 @@ class SiglipBackend(ModelBackend):
             "unknown_threshold": str(self.thresholds.unknown),
             "min_match_probability": str(self.thresholds.min_match),
             "precision": self.precision,
+            "runtime": self.runtime,
+            "runtime_setting": self.runtime_setting,
+            "dtype": self._dtype_name(),
             "providers": ",".join(self.providers),
             "ort_threads": str(self.ort_threads),
             "probe_cosine": f"{self.probe_cosine:.6f}",

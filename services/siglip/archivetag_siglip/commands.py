@@ -73,4 +73,5 @@ def build_pulled(plan, build: Path, tag_data: Path | None) -> None:
     from archivetag_siglip.export import export_folder
 
     write_hub_commit(plan.folder, plan.commit)
-    export_folder(str(plan.folder), build, model_id=plan.source.repo)
+    # With the int8 tower: --siglip-precision auto serves it on a CPU (docs/models/cpu.md).
+    export_folder(str(plan.folder), build, model_id=plan.source.repo, int8=True)

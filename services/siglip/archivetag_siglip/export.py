@@ -340,6 +340,21 @@ def export_vision_onnx(model, size: tuple[int, int], path: Path, exporter: str =
     return "torchscript"
 
 
+def export_vision_torch(model, dest: Path) -> dict[str, Any]:
+    """The vision tower's weights for the torch runtime (torch_runtime.py): the checkpoint's own vision model
+    (SiglipModel.vision_model, a SiglipVisionModel, the module vision.onnx was exported from), saved as
+    config.json + model.safetensors in dest/vision_torch. The manifest's "vision_torch" records the files'
+    SHA-256; the service re-embeds the probe through it before serving."""
+    import shutil
+
+    target = dest / layout.VISION_TORCH
+    shutil.rmtree(target, ignore_errors=True)
+    model.vision_model.save_pretrained(str(target))
+    files = sorted(p.name for p in target.iterdir() if p.is_file())
+    return {"folder": layout.VISION_TORCH, "class": "SiglipVisionModel", "output": "pooler_output",
+            "files": {name: sha256_file(target / name) for name in files}}
+
+
 def onnx_session(path: Path, threads: int = 0):
     import onnxruntime as ort
 
@@ -493,6 +508,8 @@ def export_folder(src: str, dest: Path, model_id: str | None = None, classes: di
         },
         "exported_with": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
+
+    manifest["vision_torch"] = export_vision_torch(model, dest)
 
     if text_tower:
         manifest["text_tower"] = export_text_tower(model, tokenizer, dest, exporter)

@@ -7,6 +7,9 @@ with ONNX Runtime only), so both agree on every byte. No torch or transformers h
         manifest.json          identity, image processing, hashes, classes and prompts, probe
         vision.onnx            vision tower: pixel_values -> image embedding (get_image_features)
         vision-int8.onnx       optional: the same, int8 dynamic quantisation (--int8)
+        vision_torch/          the same vision tower's weights for torch (--siglip-runtime torch: a CUDA box
+                               whose onnxruntime has no CUDA provider): config.json + model.safetensors of
+                               transformers' SiglipVisionModel, as exported from the same checkpoint
         text_embeddings.json   class embeddings (prompt ensembles), logit_scale, logit_bias, stamped
         text.onnx              text tower: input_ids (padded to max_length) -> text embedding
         tokenizer.json         the tokenizer as a `tokenizers` file (how to use it: manifest "text_tower")
@@ -26,6 +29,7 @@ FORMAT = "archivetag-siglip/1"
 MANIFEST = "manifest.json"
 VISION_ONNX = "vision.onnx"
 VISION_INT8_ONNX = "vision-int8.onnx"
+VISION_TORCH = "vision_torch"  # a folder: SiglipVisionModel.save_pretrained
 TEXT_EMBEDDINGS = "text_embeddings.json"
 TEXT_ONNX = "text.onnx"
 TOKENIZER = "tokenizer.json"

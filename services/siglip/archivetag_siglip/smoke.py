@@ -118,3 +118,15 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
         checkpoint = write_random_checkpoint(Path(tmp) / "checkpoint")
         export_folder(str(checkpoint), Path(target), model_id=ModelCard.smoke_name("siglip"))
     ModelCard.for_smoke("siglip").write(Path(target))
+
+
+def write_full_size_model(target: Path, int8: bool = False, text_tower: bool = False) -> None:
+    """siglip-base-patch16-224's architecture with random weights, exported as the service exports it (vision
+    tower; the int8 one and the text tower when asked): for checks that need the real cost."""
+    from archivetag_siglip.export import export_folder
+
+    name = "siglip-base-patch16-224-architecture-random"
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = write_random_checkpoint(Path(tmp) / "checkpoint", image_size=224, full_size=True)
+        export_folder(str(checkpoint), Path(target), model_id=name, int8=int8, text_tower=text_tower)
+    ModelCard(family="siglip", name=name, smoke=True, source="archivetag_siglip.smoke").write(Path(target))

@@ -20,10 +20,20 @@ OPTIONS = OptionGroup(
         ),
         Option("siglip_ort_threads", 0, "ONNX Runtime intra-op threads; 0: the library's default.", int),
         Option(
-            "siglip_precision", "fp32",
-            "Vision tower to run: fp32 (vision.onnx) or int8 (vision-int8.onnx, made by "
-            "`archivetag models export-siglip --int8`; faster on CPU, check it on your checkpoint first).",
-            choices=("fp32", "int8"),
+            "siglip_precision", "auto",
+            "Vision tower to run: fp32 (vision.onnx) or int8 (vision-int8.onnx, made by `models pull` and "
+            "`archivetag models export-siglip --int8`; about 2x faster on a CPU, check it on your checkpoint "
+            "first). auto: int8 when the tower runs on a CPU and the export has it, else fp32 (docs/models/cpu.md).",
+            choices=("auto", "fp32", "int8"),
+        ),
+        Option(
+            "siglip_runtime", "auto",
+            "What runs the vision tower: onnx (ONNX Runtime, vision.onnx), torch (torch and transformers over the "
+            "same export's vision_torch/ weights, at --dtype; for a CUDA box whose onnxruntime has no CUDA "
+            "provider) or auto: onnx, unless ONNX Runtime has no CUDA provider, --device is auto or cuda and "
+            "torch sees a CUDA device. Either way the probe image must re-embed to the export's embedding; the "
+            "text tower stays on ONNX Runtime (docs/models/siglip.md).",
+            choices=("auto", "onnx", "torch"),
         ),
         Option("siglip_max_texts", 64,
                "Most texts one EmbedText request may carry (and a quarter of the prompts one label set may); "
