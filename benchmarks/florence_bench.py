@@ -23,25 +23,8 @@ from timing import median_seconds  # benchmarks/timing.py, beside this script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "florence.json"
 
-SIZES = {
-    "base": dict(embed_dim=[128, 256, 512, 1024], heads=[4, 8, 16, 32], d_model=768, layers=6, text_heads=12, ffn=3072),
-    "large": dict(embed_dim=[256, 512, 1024, 2048], heads=[8, 16, 32, 64], d_model=1024, layers=12, text_heads=16, ffn=4096),
-}
-
-
-def full_config(size: str):
-    from transformers import BartConfig, Florence2Config, Florence2VisionConfig
-
-    s = SIZES[size]
-    vision = Florence2VisionConfig(embed_dim=s["embed_dim"], num_heads=s["heads"], num_groups=s["heads"],
-                                   depths=[1, 1, 9, 1], projection_dim=s["d_model"], drop_path_rate=0.0)
-    text = BartConfig(vocab_size=51328, d_model=s["d_model"], encoder_layers=s["layers"], decoder_layers=s["layers"],
-                      encoder_attention_heads=s["text_heads"], decoder_attention_heads=s["text_heads"],
-                      encoder_ffn_dim=s["ffn"], decoder_ffn_dim=s["ffn"], max_position_embeddings=1024,
-                      bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
-    return Florence2Config(vision_config=vision, text_config=text, image_token_id=51289,
-                           bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
-
+# The full-size configs live with the smoke model writer (one declaration); re-exported for the other benchmarks.
+from archivetag_florence.smoke import full_size_config as full_config  # noqa: E402
 
 
 def bench_size(size: str, device: torch.device, dtype: torch.dtype, batches, beams_list, tokens: int, repeats: int) -> dict:

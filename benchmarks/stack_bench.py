@@ -16,6 +16,10 @@ Side by side, in one run, on the same images:
      in this process) started in turn, --tracing-rounds times each, the same 4-client load on each; the
      ratio of throughputs (0 rounds: skipped).
 
+  5. the serving path's own cost in CPU: CPU seconds per answered request of every process, less the CPU
+     time of the services' inference and decode threads (inference on one thread, so that is all of it):
+     stable where wall-clock differences are noise (goal: ≤ 3 ms). --serving-cpu-only: only this.
+
 ARCHIVETAG_* variables reach the services (ARCHIVETAG_MAX_QUEUE_DELAY_MS=5: the batcher before continuous batching).
 
 Prints a table, writes JSON and a PNG plot (throughput and latency against clients).
@@ -65,7 +69,7 @@ def test_images(count: int) -> list[bytes]:
     return images
 
 
-def stack_arguments(models: Path, log_dir: Path, *extra: str, result_cache: bool = False):
+def stack_arguments(models: Path, log_dir: Path, *extra: str, result_cache: bool = False, metrics: bool = False):
     """`up`'s settings for a stack of `models` on free loopback ports, and those ports by server name.
 
     The orchestrator's result cache is off unless asked for: the benchmarks send the same images
@@ -74,8 +78,10 @@ def stack_arguments(models: Path, log_dir: Path, *extra: str, result_cache: bool
     if not result_cache:
         os.environ["ARCHIVETAG_CACHE"] = "off"  # the stack's orchestrator inherits it
     ports = {name: free_port() for name in SERVER_NAMES}
+    metrics_args = [a for n in SERVER_NAMES for a in (f"--{n}-metrics-port", str(free_port()))] if metrics else [
+        "--no-metrics"]
     up_args = build_parser().parse_args(
-        ["up", "--models", str(models), "--log-dir", str(log_dir), "--no-metrics", *extra,
+        ["up", "--models", str(models), "--log-dir", str(log_dir), *metrics_args, *extra,
          *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
     )
     return up_args, ports
@@ -263,6 +269,72 @@ def tracing_cost(models: Path, log_dir: Path, images: list[bytes], rounds: int, 
             "throughput_on_over_off": on / off, "spans_received": spans}
 
 
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric_sums(port: int) -> dict[str, float]:
+    """The CPU seconds of a service's inference and decode threads, from its /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    sums = {"archivetag_thread_cpu_seconds_total": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in sums:
+                sums[sample.name] += sample.value
+    return sums
+
+
+def serving_cpu_cost(models: Path, log_dir: Path, images: list[bytes], requests: int, clients: int = 4) -> dict:
+    """CPU seconds per answered request that the serving path spends outside decoding and inference: every
+    process's own CPU counter (orchestrator and model services) minus the CPU time of the services' inference and
+    decode threads (archivetag_thread_cpu_seconds_total). The services run inference on one thread (torch and ONNX
+    Runtime), so that thread's CPU time is all of the model's. Wall-clock differences drown in a shared machine's
+    noise; CPU counters do not (issue 27)."""
+    up_args, ports = stack_arguments(models, log_dir, metrics=True)
+    metrics_ports = {n: getattr(up_args, f"{n}_metrics_port") for n in SERVER_NAMES}
+
+    async def measure() -> dict:
+        stack = Stack(up_args, say=lambda *_: None)
+        os.environ["ARCHIVETAG_TORCH_THREADS"] = os.environ["ARCHIVETAG_SIGLIP_ORT_THREADS"] = "1"  # the children's
+        try:
+            stack.start()
+        finally:
+            del os.environ["ARCHIVETAG_TORCH_THREADS"], os.environ["ARCHIVETAG_SIGLIP_ORT_THREADS"]
+        try:
+            await stack.wait_serving(600)
+            address = f"127.0.0.1:{ports['orchestrator']}"
+            await asyncio.to_thread(run_clients, address, images, clients, 4)  # warm-up
+            pids = {service.name: service.process.pid for service in stack.services if service.process}
+            cpu_before = {n: process_cpu_seconds(pid) for n, pid in pids.items()}
+            timers_before = {n: metric_sums(metrics_ports[n]) for n in pids if n != "orchestrator"}
+            load = await asyncio.to_thread(run_clients, address, images, clients, max(1, requests // clients))
+            cpu = {n: process_cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
+            timers = {n: {k: v - timers_before[n][k] for k, v in metric_sums(metrics_ports[n]).items()}
+                      for n in timers_before}
+        finally:
+            await stack.stop()
+        answered = load["requests"]
+        outside = {n: cpu[n] - sum(timers.get(n, {}).values()) for n in cpu}
+        return {"requests": answered, "clients": clients,
+                "cpu_s": cpu, "timers_s": timers,
+                "serving_cpu_ms_per_request": {n: v / answered * 1000 for n, v in outside.items()},
+                "serving_cpu_ms_per_request_total": sum(outside.values()) / answered * 1000,
+                "images_per_second": load["images_per_second"]}
+
+    return asyncio.run(measure())
+
+
+def print_serving_cpu(cost: dict) -> None:
+    per = ", ".join(f"{n} {v:.1f}" for n, v in cost["serving_cpu_ms_per_request"].items())
+    print(f"serving path CPU per answered request, outside decode and inference ({cost['requests']} requests, "
+          f"{cost['clients']} clients): {cost['serving_cpu_ms_per_request_total']:.1f} ms ({per}); goal ≤ 3 ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, help="models directory (default: fresh smoke models)")
@@ -274,6 +346,8 @@ def main() -> int:
     parser.add_argument("--tracing-rounds", type=int, default=2,
                         help="stacks started with tracing off and on, each this many times (0: skip)")
     parser.add_argument("--tracing-only", action="store_true", help="only the cost of tracing (section 4)")
+    parser.add_argument("--serving-cpu-only", action="store_true",
+                        help="only the serving path's CPU per request (section 5)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stack.json")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
@@ -284,6 +358,15 @@ def main() -> int:
         print(json.dumps(cost, indent=2))
         out = args.out.with_name("stack_tracing.json") if args.out.name == "stack.json" else args.out
         out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "tracing": cost}, indent=2) + "\n")
+        tmp.cleanup()
+        return 0
+
+    if args.serving_cpu_only:
+        cost = serving_cpu_cost(models, Path(tmp.name) / "logs", images, args.images)
+        print(json.dumps(cost, indent=2))
+        print_serving_cpu(cost)
+        out = args.out.with_name("stack_serving_cpu.json") if args.out.name == "stack.json" else args.out
+        out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "serving_cpu": cost}, indent=2) + "\n")
         tmp.cleanup()
         return 0
 
@@ -339,6 +422,8 @@ def main() -> int:
         print(f"tracing (100% sampled, OTLP) at 4 clients: {cost['median_on']:.2f} images/s on vs "
               f"{cost['median_off']:.2f} off = {cost['throughput_on_over_off']:.3f}x throughput "
               f"({cost['rounds']} stacks each, {cost['spans_received']} spans received)")
+    cost = results["serving_cpu"] = serving_cpu_cost(models, Path(tmp.name) / "logs", images, args.images)
+    print_serving_cpu(cost)
     write_results(args.out, results, plot)
     tmp.cleanup()
     return 0

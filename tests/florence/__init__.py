@@ -21,7 +21,8 @@ def tiny_models_dir() -> Path:
 
 
 def settings(models: Path, *args: str):
-    """The typed `archivetag serve florence` settings for a models folder."""
+    """The typed `archivetag serve florence` settings for a models folder, in float32 unless `args` say otherwise:
+    these tests compare with transformers' own float32 output (int8, the CPU default, has test_precision.py)."""
     from archivetag.cli import parse_serve_settings
 
-    return parse_serve_settings("florence", "--models", str(models), *args)
+    return parse_serve_settings("florence", "--models", str(models), "--dtype", "float32", *args)

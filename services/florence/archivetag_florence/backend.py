@@ -33,6 +33,9 @@ from archivetag_florence.layout import VOCABULARY_FILE
 log = logging.getLogger("archivetag.florence")
 
 MODEL_DIR = "florence"
+# int8 is served only if its vision-tower output on the probe photo has at least this cosine to float32's (the
+# full-size random model: 0.9989 on 8 photos, docs/models/cpu.md).
+INT8_MIN_COSINE = 0.998
 RAMPP_TAG_LIST = Path("rampp") / "ram_tag_list.txt"
 # The Florence-2 task of each OcrMode that reads text.
 OCR_TASKS = {common_pb2.OCR_MODE_TEXT: "<OCR>", common_pb2.OCR_MODE_TEXT_WITH_REGIONS: "<OCR_WITH_REGION>"}
@@ -94,7 +97,7 @@ class FlorenceBackend(ModelBackend):
 
     # -- loading --------------------------------------------------------------------
     def load(self) -> None:
-        from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
+        from archivetag.runtime.device import INT8, Precision, pick_device, pick_precision, set_threads
         from archivetag_florence.loading import load_florence
 
         if self.max_new_tokens < 1 or self.ocr_max_new_tokens < 1 or self.num_beams < 1:
@@ -102,7 +105,8 @@ class FlorenceBackend(ModelBackend):
                                  "must be at least 1")
         try:
             self.device = pick_device(self.settings.device)
-            self.dtype = pick_dtype(self.settings.dtype, self.device)
+            precision = pick_precision(self.settings.dtype, self.device, cpu_default=INT8)
+            self.dtype = precision.dtype
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
         set_threads(self.settings.torch_threads)
@@ -114,6 +118,10 @@ class FlorenceBackend(ModelBackend):
         self.phrases = tagging.PhraseIndex.from_names(self.vocab.names)
         loaded = load_florence(self.folder, self.device, self.dtype, self.settings.florence_attn_implementation)
         self.model, self.processor = loaded.model, loaded.processor
+        if precision.int8 and not self._quantize_checked():
+            precision = Precision(self.dtype)
+            self.model = load_florence(self.folder, self.device, self.dtype,
+                                       self.settings.florence_attn_implementation).model
         self.input_edge = int(self.processor.image_processor.size["height"])
         # A task's text inputs do not depend on the image (its <image> tokens are a fixed number): made once,
         # so preparing a request runs only the image processor.
@@ -122,7 +130,20 @@ class FlorenceBackend(ModelBackend):
         for task in (self.task, *OCR_TASKS.values()):
             encoded = self.processor(text=[task], images=[probe], return_tensors="pt")
             self.prompts[task] = {k: v for k, v in encoded.items() if k != "pixel_values"}
-        self._identity = self._make_identity(dtype_name(self.dtype))
+        self._identity = self._make_identity(precision.name)
+
+    def _quantize_checked(self) -> bool:
+        """int8 weights in the whole model (vision tower, projection, BART: docs/models/cpu.md), kept if the vision
+        tower's output on the probe photo stays within INT8_MIN_COSINE of float32's (else the caller reloads)."""
+        import torch
+
+        from archivetag.runtime.device import int8_kept, probe_photo, quantize_int8
+
+        pixels = self.processor.image_processor(images=[probe_photo()], return_tensors="pt")["pixel_values"]
+        before = self.encode([pixels]).flatten()
+        quantize_int8(self.model)
+        cosine = torch.nn.functional.cosine_similarity(before, self.encode([pixels]).flatten(), dim=0).item()
+        return int8_kept(self.settings.dtype == "int8", cosine, INT8_MIN_COSINE, "vision-tower cosine", log)
 
     def _make_identity(self, dtype: str) -> common_pb2.ModelIdentity:
         name = getattr(self.model.config, "_name_or_path", "")
@@ -179,8 +200,21 @@ class FlorenceBackend(ModelBackend):
 
         inputs = {k: v.repeat(len(features), 1).to(self.device) for k, v in self.prompts[task].items()}
         with torch.inference_mode():
+            if hasattr(self.model, "_supports_mm_encoder_outputs"):
+                encoded: dict[str, Any] = {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(
+                    pooler_output=features)}}
+            else:  # transformers < 5.18 (a CUDA box's 5.17, issue 28) has no mm_encoder_outputs: the features go
+                # into the prompt's <image> places here, as its Florence-2 does from pixel_values, and generate
+                # gets the text encoder's output of those embeddings (encoder_outputs)
+                embeds = self.model.get_input_embeddings()(inputs["input_ids"])
+                features = features.to(embeds.device, embeds.dtype)
+                mask = self.model.get_placeholder_mask(inputs["input_ids"], inputs_embeds=embeds,
+                                                       image_features=features)
+                encoded = {"encoder_outputs": self.model.model.get_encoder()(
+                    inputs_embeds=embeds.masked_scatter(mask, features), attention_mask=inputs.get("attention_mask"),
+                    return_dict=True)}
             return self.model.generate(
-                **inputs, mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=features)},
+                **inputs, **encoded,
                 max_new_tokens=max_new_tokens, num_beams=self.num_beams, do_sample=False, output_scores=scores,
                 return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([_stop_when(abandoned)]),
             )

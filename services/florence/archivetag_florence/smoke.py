@@ -77,6 +77,30 @@ def tiny_config():
                            bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
 
 
+# Florence-2-base and -large's published dimensions (docs/models/florence.md).
+FULL_SIZES = {
+    "base": dict(embed_dim=[128, 256, 512, 1024], heads=[4, 8, 16, 32], d_model=768, layers=6, text_heads=12,
+                 ffn=3072),
+    "large": dict(embed_dim=[256, 512, 1024, 2048], heads=[8, 16, 32, 64], d_model=1024, layers=12, text_heads=16,
+                  ffn=4096),
+}
+
+
+def full_size_config(size: str):
+    """Florence2Config of Florence-2-base or -large at full size (for parity, speed and memory checks)."""
+    from transformers import BartConfig, Florence2Config, Florence2VisionConfig
+
+    s = FULL_SIZES[size]
+    vision = Florence2VisionConfig(embed_dim=s["embed_dim"], num_heads=s["heads"], num_groups=s["heads"],
+                                   depths=[1, 1, 9, 1], projection_dim=s["d_model"], drop_path_rate=0.0)
+    text = BartConfig(vocab_size=51328, d_model=s["d_model"], encoder_layers=s["layers"], decoder_layers=s["layers"],
+                      encoder_attention_heads=s["text_heads"], decoder_attention_heads=s["text_heads"],
+                      encoder_ffn_dim=s["ffn"], decoder_ffn_dim=s["ffn"], max_position_embeddings=1024,
+                      bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+    return Florence2Config(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID,
+                           bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
+
+
 def word_token_ids(tokenizer, words: list[str]) -> list[int]:
     """Ids of the tokens that spell the words (with their leading space)."""
     ids: set[int] = set()
@@ -103,8 +127,10 @@ def bias_towards(model, token_ids: list[int], strength: float = WORD_BIAS) -> No
         embedding[2, 0] = 0.3  # </s> now and then, so captions have different lengths
 
 
-def write_random_checkpoint(target: Path, vocabulary: list[str]) -> None:
-    """A tiny random Florence-2 with its processor, saved as the hub checkpoints are (native layout).
+def write_random_checkpoint(target: Path, vocabulary: list[str], size: str | None = None,
+                            min_new_tokens: int | None = None) -> None:
+    """A random Florence-2 with its processor, saved as the hub checkpoints are (native layout): tiny, or at
+    a full size (FULL_SIZES) for checks that need the real cost.
 
     Its tokenizer knows the words of `vocabulary`, so its captions can contain those tags."""
     import torch
@@ -117,17 +143,33 @@ def write_random_checkpoint(target: Path, vocabulary: list[str]) -> None:
     processor = smoke_processor(tokenizer)
 
     torch.manual_seed(0)
-    config = tiny_config()
-    config._name_or_path = ModelCard.smoke_name("florence")
+    config = tiny_config() if size is None else full_size_config(size)
+    config._name_or_path = ModelCard.smoke_name("florence") if size is None else full_size_name(size)
     model = Florence2ForConditionalGeneration(config).eval()
     bias_towards(model, word_token_ids(tokenizer, words))
     model.generation_config = GenerationConfig(
         bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
         forced_bos_token_id=0, forced_eos_token_id=2, no_repeat_ngram_size=3, num_beams=1,
-        max_new_tokens=20,
+        max_new_tokens=20, min_new_tokens=min_new_tokens,
     )
     model.save_pretrained(target)
     processor.save_pretrained(target)
+
+
+def full_size_name(size: str) -> str:
+    return f"florence-2-{size}-architecture-random"
+
+
+def write_full_size_model(target: Path, size: str = "base", min_new_tokens: int | None = None) -> None:
+    """Florence-2-base or -large's architecture with random weights, speaking words as the smoke model does, with
+    the smoke vocabulary; its model card says smoke (random weights), its name says the size. min_new_tokens:
+    every caption at least this long (a speed check's fixed cost; the service's --florence-max-new-tokens caps it)."""
+    target = Path(target)
+    vocabulary = smoke_vocabulary()
+    write_random_checkpoint(target, vocabulary, size, min_new_tokens)
+    (target / VOCABULARY_FILE).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    card = ModelCard(family="florence", name=full_size_name(size), smoke=True, source="archivetag_florence.smoke")
+    card.write(target)
 
 
 def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Path | None = None) -> None:

@@ -12,7 +12,17 @@ import torch
 
 from archivetag.bundled import RAMPP_TAG_LIST, RAMPP_THRESHOLDS
 from archivetag.runtime.checksums import sha256_file
-from archivetag.runtime.device import dtype_name, pick_device, pick_dtype, set_threads
+from archivetag.runtime.device import (
+    INT8,
+    Precision,
+    int8_kept,
+    native_bfloat16,
+    pick_device,
+    pick_precision,
+    probe_photo,
+    quantize_int8,
+    set_threads,
+)
 from archivetag.runtime.errors import ModelLoadError, abandoned_batch
 from archivetag.runtime.logs import fields
 from archivetag.runtime.model_card import model_identity
@@ -26,6 +36,9 @@ from archivetag_rampp.preprocess import to_array
 log = logging.getLogger("archivetag.rampp")
 
 DEFAULT_THRESHOLD = 0.68  # upstream's default, used only where a threshold file is absent
+# int8 is served only if no tag probability on the probe photo moves more than this from float32's (the full-size
+# random model: at most 0.046 on 8 photos, docs/models/cpu.md).
+INT8_MAX_PROBABILITY_DIFF = 0.1
 
 
 
@@ -101,10 +114,17 @@ class RamPlusBackend(ModelBackend):
             )
         try:
             device = pick_device(self.device_setting)
+            # On a CPU: bfloat16 where it is native (faster and closer to float32 than int8 there), else int8
+            # (docs/models/cpu.md).
+            precision = pick_precision(self.dtype_setting, device,
+                                       cpu_default="bfloat16" if native_bfloat16() else INT8)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
-        dtype = pick_dtype(self.dtype_setting, device)
+        dtype = precision.dtype
         model = model.to(device=device, dtype=dtype)
+        if precision.int8 and not self._quantize_checked(model):
+            precision = Precision(torch.float32)
+            model, _, _ = load_model(weights)
         # re-weighting runs in fp32 (docs/models/rampp.md §10.6)
         model.label_embed.data = model.label_embed.data.float()
         self.model, self.device, self.dtype = model, device, dtype
@@ -113,10 +133,22 @@ class RamPlusBackend(ModelBackend):
         self._identity = model_identity(
             self.family, self.folder, default_name=OFFICIAL_NAME,
             default_revision=metadata.get("source_sha256", "")[:12] or "official-pth",
-            weights_sha256=sha256_file(weights), device=str(device), dtype=dtype_name(dtype),
+            weights_sha256=sha256_file(weights), device=str(device), dtype=precision.name,
         )
         log.info("RAM++ weights loaded", extra=fields(path=str(weights), seconds=round(time.monotonic() - started, 2),
                                                       tags=len(self.vocab.names), smoke=self._identity.smoke))
+
+    def _quantize_checked(self, model) -> bool:
+        """int8 weights in the Swin encoder only (with the tagging head in int8 too, tag sets agreed less:
+        docs/models/cpu.md), kept if the tag probabilities on the probe photo stay within INT8_MAX_PROBABILITY_DIFF
+        of float32's (else the caller reloads)."""
+        pixels = torch.from_numpy(to_array(probe_photo(), model.config.image_size)[None])
+        with torch.inference_mode():
+            before = torch.sigmoid(model(pixels).float())
+            model.visual_encoder = quantize_int8(model.visual_encoder)
+            diff = (torch.sigmoid(model(pixels).float()) - before).abs().max().item()
+        return int8_kept(self.dtype_setting == "int8", 1.0 - diff, 1.0 - INT8_MAX_PROBABILITY_DIFF,
+                         "1 - largest tag-probability difference", log)
 
     # -- inference ------------------------------------------------------------------
     def prepare(self, image, request):

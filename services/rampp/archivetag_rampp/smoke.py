@@ -29,3 +29,17 @@ def write_smoke_model(target: Path, tag_list: Path | None = None, thresholds: Pa
     model = random_model(tiny_config(len(names)), target_share=0.08)
     save_safetensors(model, target / CONVERTED)
     ModelCard.for_smoke("rampp").write(target)
+
+
+def write_full_size_model(target: Path) -> None:
+    """RAM++ at full size (Swin-L/384, the official 4,585 tags and thresholds shipped with archivetag), random
+    weights spread as random_model does: for checks that need the real cost (speed, memory, precisions)."""
+    from archivetag.bundled import RAMPP_TAG_LIST, RAMPP_THRESHOLDS
+    from archivetag_rampp.model import FULL
+
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RAMPP_TAG_LIST, target / TAG_LIST_FILE)
+    shutil.copyfile(RAMPP_THRESHOLDS, target / THRESHOLD_FILE)
+    save_safetensors(random_model(FULL), target / CONVERTED)
+    ModelCard(family="rampp", name="ram-plus-swin-large-architecture-random", smoke=True,
+              source="archivetag_rampp.smoke").write(target)

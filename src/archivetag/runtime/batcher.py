@@ -285,6 +285,13 @@ class DynamicBatcher:
         self, payloads: list[Any], abandoned: Callable[[], bool]
     ) -> tuple[list[Any], bool]:
         """Run a batch; if it raises, run its items one by one. Returns (results, batch_failed)."""
+        cpu_started = time.thread_time()
+        try:
+            return self._infer_or_split(payloads, abandoned)
+        finally:
+            metrics.THREAD_CPU_SECONDS.labels("inference").inc(time.thread_time() - cpu_started)
+
+    def _infer_or_split(self, payloads: list[Any], abandoned: Callable[[], bool]) -> tuple[list[Any], bool]:
         try:
             results = list(self.infer(payloads, abandoned))
             if len(results) != len(payloads):

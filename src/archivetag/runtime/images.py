@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from archivetag.runtime.errors import DeadlineExpired, InvalidInput, QueueFull
-from archivetag.runtime.metrics import DECODE_SECONDS, DECODES_STOPPED
+from archivetag.runtime.metrics import DECODE_SECONDS, DECODES_STOPPED, THREAD_CPU_SECONDS
 
 try:  # HEIC/HEIF (phone photos) through libheif
     import pillow_heif
@@ -538,11 +538,13 @@ class ImageDecoder:
     def _timed(self, step: Callable[..., Any], *args: Any) -> Any:
         thread = threading.get_ident()
         started = self._running_since[thread] = time.monotonic()
+        cpu_started = time.thread_time()
         try:
             return step(*args)
         finally:
             del self._running_since[thread]
             DECODE_SECONDS.labels("header" if step == self._open else "pixels").observe(time.monotonic() - started)
+            THREAD_CPU_SECONDS.labels("decode").inc(time.thread_time() - cpu_started)
 
     async def _in_pool(self, step: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, step, *args)

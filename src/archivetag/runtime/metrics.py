@@ -38,6 +38,12 @@ DECODE_SECONDS = Histogram(
     "archivetag_decode_seconds", "Time of one image decode step: its header, or its pixels and preprocessing.",
     ["step"], buckets=_LATENCY_BUCKETS,
 )
+# The CPU time of the thread that ran the work (time.thread_time): all of it when the model runs on that one thread
+# (--torch-threads 1, --siglip-ort-threads 1), its share otherwise. What the serving path costs beyond the models
+# is every process's CPU less these (benchmarks/stack_bench.py --serving-cpu-only).
+THREAD_CPU_SECONDS = Counter(
+    "archivetag_thread_cpu_seconds", "CPU seconds of the threads running inference and image decodes.", ["work"]
+)
 DECODES_STOPPED = Counter(
     "archivetag_decodes_stopped_total", "Image decodes stopped part-way because their caller left."
 )
