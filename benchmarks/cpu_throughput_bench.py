@@ -22,16 +22,15 @@ import argparse
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image
+from timing import metric_sum, peak_rss_mib, process_cpu_seconds, scrape_metrics  # benchmarks/timing.py, beside this
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "cpu_throughput.json"
@@ -43,7 +42,6 @@ RUNS = {
 }
 PORTS = {"orchestrator": 50151, "florence": 50152, "rampp": 50153, "siglip": 50154}
 METRICS = {"orchestrator": 9250, "florence": 9252, "rampp": 9253, "siglip": 9254}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def say(text: str) -> None:
@@ -84,30 +82,6 @@ def camera_photos(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def scrape(port: int) -> dict[str, float]:
-    """A service's metrics as {name{labels}: value}."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}"] = sample.value
-    return out
-
-
-def summed(metrics: dict[str, float], name: str) -> float:
-    return sum(v for k, v in metrics.items() if k.startswith(name + "{"))
-
-
-def process_figures(pid: int) -> dict[str, float]:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    status = Path(f"/proc/{pid}/status").read_text()
-    return {"cpu_s": (int(stat[11]) + int(stat[12])) / CLOCK_TICKS,
-            "peak_rss_mib": int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024}
-
-
 def wait_serving(log_dir: Path, up: subprocess.Popen, timeout: float = 1200) -> None:
     """Every model service loaded and warmed up, and the orchestrator ready: a model still loading would take
     CPU from the measured run."""
@@ -139,8 +113,8 @@ def run_stack(name: str, env_changes: dict[str, str], models: Path, photos: list
         wait_serving(log_dir, up)
         say(f"{name}: SERVING after {time.monotonic() - started:.0f} s; tagging {len(photos)} photos")
         pids = {s: int((log_dir / f"{s}.pid").read_text()) for s in PORTS}
-        before = {s: process_figures(pid) for s, pid in pids.items()}
-        metrics_before = {s: scrape(port) for s, port in METRICS.items()}
+        before = {s: process_cpu_seconds(pid) for s, pid in pids.items()}
+        metrics_before = {s: scrape_metrics(port) for s, port in METRICS.items()}
         started = time.monotonic()
         tagged = subprocess.run([sys.executable, "-m", "archivetag", "tag", "--json", "--no-progress",
                                  "--target", f"127.0.0.1:{PORTS['orchestrator']}", *map(str, photos)],
@@ -150,8 +124,9 @@ def run_stack(name: str, env_changes: dict[str, str], models: Path, photos: list
             raise RuntimeError(f"`archivetag tag` failed ({tagged.returncode}): {tagged.stderr[-2000:]}")
         lines = [json.loads(line) for line in tagged.stdout.splitlines() if line.startswith("{")]
         answers = [line["result"] for line in lines if "result" in line]  # the failed ones have "error"
-        after = {s: process_figures(pid) for s, pid in pids.items()}
-        metrics = {s: scrape(port) for s, port in METRICS.items()}
+        after = {s: process_cpu_seconds(pid) for s, pid in pids.items()}
+        peaks = {s: peak_rss_mib(pid) for s, pid in pids.items()}
+        metrics = {s: scrape_metrics(port) for s, port in METRICS.items()}
     finally:
         up.terminate()
         try:
@@ -164,18 +139,17 @@ def run_stack(name: str, env_changes: dict[str, str], models: Path, photos: list
     services = {}
     for s in PORTS:
         delta = {k: metrics[s].get(k, 0.0) - metrics_before[s].get(k, 0.0) for k in metrics[s]}
-        row = {"cpu_s_per_photo": (after[s]["cpu_s"] - before[s]["cpu_s"]) / max(photos_n, 1),
-               "peak_rss_mib": after[s]["peak_rss_mib"]}
+        row = {"cpu_s_per_photo": (after[s] - before[s]) / max(photos_n, 1), "peak_rss_mib": peaks[s]}
         if s != "orchestrator":
-            items = summed(delta, "archivetag_batch_size_sum")  # photos inferred (the sum of batch sizes)
+            items = metric_sum(delta, "archivetag_batch_size_sum")  # photos inferred (the sum of batch sizes)
             row.update({
                 "items": items,
-                "decode_s_per_item": summed(delta, "archivetag_decode_seconds_sum") / max(items, 1),
-                "queue_wait_s_per_item": summed(delta, "archivetag_queue_wait_seconds_sum") / max(items, 1),
-                "inference_s_per_item": summed(delta, "archivetag_inference_seconds_sum") / max(items, 1),
+                "decode_s_per_item": metric_sum(delta, "archivetag_decode_seconds_sum") / max(items, 1),
+                "queue_wait_s_per_item": metric_sum(delta, "archivetag_queue_wait_seconds_sum") / max(items, 1),
+                "inference_s_per_item": metric_sum(delta, "archivetag_inference_seconds_sum") / max(items, 1),
             })
         else:
-            row["breaker_opened"] = summed(metrics[s], "archivetag_backend_breaker_open")
+            row["breaker_opened"] = metric_sum(metrics[s], "archivetag_backend_breaker_open")
         services[s] = row
     taggers = Counter(a.get("tagger", "") for a in answers)
     fallbacks = Counter(a.get("fallbackReason", "") for a in answers if a.get("fallbackReason"))

@@ -51,7 +51,14 @@ from archivetag.cli import build_parser  # noqa: E402
 from archivetag.stack import Stack  # noqa: E402
 from archivetag.v1 import tagger_pb2, tagging_pb2, tagging_pb2_grpc, view_type_pb2  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
-from timing import models_or_smoke, percentiles_ms, write_results  # noqa: E402 - benchmarks/timing.py, beside this script
+from timing import (  # noqa: E402 - benchmarks/timing.py, beside this script
+    metric_sum,
+    models_or_smoke,
+    percentiles_ms,
+    process_cpu_seconds,
+    scrape_metrics,
+    write_results,
+)
 
 CLIENT_COUNTS = (1, 4, 16)
 
@@ -269,24 +276,9 @@ def tracing_cost(models: Path, log_dir: Path, images: list[bytes], rounds: int, 
             "throughput_on_over_off": on / off, "spans_received": spans}
 
 
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metric_sums(port: int) -> dict[str, float]:
+def thread_cpu(port: int) -> float:
     """The CPU seconds of a service's inference and decode threads, from its /metrics."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    sums = {"archivetag_thread_cpu_seconds_total": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in sums:
-                sums[sample.name] += sample.value
-    return sums
+    return metric_sum(scrape_metrics(port), "archivetag_thread_cpu_seconds_total")
 
 
 def serving_cpu_cost(models: Path, log_dir: Path, images: list[bytes], requests: int, clients: int = 4) -> dict:
@@ -311,15 +303,14 @@ def serving_cpu_cost(models: Path, log_dir: Path, images: list[bytes], requests:
             await asyncio.to_thread(run_clients, address, images, clients, 4)  # warm-up
             pids = {service.name: service.process.pid for service in stack.services if service.process}
             cpu_before = {n: process_cpu_seconds(pid) for n, pid in pids.items()}
-            timers_before = {n: metric_sums(metrics_ports[n]) for n in pids if n != "orchestrator"}
+            timers_before = {n: thread_cpu(metrics_ports[n]) for n in pids if n != "orchestrator"}
             load = await asyncio.to_thread(run_clients, address, images, clients, max(1, requests // clients))
             cpu = {n: process_cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
-            timers = {n: {k: v - timers_before[n][k] for k, v in metric_sums(metrics_ports[n]).items()}
-                      for n in timers_before}
+            timers = {n: thread_cpu(metrics_ports[n]) - timers_before[n] for n in timers_before}
         finally:
             await stack.stop()
         answered = load["requests"]
-        outside = {n: cpu[n] - sum(timers.get(n, {}).values()) for n in cpu}
+        outside = {n: cpu[n] - timers.get(n, 0.0) for n in cpu}
         return {"requests": answered, "clients": clients,
                 "cpu_s": cpu, "timers_s": timers,
                 "serving_cpu_ms_per_request": {n: v / answered * 1000 for n, v in outside.items()},

@@ -47,3 +47,38 @@ def models_or_smoke(given: Path | None, scratch: Path) -> Path:
 
     write_smoke_models(scratch / "models")
     return scratch / "models"
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (stable on a shared machine, unlike wall time)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory (VmHWM), in MiB."""
+    import re
+
+    return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """A server's Prometheus metrics on 127.0.0.1:port, as {name{label=value,...}: value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def metric_sum(metrics: dict[str, float], name: str) -> float:
+    """The sum of a metric's samples over all their labels."""
+    return sum(v for k, v in metrics.items() if k.startswith(name + "{"))

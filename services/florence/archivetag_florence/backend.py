@@ -139,7 +139,7 @@ class FlorenceBackend(ModelBackend):
 
         from archivetag.runtime.device import int8_kept, probe_photo, quantize_int8
 
-        pixels = self.processor.image_processor(images=[probe_photo()], return_tensors="pt")["pixel_values"]
+        pixels = self.prepare(probe_photo(), None).pixels  # as a request is prepared (no options)
         before = self.encode([pixels]).flatten()
         quantize_int8(self.model)
         cosine = torch.nn.functional.cosine_similarity(before, self.encode([pixels]).flatten(), dim=0).item()

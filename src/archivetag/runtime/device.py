@@ -98,22 +98,25 @@ def quantize_int8(module: M) -> M:
 
 
 def probe_photo():
-    """A real photo shipped with archivetag (RGB), on which int8 is checked against float32 at load."""
+    """A real photo shipped with archivetag, decoded as every request's image is, on which int8 is checked against
+    float32 at load."""
     from importlib import resources
 
-    from PIL import Image
+    from archivetag.runtime.images import decode_image
 
-    with resources.files("archivetag").joinpath("samples", "coffee-table.jpg").open("rb") as file:
-        return Image.open(file).convert("RGB")
+    return decode_image(resources.files("archivetag").joinpath("samples", "coffee-table.jpg").read_bytes())
 
 
 def int8_kept(explicit: bool, agreement: float, minimum: float, what: str, log) -> bool:
     """Whether int8 weights stay after their check on the served weights (a trained model's activation outliers
     can make int8 worse than on the random weights docs/models/cpu.md measured): below `minimum`, --dtype auto
     goes back to float32 and says so; an explicit --dtype int8 is kept, with a warning."""
+    from archivetag.runtime.logs import fields
+
+    measured = fields(measure=what, agreement=round(agreement, 5), minimum=minimum)
     if agreement >= minimum:
-        log.info(f"int8 checked against float32 on the probe photo: {what} {agreement:.5f} (at least {minimum})")
+        log.info("int8 checked against float32 on the probe photo", extra=measured)
         return True
-    log.warning(f"int8 disagrees with float32 on the probe photo ({what} {agreement:.5f}, below {minimum}): "
-                + ("kept, as --dtype int8 asks" if explicit else "serving float32 instead (--dtype auto)"))
+    outcome = "kept, as --dtype int8 asks" if explicit else "serving float32 instead (--dtype auto)"
+    log.warning(f"int8 disagrees with float32 on the probe photo: {outcome}", extra=measured)
     return explicit
