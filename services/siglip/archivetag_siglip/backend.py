@@ -36,7 +36,7 @@ from archivetag_siglip import layout
 from archivetag_siglip.layout import Preprocessor, read_json
 from archivetag_siglip.scoring import Thresholds, label_scores, logits_for, normalize, view_types
 from archivetag_siglip.text import TextTokenizer, TextTower, TokenizerSpec
-from archivetag_siglip.torch_runtime import ORT_CUDA, TorchVisionTower, choose_runtime
+from archivetag_siglip.torch_runtime import TorchVisionTower, choose_runtime
 
 log = logging.getLogger("archivetag.siglip")
 
@@ -227,7 +227,7 @@ class SiglipBackend(ModelBackend):
             return "fp32"
         providers = ort.get_available_providers()
         if self.device_setting != "cpu" and (
-                ORT_CUDA in providers
+                CUDA in providers
                 or choose_runtime(self.runtime_setting, self.device_setting, providers, manifest) == "torch"):
             return "fp32"  # on a GPU
         return "int8"
