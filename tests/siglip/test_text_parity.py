@@ -13,7 +13,6 @@ Each checkpoint is built and exported once per session (tests/siglip.full_size_e
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +94,8 @@ def model(full):
 
 
 @pytest.fixture(scope="module")
-def backend(full):
-    models = Path(tempfile.mkdtemp(prefix="siglip-full-models-"))
+def backend(full, tmp_path_factory):
+    models = tmp_path_factory.mktemp("siglip-full-models")  # pytest removes it, unlike mkdtemp
     (models / "siglip").symlink_to(full.export.resolve(), target_is_directory=True)
     served = SiglipBackend(parse_serve_settings("siglip", "--models", str(models), "--device", "cpu"))
     served.load()
