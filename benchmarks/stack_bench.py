@@ -18,7 +18,8 @@ Side by side, in one run, on the same images:
 
   5. the serving path's own cost in CPU: CPU seconds per answered request of every process, less the CPU
      time of the services' inference and decode threads (inference on one thread, so that is all of it):
-     stable where wall-clock differences are noise (goal: ≤ 3 ms). --serving-cpu-only: only this.
+     stable where wall-clock differences are noise (goal: ≤ 3 ms). Beside it, the floor: bare gRPC Python in the
+     same shape at the same rate (serving_floor.py). --serving-cpu-only: only this.
 
 ARCHIVETAG_* variables reach the services (ARCHIVETAG_MAX_QUEUE_DELAY_MS=5: the batcher before continuous batching).
 
@@ -51,6 +52,7 @@ from archivetag.cli import build_parser  # noqa: E402
 from archivetag.stack import Stack  # noqa: E402
 from archivetag.v1 import tagger_pb2, tagging_pb2, tagging_pb2_grpc, view_type_pb2  # noqa: E402
 from tests.support.servers import free_port  # noqa: E402
+from serving_floor import floor_cpu  # noqa: E402 - benchmarks/serving_floor.py, beside this script
 from timing import (  # noqa: E402 - benchmarks/timing.py, beside this script
     metric_sum,
     models_or_smoke,
@@ -311,10 +313,14 @@ def serving_cpu_cost(models: Path, log_dir: Path, images: list[bytes], requests:
             await stack.stop()
         answered = load["requests"]
         outside = {n: cpu[n] - timers.get(n, 0.0) for n in cpu}
+        # The same shape and rate in bare gRPC Python: what no code of ours could save (serving_floor.py).
+        floor = await asyncio.to_thread(floor_cpu, images, clients, requests, timers["florence"] / answered,
+                                        timers["siglip"] / answered)
         return {"requests": answered, "clients": clients,
                 "cpu_s": cpu, "timers_s": timers,
                 "serving_cpu_ms_per_request": {n: v / answered * 1000 for n, v in outside.items()},
                 "serving_cpu_ms_per_request_total": sum(outside.values()) / answered * 1000,
+                "bare_grpc_floor": floor,
                 "images_per_second": load["images_per_second"]}
 
     return asyncio.run(measure())
@@ -324,6 +330,10 @@ def print_serving_cpu(cost: dict) -> None:
     per = ", ".join(f"{n} {v:.1f}" for n, v in cost["serving_cpu_ms_per_request"].items())
     print(f"serving path CPU per answered request, outside decode and inference ({cost['requests']} requests, "
           f"{cost['clients']} clients): {cost['serving_cpu_ms_per_request_total']:.1f} ms ({per}); goal ≤ 3 ms")
+    floor = cost["bare_grpc_floor"]
+    per = ", ".join(f"{n} {v:.1f}" for n, v in floor["cpu_ms_per_request"].items())
+    print(f"  the floor, bare gRPC Python in the same shape at {floor['images_per_second']:.1f} requests/s (the stack: "
+          f"{cost['images_per_second']:.1f}): {floor['cpu_ms_per_request_total']:.1f} ms ({per})")
 
 
 def main() -> int:

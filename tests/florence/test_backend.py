@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from archivetag.runtime.errors import InvalidInput
+from archivetag.runtime.errors import InvalidInput, ModelLoadError
 from archivetag_florence.backend import create_backend
 from archivetag.v1 import tagger_pb2
 from tests.florence import settings, tiny_models_dir
@@ -73,6 +73,19 @@ def test_beam_search_gives_tags_with_confidences_too():
     assert result.caption
     assert result.tags
     assert all(0 < c <= 1 for _, c in result.tags)
+
+
+def test_beams_left_to_the_device_are_greedy_on_a_cpu_and_reported():
+    chosen = create_backend(settings(tiny_models_dir(), "--florence-max-new-tokens", "8", "--device", "cpu"))
+    chosen.load()
+    assert chosen.describe()["num_beams"] == "1"  # GetModelInfo's settings, and so the result cache's key
+    greedy = create_backend(settings(tiny_models_dir(), "--florence-max-new-tokens", "8", "--florence-num-beams", "1"))
+    greedy.load()
+    image = images(1)[0]
+    assert tag(chosen, image).caption == tag(greedy, image).caption
+    negative = create_backend(settings(tiny_models_dir(), "--florence-num-beams", "-1"))
+    with pytest.raises(ModelLoadError, match="--florence-num-beams at least 0"):
+        negative.load()
 
 
 def test_threshold_max_tags_and_vocabulary_restrict_the_answer(backend):

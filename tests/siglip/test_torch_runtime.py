@@ -1,6 +1,6 @@
 """SigLIP's vision tower on torch (--siglip-runtime torch): the same export's vision_torch/ weights give the
 ONNX tower's embeddings and view types (on the CPU here; on CUDA at fp16 in benchmarks/gpu_check.sh), under
-the same hash and probe checks."""
+the same hash and probe checks. And the ONNX runtime's own thread option (--siglip-ort-spinning)."""
 
 from __future__ import annotations
 
@@ -157,3 +157,14 @@ def test_on_cuda_the_torch_tower_at_float16_agrees_with_onnx_on_the_cpu():
         cosines.append(float(ea @ eb / (np.linalg.norm(ea) * np.linalg.norm(eb))))
     assert min(cosines) >= 0.999, cosines
     assert sum(a.view_type == b.view_type for a, b in zip(expected, got)) >= 15
+
+
+def test_onnx_runtime_threads_sleep_unless_spinning_is_asked_for_and_the_answers_stay_the_same():
+    export = tiny_exports().a.export
+    sleeping = backend_for(export, "--device", "cpu")
+    spinning = backend_for(export, "--device", "cpu", "--siglip-ort-spinning")
+    for backend, expected in ((sleeping, "0"), (spinning, "1")):
+        options = backend.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+        assert backend.describe()["ort_spinning"] == {"0": "false", "1": "true"}[expected]  # in GetModelInfo
+    assert [r.view_type for r in classify(sleeping, photos(4))] == [r.view_type for r in classify(spinning, photos(4))]

@@ -100,15 +100,17 @@ class FlorenceBackend(ModelBackend):
         from archivetag.runtime.device import INT8, Precision, pick_device, pick_precision, set_threads
         from archivetag_florence.loading import load_florence
 
-        if self.max_new_tokens < 1 or self.ocr_max_new_tokens < 1 or self.num_beams < 1:
-            raise ModelLoadError("--florence-max-new-tokens, --florence-ocr-max-new-tokens and --florence-num-beams "
-                                 "must be at least 1")
+        if self.max_new_tokens < 1 or self.ocr_max_new_tokens < 1 or self.num_beams < 0:
+            raise ModelLoadError("--florence-max-new-tokens and --florence-ocr-max-new-tokens must be at least 1, "
+                                 "--florence-num-beams at least 0 (0: chosen by the device)")
         try:
             self.device = pick_device(self.settings.device)
             precision = pick_precision(self.settings.dtype, self.device, cpu_default=INT8)
             self.dtype = precision.dtype
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
+        # On a CPU greedy search is the CPU profile's choice (photos an hour, issue 27); beams cost little on a GPU.
+        self.num_beams = self.settings.florence_num_beams or (1 if self.device.type == "cpu" else 3)
         set_threads(self.settings.torch_threads)
         self.vocabulary_path = (self.settings.florence_tag_vocabulary
                                 or default_vocabulary_path(Path(self.settings.models)))

@@ -136,6 +136,7 @@ class SiglipBackend(ModelBackend):
         self.thresholds = Thresholds(unknown=settings.siglip_unknown_threshold,
                                      min_match=settings.siglip_min_match_probability)
         self.ort_threads = settings.siglip_ort_threads
+        self.ort_spinning = settings.siglip_ort_spinning
         self.precision = settings.siglip_precision
         self.runtime_setting = settings.siglip_runtime
         self.runtime = "onnx"  # what load() chose: onnx (vision.onnx on ONNX Runtime) or torch (vision_torch/)
@@ -352,6 +353,8 @@ class SiglipBackend(ModelBackend):
         options.log_severity_level = 3
         if self.ort_threads > 0:
             options.intra_op_num_threads = self.ort_threads
+        # Spinning threads burn the cores co-located taggers need (issue 27); off unless asked for.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.ort_spinning else "0")
         wanted = self._providers()
         providers = [(p, self._cuda_options()) if p == CUDA else p for p in wanted]
         try:
@@ -543,6 +546,7 @@ class SiglipBackend(ModelBackend):
             "dtype": self._dtype_name(),
             "providers": ",".join(self.providers),
             "ort_threads": str(self.ort_threads),
+            "ort_spinning": str(self.ort_spinning).lower(),
             "probe_cosine": f"{self.probe_cosine:.6f}",
             "probe_tolerance": str(self.probe_tolerance),
             "logit_scale": f"{self.logit_scale:.6f}",

@@ -1,6 +1,6 @@
 """SigLIP, view type: the one declaration of this model service (runtime/specs.py)."""
 
-from archivetag.runtime.settings import Option, OptionGroup
+from archivetag.runtime.settings import Option, OptionGroup, parse_bool
 from archivetag.runtime.specs import VIEW_TYPE, Deployment, PullSource, ServerSpec
 
 OPTIONS = OptionGroup(
@@ -19,6 +19,13 @@ OPTIONS = OptionGroup(
             float,
         ),
         Option("siglip_ort_threads", 0, "ONNX Runtime intra-op threads; 0: the library's default.", int),
+        Option(
+            "siglip_ort_spinning", False,
+            "Let ONNX Runtime's CPU threads spin while they wait for work (its own default: lower latency on "
+            "cores nobody else needs). Off: they sleep, and leave the cores to the taggers beside them "
+            "(docs/models/cpu.md).",
+            parse_bool,
+        ),
         Option(
             "siglip_precision", "auto",
             "Vision tower to run: fp32 (vision.onnx) or int8 (vision-int8.onnx, made by `models pull` and "
