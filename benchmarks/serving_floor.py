@@ -21,23 +21,22 @@ import hashlib
 import json
 import multiprocessing
 import os
-import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.servers import free_port  # the repository on sys.path, above
+from timing import process_cpu_seconds  # benchmarks/timing.py, beside this script
 
 METHOD = "/floor.Floor/Call"
 
 
 def _identity(data: bytes) -> bytes:
     return data
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _burn(seconds: float) -> None:
@@ -75,11 +74,6 @@ def _serve(port: int, burn_seconds: float, leaves: list[int], ready) -> None:
     asyncio.run(main())
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _load(port: int, images: list[bytes], clients: int, per_client: int) -> float:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     call = channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
@@ -100,7 +94,7 @@ def floor_cpu(images: list[bytes], clients: int, requests: int, slow_seconds: fl
     leaves' burn; the same warm-up as the stack's measurement (4 calls per client first)."""
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
-    ports = {"slow": _free_port(), "fast": _free_port(), "front": _free_port()}
+    ports = {"slow": free_port(), "fast": free_port(), "front": free_port()}
     burns = {"slow": slow_seconds, "fast": fast_seconds, "front": 0.0}
     leaves = {"slow": [], "fast": [], "front": [ports["slow"], ports["fast"]]}
     processes, pids = [], {}
@@ -113,9 +107,9 @@ def floor_cpu(images: list[bytes], clients: int, requests: int, slow_seconds: fl
             pids[name] = ready.get(timeout=60)
         per_client = max(1, requests // clients)
         _load(ports["front"], images, clients, 4)
-        before = {n: _cpu_seconds(p) for n, p in pids.items()}
+        before = {n: process_cpu_seconds(p) for n, p in pids.items()}
         rate = _load(ports["front"], images, clients, per_client)
-        cpu = {n: _cpu_seconds(p) - before[n] for n, p in pids.items()}
+        cpu = {n: process_cpu_seconds(p) - before[n] for n, p in pids.items()}
     finally:
         for process in processes:
             process.kill()

@@ -36,11 +36,11 @@ from archivetag_siglip import layout
 from archivetag_siglip.layout import Preprocessor, read_json
 from archivetag_siglip.scoring import Thresholds, label_scores, logits_for, normalize, view_types
 from archivetag_siglip.text import TextTokenizer, TextTower, TokenizerSpec
+from archivetag_siglip.torch_runtime import ORT_CUDA as CUDA  # one name for the provider, with the torch runtime
 from archivetag_siglip.torch_runtime import TorchVisionTower, choose_runtime
 
 log = logging.getLogger("archivetag.siglip")
 
-CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TEXT_LOGIT_TOLERANCE = 1e-3  # stored probe embedding x loaded text embeddings vs the manifest's logits
 DEFAULT_TEMPLATE = "a photo of {}."

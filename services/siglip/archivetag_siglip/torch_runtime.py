@@ -26,8 +26,12 @@ from archivetag.runtime.checksums import sha256_file
 from archivetag.runtime.errors import ModelLoadError
 from archivetag_siglip import layout
 
-RUNTIMES = ("auto", "onnx", "torch")
-ORT_CUDA = "CUDAExecutionProvider"
+ORT_CUDA = "CUDAExecutionProvider"  # ONNX Runtime's name for its CUDA provider; the backend uses this one too
+
+
+def torch_installed() -> bool:
+    """torch and transformers can be imported (found, not imported: importing torch costs about 1 GB)."""
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 
 
 def torch_sees_cuda() -> bool:
@@ -35,7 +39,7 @@ def torch_sees_cuda() -> bool:
     SigLIP host serves without torch in memory (about 1 GB), even where torch is installed."""
     if not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl")):
         return False
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+    if not torch_installed():
         return False
     import torch
 
@@ -63,7 +67,7 @@ class TorchVisionTower:
         if entry is None:
             raise ModelLoadError(f"--siglip-runtime torch asked for, but this export has no {layout.VISION_TORCH}/ "
                                  f"(exports before it was added); re-export with `{layout.EXPORT_COMMAND}`")
-        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        if not torch_installed():
             raise ModelLoadError("--siglip-runtime torch needs torch and transformers (the archivetag-siglip[export] "
                                  "extra); use --siglip-runtime onnx")
         import torch
