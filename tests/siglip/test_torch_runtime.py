@@ -133,6 +133,8 @@ def test_an_export_without_torch_weights_or_int8_with_torch_is_refused_with_the_
     shutil.copytree(tiny_exports().a.export, folder)
     with pytest.raises(ModelLoadError, match="int8 is an ONNX Runtime tower"):
         backend_for(folder, "--device", "cpu", "--siglip-runtime", "torch", "--siglip-precision", "int8")
+    with pytest.raises(ModelLoadError, match="--dtype int8: this model has no int8 path"):
+        backend_for(folder, "--device", "cpu", "--siglip-runtime", "torch", "--dtype", "int8")
     manifest = read_json(folder / layout.MANIFEST)
     del manifest["vision_torch"]
     write_json(folder / layout.MANIFEST, manifest)

@@ -28,8 +28,8 @@ def pick_device(setting: str = "auto") -> torch.device:
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     """auto: float32 on CPU and MPS; on CUDA bfloat16 where supported, else float16."""
     if setting == INT8:
-        raise ValueError("--dtype int8 is for the torch taggers (Florence-2, RAM++) on a CPU; this model runs in "
-                         "float32, float16 or bfloat16")
+        raise ValueError("--dtype int8: this model has no int8 path (docs/models/cpu.md lists the ones that do); it "
+                         "runs in float32, float16 or bfloat16")
     if setting != "auto":
         return _DTYPES[setting]
     if device.type == "cuda":

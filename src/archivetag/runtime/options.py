@@ -74,9 +74,10 @@ MODEL_SERVICE_OPTIONS = OptionGroup(
         Option("device", "auto", "Device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
         Option(
             "dtype", "auto",
-            "Compute type: auto (float16/bfloat16 on GPU; on CPU int8 for Florence-2 and RAM++, float32 for the "
-            "rest) or one of the choices. int8: linear layers with int8 weights (dynamic quantisation), CPU only, "
-            "about 2-3x faster there; its agreement with float32 is in docs/models/cpu.md.",
+            "Compute type: auto (float16/bfloat16 on GPU; on a CPU each model's measured choice, int8 or bfloat16 "
+            "for the torch taggers, float32 for the rest) or one of the choices. int8: linear layers with int8 "
+            "weights (dynamic quantisation), CPU only, about 2-3x faster there; its agreement with float32 is in "
+            "docs/models/cpu.md.",
             choices=("auto", "float32", "float16", "bfloat16", "int8"),
         ),
         Option("torch_threads", 0, "CPU threads for inference; 0: the library's default.", int),
